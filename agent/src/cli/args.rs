@@ -1,0 +1,282 @@
+//! clap definitions. Every flag name and environment variable here is fixed by CONTRACT.md §2;
+//! a flag wins over its environment variable (clap's precedence).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::run::spec::{RunId, UserSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Run commands under supervision, watch them from the kernel, leave verifiable evidence"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one command under supervision and observation; write its bundle.
+    Run(Box<RunArgs>),
+    /// Strict check: commit barrier present, every digest matches, not in progress.
+    Validate {
+        /// The bundle directory (`<out>/<run_id>`).
+        bundle: PathBuf,
+    },
+    /// Recompute the index; `--repair` salvages an interrupted bundle and marks it repaired.
+    Reindex(ReindexArgs),
+    /// Human summary of a bundle: process tree, stalls, kills, health.
+    Inspect {
+        /// The bundle directory.
+        bundle: PathBuf,
+    },
+    /// Internal: kills and removes a run's cgroup when the vigil that spawned it dies.
+    #[command(name = "__cgroup-guard", hide = true)]
+    CgroupGuard {
+        #[arg(long)]
+        cgroup: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReindexMode {
+    /// Recompute and compare; refuse anything not committed or not intact.
+    #[arg(long)]
+    pub strict: bool,
+    /// Salvage an interrupted bundle: drop torn lines, recompute the index, mark it repaired.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub mode: ReindexMode,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Directory that receives one bundle per run.
+    #[arg(
+        long,
+        env = "VIGIL_OUT",
+        default_value = ".artifacts/runs",
+        value_name = "DIR"
+    )]
+    pub out: PathBuf,
+
+    /// Run id: ASCII letters, digits, `_` and `-`. Default: `run_` + 128 random bits in hex.
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<RunId>,
+
+    /// cgroup v2 parent for run cgroups, relative to the cgroup2 mount or absolute under it.
+    #[arg(long, default_value = "vigil", value_name = "PATH")]
+    pub cgroup_parent: PathBuf,
+
+    /// Run the child as UID[:GID] (no capabilities, no_new_privs). Default: vigil's own user.
+    #[arg(long, value_name = "UID[:GID]")]
+    pub user: Option<UserSpec>,
+
+    /// Cap on each of output/stdout.log and output/stderr.log; truncation is recorded.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub output_cap_bytes: u64,
+
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+
+    #[command(flatten)]
+    pub liveness: LivenessArgs,
+
+    #[command(flatten)]
+    pub gate: GateArgs,
+
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum ProfileLevel {
+    Off,
+    Basic,
+    Detailed,
+    Debug,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileOnFail {
+    Off,
+    Basic,
+    Detailed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LivenessLevel {
+    Off,
+    Basic,
+    Strict,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Profile detail: spans and copies of the trace outside the bundle.
+    #[arg(
+        long,
+        env = "SPEC_RUNNER_PROFILE_LEVEL",
+        value_enum,
+        default_value = "off"
+    )]
+    pub profile_level: ProfileLevel,
+
+    /// Where a copy of run-trace.json goes when profiling.
+    #[arg(
+        long,
+        env = "SPEC_RUNNER_PROFILE_OUT",
+        default_value = ".artifacts/run-trace.json",
+        value_name = "PATH"
+    )]
+    pub profile_out: PathBuf,
+
+    /// Where a copy of run-trace-summary.md goes when profiling.
+    #[arg(
+        long,
+        env = "SPEC_RUNNER_PROFILE_SUMMARY_OUT",
+        default_value = ".artifacts/run-trace-summary.md",
+        value_name = "PATH"
+    )]
+    pub profile_summary_out: PathBuf,
+
+    /// A heartbeat event every N ms while the run is live.
+    #[arg(long, env = "SPEC_RUNNER_PROFILE_HEARTBEAT_MS", default_value = "1000",
+          value_parser = parse_positive_ms, allow_negative_numbers = true, value_name = "MS")]
+    pub profile_heartbeat_ms: u64,
+
+    /// No progress for N ms → a `stall_warning` event (no kill).
+    #[arg(long, env = "SPEC_RUNNER_PROFILE_STALL_THRESHOLD_MS", default_value = "10000",
+          value_parser = parse_positive_ms, allow_negative_numbers = true, value_name = "MS")]
+    pub profile_stall_threshold_ms: u64,
+
+    /// Profile level of the copies a failing run writes even with `--profile-level off`.
+    #[arg(
+        long,
+        env = "SPEC_RUNNER_PROFILE_ON_FAIL",
+        value_enum,
+        default_value = "basic"
+    )]
+    pub profile_on_fail: ProfileOnFail,
+}
+
+#[derive(Debug, Args)]
+pub struct LivenessArgs {
+    /// off: no stall kills; basic: kill after stall-ms of silence; strict: also min events, io drain.
+    #[arg(
+        long,
+        env = "SPEC_RUNNER_LIVENESS_LEVEL",
+        value_enum,
+        default_value = "basic"
+    )]
+    pub liveness_level: LivenessLevel,
+
+    /// Silence (no output, no kernel or SDK event) that counts as a stall.
+    #[arg(long, env = "SPEC_RUNNER_LIVENESS_STALL_MS", default_value = "30000",
+          value_parser = parse_positive_ms, allow_negative_numbers = true, value_name = "MS")]
+    pub liveness_stall_ms: u64,
+
+    /// strict: fewer progress events than this in a stall-ms window is a stall.
+    #[arg(long, env = "SPEC_RUNNER_LIVENESS_MIN_EVENTS", default_value = "1",
+          value_parser = parse_min_events, allow_negative_numbers = true, value_name = "N")]
+    pub liveness_min_events: u64,
+
+    /// Emergency cap on the whole run, whatever the liveness level.
+    #[arg(long, env = "SPEC_RUNNER_LIVENESS_HARD_CAP_MS", default_value = "1800000",
+          value_parser = parse_positive_ms, allow_negative_numbers = true, value_name = "MS")]
+    pub liveness_hard_cap_ms: u64,
+
+    /// Time between SIGTERM and SIGKILL when vigil kills a run.
+    #[arg(long, env = "SPEC_RUNNER_LIVENESS_KILL_GRACE_MS", default_value = "5000",
+          value_parser = parse_positive_ms, allow_negative_numbers = true, value_name = "MS")]
+    pub liveness_kill_grace_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Stop a gate at its first failing step (default).
+    #[arg(long, env = "SPEC_RUNNER_FAIL_FAST", default_value = "true", num_args = 0..=1,
+          default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    pub fail_fast: bool,
+
+    /// Run every step even after a failure (disables --fail-fast).
+    #[arg(long, conflicts_with = "fail_fast")]
+    pub continue_on_fail: bool,
+}
+
+impl GateArgs {
+    pub fn fail_fast_enabled(&self) -> bool {
+        self.fail_fast && !self.continue_on_fail
+    }
+}
+
+/// Milliseconds: a whole decimal number ≥ 1. Zero is refused because every ms setting is an
+/// interval or threshold for which zero means "fire continuously".
+fn parse_positive_ms(s: &str) -> Result<u64, String> {
+    parse_whole(s, "milliseconds")
+}
+
+fn parse_min_events(s: &str) -> Result<u64, String> {
+    parse_whole(s, "events")
+}
+
+fn parse_whole(s: &str, unit: &str) -> Result<u64, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("expected a whole number of {unit} ≥ 1"));
+    }
+    match s.parse::<u64>() {
+        Ok(0) => Err(format!("expected a whole number of {unit} ≥ 1, got 0")),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("expected a whole number of {unit} ≥ 1 (too large)")),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected one of true, false, 1, 0, yes, no, on, off".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ms_values_are_whole_and_positive() {
+        assert_eq!(parse_positive_ms("1500"), Ok(1500));
+        assert!(parse_positive_ms("0").is_err());
+        assert!(parse_positive_ms("-5").is_err());
+        assert!(parse_positive_ms("1.5").is_err());
+        assert!(parse_positive_ms("").is_err());
+        assert!(parse_positive_ms("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn bools_accept_common_spellings() {
+        assert_eq!(parse_bool("FALSE"), Ok(false));
+        assert_eq!(parse_bool("on"), Ok(true));
+        assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,12 @@
+//! The command-line surface: clap definitions, environment equivalents and exit codes.
+
+mod args;
+mod exit;
+mod usage;
+
+pub use args::{
+    Cli, Command, GateArgs, LivenessArgs, LivenessLevel, ProfileArgs, ProfileLevel, ProfileOnFail,
+    ReindexArgs, RunArgs,
+};
+pub use exit::ExitCode;
+pub use usage::one_line_usage_error;

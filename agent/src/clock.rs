@@ -1,0 +1,31 @@
+//! Wall-clock helpers. Every timestamp vigil writes is UTC, RFC 3339 for people and Unix-epoch
+//! nanoseconds for machines (span and event ordering, chrome-trace export).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// RFC 3339 UTC with microsecond precision, e.g. `2026-11-23T07:19:10.123456Z`.
+pub fn rfc3339(ns: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(ns);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_epoch_as_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(1_500_000_000_123_456_789),
+            "2017-07-14T02:40:00.123456Z"
+        );
+    }
+}

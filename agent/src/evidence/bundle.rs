@@ -1,0 +1,237 @@
+//! The bundle writer: one directory per run, every file written to a temporary name and renamed,
+//! `artifact_index.json` written last as the commit barrier, then `<out>/LATEST`.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{files, schema};
+use crate::clock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot create bundle directory {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bundle {0} already exists; pick another --run-id")]
+    Exists(PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileDigest {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactIndex {
+    pub schema: String,
+    pub run_id: String,
+    pub created_at: String,
+    /// `committed` or `repaired`.
+    pub state: String,
+    pub files: Vec<FileDigest>,
+}
+
+pub struct Bundle {
+    out_dir: PathBuf,
+    dir: PathBuf,
+    run_id: String,
+}
+
+impl Bundle {
+    /// Create `<out>/<run_id>/` with `layers/` and `output/`. Fails if the run id was used.
+    pub fn create(out_dir: &Path, run_id: &str) -> Result<Self, BundleError> {
+        let dir = out_dir.join(run_id);
+        fs::create_dir_all(out_dir).map_err(|source| BundleError::Create {
+            path: out_dir.to_path_buf(),
+            source,
+        })?;
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(BundleError::Exists(dir));
+            }
+            Err(source) => return Err(BundleError::Create { path: dir, source }),
+        }
+        for sub in ["layers", "output"] {
+            let p = dir.join(sub);
+            fs::create_dir(&p).map_err(|source| BundleError::Create {
+                path: p.clone(),
+                source,
+            })?;
+        }
+        Ok(Bundle {
+            out_dir: out_dir.to_path_buf(),
+            dir,
+            run_id: run_id.to_string(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn write_json(&self, rel: &str, value: &impl Serialize) -> Result<(), BundleError> {
+        let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| BundleError::Write {
+            path: self.path(rel),
+            source: e.into(),
+        })?;
+        bytes.push(b'\n');
+        write_atomic(&self.path(rel), &bytes)
+    }
+
+    pub fn write_bytes(&self, rel: &str, bytes: &[u8]) -> Result<(), BundleError> {
+        write_atomic(&self.path(rel), bytes)
+    }
+
+    /// Write without fsync, for files that repair can recreate (empty layers, in-progress trace).
+    pub fn write_plain(&self, rel: &str, bytes: &[u8]) -> Result<(), BundleError> {
+        let path = self.path(rel);
+        fs::write(&path, bytes).map_err(|source| BundleError::Write { path, source })
+    }
+
+    /// Write the index (the commit barrier) and then LATEST.
+    pub fn commit(&self) -> Result<ArtifactIndex, BundleError> {
+        let index = write_index(&self.dir, &self.run_id, "committed")?;
+        write_atomic(
+            &self.out_dir.join("LATEST"),
+            format!("{}\n", self.run_id).as_bytes(),
+        )?;
+        Ok(index)
+    }
+}
+
+/// Compute and atomically write `artifact_index.json` for a bundle directory.
+pub fn write_index(dir: &Path, run_id: &str, state: &str) -> Result<ArtifactIndex, BundleError> {
+    let files = digest_files(dir).map_err(|source| BundleError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let index = ArtifactIndex {
+        schema: schema::ARTIFACT_INDEX.to_string(),
+        run_id: run_id.to_string(),
+        created_at: clock::rfc3339(clock::now_ns()),
+        state: state.to_string(),
+        files,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&index).map_err(|e| BundleError::Write {
+        path: dir.join(files::INDEX),
+        source: e.into(),
+    })?;
+    bytes.push(b'\n');
+    write_atomic(&dir.join(files::INDEX), &bytes)?;
+    Ok(index)
+}
+
+/// Every file of the bundle except the index and temporaries, sorted by path.
+pub fn digest_files(dir: &Path) -> io::Result<Vec<FileDigest>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(dir)
+                .map_err(io::Error::other)?
+                .to_string_lossy()
+                .into_owned();
+            if rel == files::INDEX || is_temporary(&rel) {
+                continue;
+            }
+            let (sha256, bytes) = sha256_file(&path)?;
+            out.push(FileDigest {
+                path: rel,
+                sha256,
+                bytes,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+pub fn is_temporary(rel: &str) -> bool {
+    rel.rsplit('/')
+        .next()
+        .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+}
+
+pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let bytes = io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), bytes))
+}
+
+/// Write to `.<name>.tmp`, fsync, rename over `path`, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let err = |source| BundleError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_indexes_every_file_and_updates_latest() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let b = Bundle::create(out.path(), "r1").expect("create");
+        b.write_bytes("output/stdout.log", b"hello").expect("write");
+        b.write_json("run-trace.json", &serde_json::json!({"a": 1}))
+            .expect("write");
+        let idx = b.commit().expect("commit");
+        let paths: Vec<_> = idx.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, vec!["output/stdout.log", "run-trace.json"]);
+        assert_eq!(idx.files[0].bytes, 5);
+        assert_eq!(
+            idx.files[0].sha256,
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(
+            fs::read_to_string(out.path().join("LATEST")).expect("LATEST"),
+            "r1\n"
+        );
+        assert!(matches!(
+            Bundle::create(out.path(), "r1"),
+            Err(BundleError::Exists(_))
+        ));
+    }
+}

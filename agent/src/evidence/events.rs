@@ -1,0 +1,164 @@
+//! Runner lifecycle events (`events.ndjson`, `vigil.runner.event.v1`): one owner assigns `seq`
+//! from 0, appends each event in fsync'd batches, and keeps the run trace's copy.
+
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ndjson::NdjsonAppender;
+use super::schema;
+use crate::clock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    RunStarted,
+    Heartbeat,
+    StallWarning,
+    Watchdog,
+    SubprocessState,
+    Checkpoint,
+    Note,
+    RunFinished,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RunStarted => "run_started",
+            EventKind::Heartbeat => "heartbeat",
+            EventKind::StallWarning => "stall_warning",
+            EventKind::Watchdog => "watchdog",
+            EventKind::SubprocessState => "subprocess_state",
+            EventKind::Checkpoint => "checkpoint",
+            EventKind::Note => "note",
+            EventKind::RunFinished => "run_finished",
+        }
+    }
+
+    /// Kinds that belong in run-trace.json's `events` (CONTRACT.md §3).
+    pub fn in_trace(self) -> bool {
+        matches!(
+            self,
+            EventKind::Heartbeat
+                | EventKind::StallWarning
+                | EventKind::Watchdog
+                | EventKind::SubprocessState
+                | EventKind::Checkpoint
+        )
+    }
+
+    /// Control evidence is fsync'd at once; telemetry waits for its batch.
+    fn urgent(self) -> bool {
+        !matches!(
+            self,
+            EventKind::RunStarted
+                | EventKind::Heartbeat
+                | EventKind::SubprocessState
+                | EventKind::Checkpoint
+        )
+    }
+
+    /// Telemetry is what the trace's in-memory copy sheds first under pressure.
+    fn is_telemetry(self) -> bool {
+        matches!(self, EventKind::Heartbeat | EventKind::SubprocessState)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunnerEvent {
+    pub schema: String,
+    pub seq: u64,
+    pub run_id: String,
+    pub ts: String,
+    pub ts_ns: u64,
+    pub kind: String,
+    pub reason: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// Most trace events kept in memory for run-trace.json; telemetry past this is shed from the
+/// trace (events.ndjson still holds every event) and the shed count is written to health.
+const TRACE_EVENT_CAP: usize = 20_000;
+
+pub struct EventLog {
+    run_id: String,
+    next_seq: u64,
+    out: NdjsonAppender,
+    trace: Vec<RunnerEvent>,
+    trace_shed: u64,
+    write_error: Option<String>,
+}
+
+impl EventLog {
+    pub fn create(path: &Path, run_id: &str) -> io::Result<Self> {
+        Ok(EventLog {
+            run_id: run_id.to_string(),
+            next_seq: 0,
+            out: NdjsonAppender::create(path)?,
+            trace: Vec::new(),
+            trace_shed: 0,
+            write_error: None,
+        })
+    }
+
+    /// Record one event; returns its seq. A write failure is remembered (the run goes on; the
+    /// commit then fails and says why) rather than tearing the supervisor down mid-run.
+    pub fn emit(&mut self, kind: EventKind, reason: Option<&str>, data: serde_json::Value) -> u64 {
+        let ts_ns = clock::now_ns();
+        let ev = RunnerEvent {
+            schema: schema::RUNNER_EVENT.to_string(),
+            seq: self.next_seq,
+            run_id: self.run_id.clone(),
+            ts: clock::rfc3339(ts_ns),
+            ts_ns,
+            kind: kind.as_str().to_string(),
+            reason: reason.map(str::to_string),
+            data,
+        };
+        self.next_seq += 1;
+        if let Err(e) = self.out.append(&ev, kind.urgent()) {
+            self.write_error
+                .get_or_insert_with(|| format!("{}: {e}", self.out.path().display()));
+        }
+        if kind.in_trace() {
+            if self.trace.len() < TRACE_EVENT_CAP || !kind.is_telemetry() {
+                self.trace.push(ev);
+            } else {
+                self.trace_shed += 1;
+            }
+        }
+        self.next_seq - 1
+    }
+
+    pub fn flush_if_due(&mut self) {
+        if let Err(e) = self.out.flush_if_due() {
+            self.write_error
+                .get_or_insert_with(|| format!("{}: {e}", self.out.path().display()));
+        }
+    }
+
+    /// Flush everything; returns the first write error of the run, if any.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if let Err(e) = self.out.flush() {
+            self.write_error
+                .get_or_insert_with(|| format!("{}: {e}", self.out.path().display()));
+        }
+        match &self.write_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn trace_events(&self) -> &[RunnerEvent] {
+        &self.trace
+    }
+
+    pub fn trace_shed(&self) -> u64 {
+        self.trace_shed
+    }
+
+    pub fn count(&self) -> u64 {
+        self.next_seq
+    }
+}

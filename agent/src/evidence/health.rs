@@ -1,0 +1,58 @@
+//! observation-health.json (`vigil.observation_health.v1`): what was and was not observed.
+//! Every field lowers the claim when something was missing; none may claim more.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LostEvents {
+    pub kernel_ring_buffer: u64,
+    pub reader: u64,
+    pub queues: u64,
+    /// Telemetry events shed from run-trace.json's in-memory copy (events.ndjson has them all).
+    pub trace_shed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProbeHealth {
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObservationHealth {
+    pub schema: String,
+    pub run_id: String,
+    pub kernel_layer: String,
+    pub cgroup_correlation: String,
+    pub policy_layer: String,
+    pub policy_mechanisms: Vec<String>,
+    pub sdk_layer: String,
+    /// Where subprocess_state events came from: `procfs` (sampled cgroup.procs) or `kernel`.
+    pub process_tree_source: String,
+    /// Interval of the procfs sampler; processes shorter than this may be missed.
+    pub process_tree_sample_ms: u64,
+    pub lost_events: LostEvents,
+    pub probes: BTreeMap<String, ProbeHealth>,
+    pub cgroup: Option<CgroupHealth>,
+    pub output: BTreeMap<String, OutputHealth>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CgroupHealth {
+    pub path: String,
+    pub id: u64,
+    pub kill_mechanism: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct OutputHealth {
+    pub bytes_total: u64,
+    pub bytes_captured: u64,
+    pub truncated: bool,
+    /// Bytes that reached the pipe after the run's fence and were not accepted.
+    pub bytes_fenced: u64,
+    pub tee_error: Option<String>,
+}

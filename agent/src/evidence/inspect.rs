@@ -1,0 +1,167 @@
+//! `vigil inspect`: a human summary of a bundle — status, process tree, stalls and kills, health.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::files;
+use super::reader::{self, BundleProblem};
+
+pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
+    let read = |rel: &str| -> Result<Value, BundleProblem> {
+        let path = dir.join(rel);
+        let bytes = std::fs::read(&path).map_err(|e| BundleProblem::Io {
+            path: path.clone(),
+            error: e.to_string(),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| BundleProblem::Parse {
+            path,
+            error: e.to_string(),
+        })
+    };
+    let trace = read(files::RUN_TRACE)?;
+    let health = read(files::HEALTH).unwrap_or(Value::Null);
+    let events = reader::read_events(&dir.join(files::EVENTS));
+    let committed = reader::validate(dir).is_ok();
+    let s = |v: &Value, p: &str| {
+        v.pointer(p).map_or_else(
+            || "-".to_string(),
+            |x| match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        )
+    };
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "run {}  status {}  exit {}  bundle {}{}",
+        s(&trace, "/run_id"),
+        s(&trace, "/status"),
+        s(&trace, "/exit_code"),
+        s(&trace, "/run_status/state"),
+        if committed {
+            " (verified)"
+        } else {
+            " (NOT verified: run `vigil validate`)"
+        }
+    );
+    let args: Vec<String> = trace["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(out, "command: {} {}", s(&trace, "/command"), args.join(" "));
+    let _ = writeln!(
+        out,
+        "started {}  ended {}",
+        s(&trace, "/started_at"),
+        s(&trace, "/ended_at")
+    );
+
+    // Process tree from subprocess_state events: last state per pid, children under parents.
+    let mut procs: BTreeMap<i64, (i64, String, String)> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind == "subprocess_state") {
+        let pid = e.data["pid"].as_i64().unwrap_or(0);
+        let entry = procs.entry(pid).or_insert((
+            e.data["ppid"].as_i64().unwrap_or(0),
+            String::new(),
+            String::new(),
+        ));
+        if let Some(argv) = e.data["argv"].as_array() {
+            let a: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
+            if !a.is_empty() {
+                entry.1 = a.join(" ");
+            }
+        }
+        entry.2 = match (
+            e.data["state"].as_str(),
+            e.data["exit_code"].as_i64(),
+            e.data["signal"].as_i64(),
+        ) {
+            (Some("exited"), Some(c), _) => format!("exited {c}"),
+            (Some("exited"), _, Some(sig)) => format!("killed by signal {sig}"),
+            (Some(st), _, _) => st.to_string(),
+            _ => entry.2.clone(),
+        };
+    }
+    let _ = writeln!(
+        out,
+        "\nprocess tree ({}):",
+        s(&health, "/process_tree_source")
+    );
+    let roots: Vec<i64> = procs
+        .iter()
+        .filter(|(_, (pp, _, _))| !procs.contains_key(pp))
+        .map(|(p, _)| *p)
+        .collect();
+    for root in roots {
+        print_tree(&mut out, &procs, root, 1);
+    }
+
+    let _ = writeln!(out, "\nstalls and kills:");
+    let mut any = false;
+    for e in events
+        .iter()
+        .filter(|e| e.kind == "watchdog" || e.kind == "stall_warning")
+    {
+        any = true;
+        let phase = e
+            .data
+            .get("stall_phase")
+            .and_then(Value::as_str)
+            .map(|p| format!("  phase {p}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} {} {}{}",
+            e.ts,
+            e.kind,
+            e.reason.as_deref().unwrap_or(""),
+            phase
+        );
+    }
+    if !any {
+        let _ = writeln!(out, "  none");
+    }
+    let _ = writeln!(
+        out,
+        "\nhealth: kernel_layer {}  cgroup_correlation {}  policy_layer {}  sdk_layer {}",
+        s(&health, "/kernel_layer"),
+        s(&health, "/cgroup_correlation"),
+        s(&health, "/policy_layer"),
+        s(&health, "/sdk_layer")
+    );
+    for note in health["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let _ = writeln!(out, "  note: {note}");
+    }
+    Ok(out)
+}
+
+fn print_tree(
+    out: &mut String,
+    procs: &BTreeMap<i64, (i64, String, String)>,
+    pid: i64,
+    depth: usize,
+) {
+    if let Some((_, argv, state)) = procs.get(&pid) {
+        let _ = writeln!(out, "{}{pid} {argv}  [{state}]", "  ".repeat(depth));
+    }
+    for (child, _) in procs
+        .iter()
+        .filter(|(c, (pp, _, _))| *pp == pid && **c != pid)
+    {
+        print_tree(out, procs, *child, depth + 1);
+    }
+}

@@ -1,0 +1,267 @@
+//! run-trace.json (`vigil.run_trace.v1`): spans, events, summary — and its people's version,
+//! run-trace-summary.md.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::events::RunnerEvent;
+use super::redact::EnvProfile;
+use crate::clock;
+
+/// Span names of the contract's taxonomy.
+pub mod span {
+    pub const RUN_TOTAL: &str = "run.total";
+    pub const RUNNER_DISPATCH: &str = "runner.dispatch";
+    pub const CASE_RUN: &str = "case.run";
+    pub const CASE_CHAIN: &str = "case.chain";
+    pub const CASE_HARNESS: &str = "case.harness";
+    pub const CHECK_EXECUTE: &str = "check.execute";
+    pub const SUBPROCESS_EXEC: &str = "subprocess.exec";
+    pub const SUBPROCESS_WAIT: &str = "subprocess.wait";
+
+    /// Spans written at `basic`; the others need `detailed` or `debug`.
+    pub fn is_basic(name: &str) -> bool {
+        matches!(
+            name,
+            RUN_TOTAL | RUNNER_DISPATCH | CASE_RUN | SUBPROCESS_EXEC | SUBPROCESS_WAIT
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Span {
+    pub name: String,
+    pub span_id: String,
+    pub parent_id: Option<String>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub status: String,
+    pub attrs: serde_json::Value,
+}
+
+/// Records spans as the run goes; an open span has `end_ns == 0` until closed.
+#[derive(Debug, Default)]
+pub struct SpanRecorder {
+    spans: Vec<Span>,
+}
+
+pub type SpanId = usize;
+
+impl SpanRecorder {
+    pub fn open(&mut self, name: &str, parent: Option<SpanId>) -> SpanId {
+        self.open_at(name, parent, clock::now_ns())
+    }
+
+    pub fn open_at(&mut self, name: &str, parent: Option<SpanId>, start_ns: u64) -> SpanId {
+        let id = self.spans.len();
+        self.spans.push(Span {
+            name: name.to_string(),
+            span_id: format!("{:016x}", id + 1),
+            parent_id: parent.map(|p| format!("{:016x}", p + 1)),
+            start_ns,
+            end_ns: 0,
+            status: "in_progress".into(),
+            attrs: serde_json::json!({}),
+        });
+        id
+    }
+
+    pub fn close(&mut self, id: SpanId, status: &str, attrs: serde_json::Value) {
+        self.close_at(id, status, attrs, clock::now_ns());
+    }
+
+    pub fn close_at(&mut self, id: SpanId, status: &str, attrs: serde_json::Value, end_ns: u64) {
+        if let Some(s) = self.spans.get_mut(id) {
+            s.end_ns = end_ns.max(s.start_ns);
+            s.status = status.to_string();
+            if let (Some(into), serde_json::Value::Object(from)) = (s.attrs.as_object_mut(), attrs)
+            {
+                into.extend(from);
+            }
+        }
+    }
+
+    /// Spans for a profile detail level; still-open spans are closed at `now` as `unfinished`.
+    pub fn export(&self, detailed: bool, now_ns: u64) -> Vec<Span> {
+        self.spans
+            .iter()
+            .filter(|s| detailed || span::is_basic(&s.name))
+            .map(|s| {
+                let mut s = s.clone();
+                if s.end_ns == 0 {
+                    s.end_ns = now_ns.max(s.start_ns);
+                    s.status = "unfinished".into();
+                }
+                // A detailed span dropped at basic level must not leave dangling parents.
+                if !detailed {
+                    s.parent_id = self.basic_ancestor(s.parent_id.as_deref());
+                }
+                s
+            })
+            .collect()
+    }
+
+    fn basic_ancestor<'a>(&'a self, mut parent: Option<&'a str>) -> Option<String> {
+        while let Some(pid) = parent {
+            let span = self.spans.iter().find(|s| s.span_id == pid)?;
+            if span::is_basic(&span.name) {
+                return Some(span.span_id.clone());
+            }
+            parent = span.parent_id.as_deref();
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRow {
+    pub name: String,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_ms: u64,
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub skip_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub blocked_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stall_detected: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stall_phase: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub fail_fast_enabled: bool,
+    pub first_failure_step: Option<String>,
+    pub aborted_after_step: Option<String>,
+    pub skipped_step_count: u64,
+    pub steps: Vec<StepRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunStatus {
+    /// `in_progress` until commit; `committed`; `repaired` after `reindex --repair`.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunTrace {
+    pub schema: &'static str,
+    pub version: u32,
+    pub run_id: String,
+    pub runner_impl: &'static str,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub run_status: RunStatus,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env_profile: EnvProfile,
+    pub profile_level: String,
+    pub cgroup: Option<serde_json::Value>,
+    pub spans: Vec<Span>,
+    pub events: Vec<RunnerEvent>,
+    pub summary: Summary,
+}
+
+/// The people's version of a trace, written next to it as run-trace-summary.md.
+pub fn render_summary_md(t: &RunTrace) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# vigil run `{}`\n", t.run_id);
+    let _ = writeln!(
+        md,
+        "- status: **{}** (exit code {})",
+        t.status,
+        opt(t.exit_code)
+    );
+    let _ = writeln!(md, "- command: `{} {}`", t.command, t.args.join(" "));
+    let _ = writeln!(
+        md,
+        "- started: {}; ended: {}",
+        t.started_at,
+        t.ended_at.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(md, "- bundle state: {}", t.run_status.state);
+    let _ = writeln!(
+        md,
+        "\n## Steps\n\n| step | status | exit | signal | ms | reason |\n|---|---|---|---|---|---|"
+    );
+    for s in &t.summary.steps {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            s.name,
+            s.status,
+            opt(s.exit_code),
+            opt(s.signal),
+            s.duration_ms,
+            s.reason.as_deref().unwrap_or("-")
+        );
+        if let Some(phase) = &s.stall_phase {
+            let _ = writeln!(md, "\nStall phase of `{}`: `{phase}`", s.name);
+        }
+    }
+    let _ = writeln!(md, "\n## Spans\n\n| span | status | ms |\n|---|---|---|");
+    for s in &t.spans {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            s.name,
+            s.status,
+            (s.end_ns - s.start_ns) / 1_000_000
+        );
+    }
+    let notable: Vec<_> = t
+        .events
+        .iter()
+        .filter(|e| e.kind == "watchdog" || e.kind == "stall_warning")
+        .collect();
+    if !notable.is_empty() {
+        let _ = writeln!(md, "\n## Watchdog and stalls\n");
+        for e in notable {
+            let _ = writeln!(
+                md,
+                "- {} `{}` {}",
+                e.ts,
+                e.kind,
+                e.reason.as_deref().unwrap_or("")
+            );
+        }
+    }
+    md
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_export_reparents_across_detailed_spans() {
+        let mut r = SpanRecorder::default();
+        let total = r.open_at(span::RUN_TOTAL, None, 10);
+        let chain = r.open_at(span::CASE_CHAIN, Some(total), 11);
+        let case = r.open_at(span::CASE_RUN, Some(chain), 12);
+        r.close_at(case, "passed", serde_json::json!({}), 20);
+        r.close_at(chain, "passed", serde_json::json!({}), 21);
+        let basic = r.export(false, 30);
+        assert_eq!(basic.len(), 2);
+        assert_eq!(
+            basic[1].parent_id.as_deref(),
+            Some(basic[0].span_id.as_str())
+        );
+        assert_eq!(basic[0].status, "unfinished");
+        assert_eq!(basic[0].end_ns, 30);
+        let detailed = r.export(true, 30);
+        assert_eq!(detailed.len(), 3);
+        assert_eq!(detailed[2].parent_id, Some(detailed[1].span_id.clone()));
+    }
+}

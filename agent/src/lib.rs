@@ -1,0 +1,10 @@
+//! vigil: a privileged run-observation agent for Linux CI hosts.
+//!
+//! The crate is split the way `../DESIGN.md` draws the system: `cli` holds the clap surface and
+//! exit codes, `run` the supervisor and everything it owns (cgroup, tee, liveness, kill), and
+//! `evidence` the bundle: its models, redaction, writer and reader.
+
+pub mod cli;
+pub mod clock;
+pub mod evidence;
+pub mod run;

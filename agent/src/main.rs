@@ -1,0 +1,124 @@
+//! `vigil` binary: parse the command line, dispatch, map results to exit codes. anyhow lives
+//! only here; the library reports typed errors.
+
+use std::process::ExitCode as ProcessExit;
+
+use clap::Parser;
+use vigil::cli::{Cli, Command, ExitCode, one_line_usage_error};
+use vigil::evidence::{inspect, reader};
+use vigil::run::spec::RunSpec;
+use vigil::run::{guard, supervisor};
+
+fn main() -> ProcessExit {
+    let code = match Cli::try_parse() {
+        Ok(cli) => dispatch(cli),
+        Err(err) => match one_line_usage_error(&err) {
+            Some(line) => {
+                eprintln!("{line}");
+                ExitCode::USAGE
+            }
+            None => {
+                let _ = err.print();
+                0
+            }
+        },
+    };
+    ProcessExit::from(u8::try_from(code).unwrap_or(u8::MAX))
+}
+
+fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Validate { bundle } => match reader::validate(&bundle) {
+            Ok(index) => {
+                println!(
+                    "{}: committed ({}), {} files verified",
+                    bundle.display(),
+                    index.state,
+                    index.files.len()
+                );
+                0
+            }
+            Err(problems) => report_problems(&bundle, &problems),
+        },
+        Command::Reindex(args) if args.mode.strict => match reader::reindex_strict(&args.bundle) {
+            Ok(index) => {
+                println!(
+                    "{}: index matches ({} files)",
+                    args.bundle.display(),
+                    index.files.len()
+                );
+                0
+            }
+            Err(problems) => report_problems(&args.bundle, &problems),
+        },
+        Command::Reindex(args) => match reader::repair(&args.bundle) {
+            Ok(r) if r.already_committed => {
+                println!(
+                    "{}: already committed and intact; nothing to repair",
+                    args.bundle.display()
+                );
+                0
+            }
+            Ok(r) => {
+                println!("{}: repaired: {}", args.bundle.display(), r.reason);
+                0
+            }
+            Err(e) => {
+                eprintln!("vigil: reindex --repair {}: {e}", args.bundle.display());
+                ExitCode::INVALID_BUNDLE
+            }
+        },
+        Command::Inspect { bundle } => match inspect::inspect(&bundle) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("vigil: inspect {}: {e}", bundle.display());
+                ExitCode::INVALID_BUNDLE
+            }
+        },
+        Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vigil guard: {e}");
+                ExitCode::VIGIL_FAILED
+            }
+        },
+    }
+}
+
+fn report_problems(bundle: &std::path::Path, problems: &[reader::BundleProblem]) -> i32 {
+    for p in problems {
+        eprintln!("vigil: {}: {p}", bundle.display());
+    }
+    ExitCode::INVALID_BUNDLE
+}
+
+fn run(args: vigil::cli::RunArgs) -> i32 {
+    let spec = match RunSpec::from_args(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            return ExitCode::USAGE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil: cannot start the runtime: {e}");
+            return ExitCode::VIGIL_FAILED;
+        }
+    };
+    match rt.block_on(supervisor::run(spec)) {
+        Ok(result) => result.exit_code(),
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            e.exit_code()
+        }
+    }
+}

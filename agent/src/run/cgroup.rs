@@ -1,0 +1,498 @@
+//! cgroup v2 for runs: find the mount, create one cgroup per run under a per-owner directory,
+//! list its processes, freeze, kill, remove, and sweep cgroups left by a vigil that died.
+//!
+//! Layout: `<mount>/<parent>/vigil-<pid>-<starttime>/<run_id>`. The owner directory names the
+//! vigil process that created it (pid plus its start time, so a reused pid is not mistaken for
+//! the owner); a later vigil finding an owner directory whose owner is gone kills and removes it.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 filesystem in /proc/self/mounts; vigil needs cgroup v2")]
+    NoCgroup2,
+    #[error("cgroup parent {0} is not under the cgroup2 mount {1}")]
+    ParentOutsideMount(PathBuf, PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The cgroup2 mount point, from /proc/self/mounts (pure v2: /sys/fs/cgroup; hybrid:
+/// /sys/fs/cgroup/unified).
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let mounts = fs::read_to_string("/proc/self/mounts")
+        .map_err(io_err("read", Path::new("/proc/self/mounts")))?;
+    parse_cgroup2_mount(&mounts).ok_or(CgroupError::NoCgroup2)
+}
+
+fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let (_src, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_field(target)))
+    })
+}
+
+/// /proc/self/mounts escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_field(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resolve `--cgroup-parent`: relative to the mount, or absolute under it.
+pub fn resolve_parent(mount: &Path, parent: &Path) -> Result<PathBuf, CgroupError> {
+    if parent.is_absolute() {
+        if parent.starts_with(mount) {
+            Ok(parent.to_path_buf())
+        } else {
+            Err(CgroupError::ParentOutsideMount(
+                parent.to_path_buf(),
+                mount.to_path_buf(),
+            ))
+        }
+    } else {
+        Ok(mount.join(parent))
+    }
+}
+
+/// `vigil-<pid>-<starttime>` for a process, or None if it does not exist.
+fn owner_tag(pid: u32) -> Option<String> {
+    let start = process_start_ticks(pid)?;
+    Some(format!("vigil-{pid}-{start}"))
+}
+
+/// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// A run's cgroup, removed (with its owner directory) by [`RunCgroup::remove`].
+#[derive(Debug)]
+pub struct RunCgroup {
+    owner_dir: PathBuf,
+    path: PathBuf,
+    id: u64,
+}
+
+/// One observation of `cgroup.events`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupEvents {
+    pub populated: bool,
+    pub frozen: bool,
+}
+
+impl RunCgroup {
+    /// Create `<parent>/vigil-<own pid>-<start>/<run_id>`.
+    pub fn create(parent: &Path, run_id: &str) -> Result<Self, CgroupError> {
+        let me = std::process::id();
+        let tag = owner_tag(me).unwrap_or_else(|| format!("vigil-{me}-0"));
+        let owner_dir = parent.join(tag);
+        fs::create_dir_all(&owner_dir).map_err(io_err("create cgroup", &owner_dir))?;
+        let path = owner_dir.join(run_id);
+        fs::create_dir(&path).map_err(io_err("create cgroup", &path))?;
+        // The cgroup id that bpf_get_current_cgroup_id() reports is the directory's inode.
+        let id = fs::metadata(&path).map_err(io_err("stat", &path))?.ino();
+        Ok(RunCgroup {
+            owner_dir,
+            path,
+            id,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory the guard process kills and removes if vigil dies.
+    pub fn owner_dir(&self) -> &Path {
+        &self.owner_dir
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn procs_file(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// Every process in the run's cgroup and its descendant cgroups.
+    pub fn procs(&self) -> Vec<i32> {
+        procs_recursive(&self.path)
+    }
+
+    pub fn events(&self) -> CgroupEvents {
+        read_events(&self.path)
+    }
+
+    /// Cumulative CPU time of the run (cpu.stat usage_usec), present without the cpu controller.
+    pub fn cpu_usage_usec(&self) -> Option<u64> {
+        let stat = fs::read_to_string(self.path.join("cpu.stat")).ok()?;
+        stat.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        let file = self.path.join("cgroup.freeze");
+        fs::write(&file, if frozen { "1" } else { "0" }).map_err(io_err("write", &file))
+    }
+
+    /// SIGKILL everything in the subtree: cgroup.kill where the kernel has it, else a kill loop.
+    pub fn kill_all(&self) -> Result<KillMechanism, CgroupError> {
+        kill_subtree(&self.path)
+    }
+
+    /// Remove the run cgroup and its owner directory. The cgroup must be empty.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        remove_tree(&self.owner_dir)
+    }
+
+    /// A watcher on this cgroup's `cgroup.events`.
+    pub fn watch_events(&self) -> Result<EventsWatch, CgroupError> {
+        EventsWatch::new(&self.path)
+    }
+}
+
+/// How a SIGKILL reached every process of a cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillMechanism {
+    /// `cgroup.kill` (Linux ≥ 5.14): atomic, races no fork.
+    CgroupKill,
+    /// SIGKILL to each listed pid until the cgroup is empty (older kernels).
+    SignalLoop,
+}
+
+impl KillMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillMechanism::CgroupKill => "cgroup.kill",
+            KillMechanism::SignalLoop => "sigkill_loop",
+        }
+    }
+}
+
+fn kill_subtree(path: &Path) -> Result<KillMechanism, CgroupError> {
+    let file = path.join("cgroup.kill");
+    if file.exists() {
+        fs::write(&file, "1").map_err(io_err("write", &file))?;
+        return Ok(KillMechanism::CgroupKill);
+    }
+    // Without cgroup.kill a process may fork between listing and killing; repeat until a
+    // listing comes back empty, bounded so a fork bomb cannot hold vigil here forever.
+    for _ in 0..1000 {
+        let pids = procs_recursive(path);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    Ok(KillMechanism::SignalLoop)
+}
+
+fn procs_recursive(path: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+fn read_events(path: &Path) -> CgroupEvents {
+    let text = fs::read_to_string(path.join("cgroup.events")).unwrap_or_default();
+    let mut ev = CgroupEvents::default();
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("populated", v)) => ev.populated = v.trim() == "1",
+            Some(("frozen", v)) => ev.frozen = v.trim() == "1",
+            _ => {}
+        }
+    }
+    ev
+}
+
+/// rmdir a cgroup subtree, deepest first.
+fn remove_tree(path: &Path) -> Result<(), CgroupError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CgroupError::Io {
+            op: "remove cgroup",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Kill and remove a whole owner directory (used by the guard and by the stale sweep). Waits
+/// (event-driven, bounded) for the subtree to empty before removing it.
+pub fn kill_and_remove(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    kill_subtree(dir)?;
+    let watch = EventsWatch::new(dir)?;
+    watch.wait_blocking(timeout, |ev| !ev.populated);
+    remove_tree(dir)
+}
+
+/// A run cgroup left behind by a vigil that died.
+#[derive(Debug, Clone)]
+pub struct StaleOwner {
+    pub dir: PathBuf,
+    pub owner_pid: u32,
+    pub runs: Vec<String>,
+    pub processes_killed: usize,
+    pub removed: bool,
+}
+
+/// Find owner directories under `parent` whose vigil is gone; kill what is in them and remove
+/// them.
+pub fn sweep_stale(parent: &Path) -> Vec<StaleOwner> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut swept = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, start)) = parse_owner_tag(&name) else {
+            continue;
+        };
+        if process_start_ticks(pid) == Some(start) {
+            continue; // owner alive
+        }
+        let dir = entry.path();
+        let runs = fs::read_dir(&dir)
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let processes_killed = procs_recursive(&dir).len();
+        let removed = kill_and_remove(&dir, Duration::from_secs(5)).is_ok();
+        swept.push(StaleOwner {
+            dir,
+            owner_pid: pid,
+            runs,
+            processes_killed,
+            removed,
+        });
+    }
+    swept
+}
+
+fn parse_owner_tag(name: &str) -> Option<(u32, u64)> {
+    let rest = name.strip_prefix("vigil-")?;
+    let (pid, start) = rest.split_once('-')?;
+    Some((pid.parse().ok()?, start.parse().ok()?))
+}
+
+/// inotify on `cgroup.events`: the kernel signals a modification whenever `populated` or
+/// `frozen` changes, so waiting needs no polling.
+pub struct EventsWatch {
+    inotify: Inotify,
+    dir: PathBuf,
+}
+
+impl EventsWatch {
+    pub fn new(dir: &Path) -> Result<Self, CgroupError> {
+        let file = dir.join("cgroup.events");
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| {
+                CgroupError::Io {
+                    op: "inotify_init",
+                    path: file.clone(),
+                    source: e.into(),
+                }
+            })?;
+        inotify
+            .add_watch(&file, AddWatchFlags::IN_MODIFY)
+            .map_err(|e| CgroupError::Io {
+                op: "inotify_add_watch",
+                path: file.clone(),
+                source: e.into(),
+            })?;
+        Ok(EventsWatch {
+            inotify,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn current(&self) -> CgroupEvents {
+        read_events(&self.dir)
+    }
+
+    /// Block until `pred` holds or `timeout` passes; returns whether it holds.
+    pub fn wait_blocking(&self, timeout: Duration, pred: impl Fn(CgroupEvents) -> bool) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(self.current()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+            let _ = self.inotify.read_events();
+        }
+    }
+
+    /// Register the inotify fd with the tokio reactor (needs a runtime).
+    pub fn async_fd(&self) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::RawFd>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let raw = self.inotify.as_fd().as_raw_fd();
+        // SAFETY: the fd is owned by `self.inotify`, which callers keep alive for as long as the
+        // AsyncFd (it is declared first, so dropped last); the AsyncFd never closes it.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(raw, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)
+    }
+
+    /// Wait for the next change notification, then return the current state.
+    pub async fn changed(
+        &self,
+        afd: &tokio::io::unix::AsyncFd<std::os::fd::RawFd>,
+    ) -> CgroupEvents {
+        if let Ok(mut guard) = afd.readable().await {
+            let _ = self.inotify.read_events();
+            guard.clear_ready();
+        }
+        self.current()
+    }
+
+    /// Async wait until `pred` holds or `timeout` passes; returns whether it holds.
+    pub async fn wait(&self, timeout: Duration, pred: impl Fn(CgroupEvents) -> bool) -> bool {
+        let Ok(afd) = self.async_fd() else {
+            // Could not register with the reactor: fall back to the blocking wait on a worker.
+            return self.wait_blocking(timeout, pred);
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if pred(self.current()) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, afd.readable()).await {
+                Err(_) => return pred(self.current()),
+                Ok(Ok(mut guard)) => {
+                    let _ = self.inotify.read_events();
+                    guard.clear_ready();
+                }
+                Ok(Err(_)) => {
+                    return self.wait_blocking(deadline - tokio::time::Instant::now(), pred);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_and_pure_hosts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            parse_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let pure = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(
+            parse_cgroup2_mount(pure),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+        assert_eq!(unescape_mount_field("/mnt/a\\040b"), "/mnt/a b");
+    }
+
+    #[test]
+    fn parent_must_be_under_the_mount() {
+        let m = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            resolve_parent(m, Path::new("vigil")).ok(),
+            Some(m.join("vigil"))
+        );
+        assert!(resolve_parent(m, Path::new("/tmp/x")).is_err());
+        assert!(resolve_parent(m, Path::new("/sys/fs/cgroup/ci")).is_ok());
+    }
+
+    #[test]
+    fn owner_tags_round_trip() {
+        assert_eq!(parse_owner_tag("vigil-42-9000"), Some((42, 9000)));
+        assert_eq!(parse_owner_tag("vigil-x-1"), None);
+        assert_eq!(parse_owner_tag("other"), None);
+        let mine = owner_tag(std::process::id()).expect("own /proc entry");
+        let (pid, start) = parse_owner_tag(&mine).expect("parse own tag");
+        assert_eq!(pid, std::process::id());
+        assert_eq!(process_start_ticks(pid), Some(start));
+    }
+}

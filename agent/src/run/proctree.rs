@@ -1,0 +1,212 @@
+//! The run's process tree without eBPF: sample the cgroup's processes (cgroup.procs, recursive)
+//! and procfs, and turn differences between samples into `subprocess_state` events. A process
+//! that lives and dies between two samples is not seen; health says the source is `procfs` and
+//! gives the sample interval. Exit codes of non-child processes come from /proc/PID/stat (field
+//! 52) while they are zombies; once reaped the code is unknown and reported as null.
+
+use std::collections::HashMap;
+use std::fs;
+
+use serde_json::json;
+
+use crate::evidence::redact::Redactor;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    pub argv: Vec<String>,
+    pub start_ticks: u64,
+}
+
+/// Parsed /proc/PID/stat fields vigil uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub utime: u64,
+    pub stime: u64,
+    pub start_ticks: u64,
+    /// waitpid-style status, meaningful for zombies only.
+    pub exit_code: Option<i32>,
+}
+
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    let f: Vec<&str> = text[close + 2..].split(' ').collect();
+    // f[0] is field 3 (state); field N is f[N - 3].
+    Some(Stat {
+        comm,
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        utime: f.get(11)?.parse().ok()?,
+        stime: f.get(12)?.parse().ok()?,
+        start_ticks: f.get(19)?.parse().ok()?,
+        exit_code: f.get(49).and_then(|s| s.trim().parse().ok()),
+    })
+}
+
+pub fn read_stat(pid: i32) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+pub fn read_argv(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Decode a waitpid status into (exit code, signal).
+pub fn decode_wait_status(status: i32) -> (Option<i32>, Option<i32>) {
+    if status & 0x7f == 0 {
+        (Some((status >> 8) & 0xff), None)
+    } else {
+        (None, Some(status & 0x7f))
+    }
+}
+
+/// One state change to write as a `subprocess_state` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    pub data: serde_json::Value,
+    pub exited: bool,
+}
+
+pub struct ProcTracker {
+    known: HashMap<i32, ProcInfo>,
+    main_pid: i32,
+}
+
+impl ProcTracker {
+    pub fn new(main_pid: i32) -> Self {
+        ProcTracker {
+            known: HashMap::new(),
+            main_pid,
+        }
+    }
+
+    /// Register the main child (whose states the supervisor reports from spawn and waitpid).
+    pub fn adopt_main(&mut self, info: ProcInfo) {
+        self.known.insert(info.pid, info);
+    }
+
+    pub fn known(&self) -> impl Iterator<Item = &ProcInfo> {
+        self.known.values()
+    }
+
+    /// Compare a fresh listing with what was known; return the changes.
+    pub fn update(&mut self, pids: &[i32], redactor: &Redactor) -> Vec<StateChange> {
+        let mut changes = Vec::new();
+        for &pid in pids {
+            let argv = read_argv(pid);
+            match self.known.get_mut(&pid) {
+                Some(info) => {
+                    // Same pid, new program image: an exec we sampled.
+                    if !argv.is_empty() && argv != info.argv {
+                        info.argv = argv;
+                        if let Some(st) = read_stat(pid) {
+                            info.comm = st.comm;
+                        }
+                        changes.push(change(info, "running", None, None, redactor));
+                    }
+                }
+                None => {
+                    let Some(st) = read_stat(pid) else { continue };
+                    let info = ProcInfo {
+                        pid,
+                        ppid: st.ppid,
+                        comm: st.comm,
+                        argv,
+                        start_ticks: st.start_ticks,
+                    };
+                    changes.push(change(&info, "spawned", None, None, redactor));
+                    if !info.argv.is_empty() {
+                        changes.push(change(&info, "running", None, None, redactor));
+                    }
+                    self.known.insert(pid, info);
+                }
+            }
+        }
+        let gone: Vec<i32> = self
+            .known
+            .keys()
+            .copied()
+            .filter(|p| !pids.contains(p))
+            .collect();
+        for pid in gone {
+            let Some(info) = self.known.remove(&pid) else {
+                continue;
+            };
+            if pid == self.main_pid {
+                continue; // reported exactly from waitpid by the supervisor
+            }
+            let (code, sig) = match read_stat(pid) {
+                // Still a zombie of the same process: its exit status is readable.
+                Some(st) if st.start_ticks == info.start_ticks && st.state == 'Z' => {
+                    st.exit_code.map(decode_wait_status).unwrap_or((None, None))
+                }
+                _ => (None, None),
+            };
+            changes.push(change(&info, "exited", code, sig, redactor));
+        }
+        changes
+    }
+}
+
+fn change(
+    info: &ProcInfo,
+    state: &str,
+    code: Option<i32>,
+    sig: Option<i32>,
+    r: &Redactor,
+) -> StateChange {
+    StateChange {
+        data: json!({
+            "pid": info.pid,
+            "ppid": info.ppid,
+            "state": state,
+            "comm": info.comm,
+            "argv": r.redact_argv(&info.argv),
+            "exit_code": code,
+            "signal": sig,
+            "source": "procfs",
+        }),
+        exited: state == "exited",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_comm() {
+        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5555 1000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 256";
+        let st = parse_stat(line).expect("parse");
+        assert_eq!(st.comm, "a) b (c)");
+        assert_eq!(st.state, 'S');
+        assert_eq!(st.ppid, 1);
+        assert_eq!((st.utime, st.stime), (7, 3));
+        assert_eq!(st.start_ticks, 5555);
+        assert_eq!(st.exit_code, Some(256));
+        assert_eq!(decode_wait_status(256), (Some(1), None));
+        assert_eq!(decode_wait_status(9), (None, Some(9)));
+    }
+
+    #[test]
+    fn reads_own_stat() {
+        let me = std::process::id() as i32;
+        let st = read_stat(me).expect("own stat");
+        assert_eq!(st.state, 'R');
+        assert!(!read_argv(me).is_empty());
+    }
+}

@@ -1,0 +1,213 @@
+//! The validated description of one run. Everything here was checked before anything started:
+//! a `RunSpec` that exists can be run.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::cli::{LivenessLevel, ProfileLevel, ProfileOnFail, RunArgs};
+
+/// A run id: non-empty, ASCII letters, digits, `_` and `-` only (CONTRACT.md §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunId(String);
+
+impl RunId {
+    /// `run_` + a random 128-bit hex id.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        // The OS RNG failing is not something a run can work around; fall back to time+pid so a
+        // run id is still unique on this host.
+        if getrandom::fill(&mut bytes).is_err() {
+            let seed = u128::from(crate::clock::now_ns()) << 32 | u128::from(std::process::id());
+            bytes = seed.to_le_bytes();
+        }
+        RunId(format!("run_{}", hex::encode(bytes)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RunId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("run id is empty; accepted: ASCII letters, digits, '_' and '-'".into());
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(format!(
+                "run id contains {c:?}; accepted: ASCII letters, digits, '_' and '-'"
+            ));
+        }
+        Ok(RunId(s.to_string()))
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `--user UID[:GID]`; without a GID the child keeps the UID as its GID (like `setpriv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FromStr for UserSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?} is not UID[:GID]; accepted: numeric ids such as 65534 or 1000:1000");
+        let (uid, gid) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        let uid: u32 = uid.parse().map_err(|_| bad())?;
+        let gid: u32 = match gid {
+            Some(g) => g.parse().map_err(|_| bad())?,
+            None => uid,
+        };
+        Ok(UserSpec { uid, gid })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProfileConfig {
+    pub level: ProfileLevel,
+    pub out: PathBuf,
+    pub summary_out: PathBuf,
+    pub heartbeat: Duration,
+    pub stall_threshold: Duration,
+    pub on_fail: ProfileOnFail,
+}
+
+#[derive(Debug, Clone)]
+pub struct LivenessConfig {
+    pub level: LivenessLevel,
+    pub stall: Duration,
+    pub min_events: u64,
+    pub hard_cap: Duration,
+    pub kill_grace: Duration,
+}
+
+/// Everything needed to run one command.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub run_id: RunId,
+    pub out_dir: PathBuf,
+    pub cgroup_parent: PathBuf,
+    pub user: Option<UserSpec>,
+    pub output_cap_bytes: u64,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub profile: ProfileConfig,
+    pub liveness: LivenessConfig,
+    pub fail_fast: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("no command given; usage: vigil run [FLAGS] -- CMD [ARGS…]")]
+    EmptyCommand,
+    #[error(
+        "--cgroup-parent {0:?} must not contain '..'; accepted: a path under the cgroup2 mount"
+    )]
+    CgroupParent(PathBuf),
+}
+
+impl RunSpec {
+    pub fn from_args(args: RunArgs) -> Result<Self, SpecError> {
+        let mut command = args.command.into_iter();
+        let program = command.next().ok_or(SpecError::EmptyCommand)?;
+        if program.is_empty() {
+            return Err(SpecError::EmptyCommand);
+        }
+        if args
+            .cgroup_parent
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(SpecError::CgroupParent(args.cgroup_parent));
+        }
+        let ms = Duration::from_millis;
+        Ok(RunSpec {
+            run_id: args.run_id.unwrap_or_else(RunId::generate),
+            out_dir: args.out,
+            cgroup_parent: args.cgroup_parent,
+            user: args.user,
+            output_cap_bytes: args.output_cap_bytes,
+            program,
+            args: command.collect(),
+            profile: ProfileConfig {
+                level: args.profile.profile_level,
+                out: args.profile.profile_out,
+                summary_out: args.profile.profile_summary_out,
+                heartbeat: ms(args.profile.profile_heartbeat_ms),
+                stall_threshold: ms(args.profile.profile_stall_threshold_ms),
+                on_fail: args.profile.profile_on_fail,
+            },
+            liveness: LivenessConfig {
+                level: args.liveness.liveness_level,
+                stall: ms(args.liveness.liveness_stall_ms),
+                min_events: args.liveness.liveness_min_events,
+                hard_cap: ms(args.liveness.liveness_hard_cap_ms),
+                kill_grace: ms(args.liveness.liveness_kill_grace_ms),
+            },
+            fail_fast: args.gate.fail_fast_enabled(),
+        })
+    }
+
+    /// The whole argv as lossy strings, for evidence (redacted before it is written).
+    pub fn argv_lossy(&self) -> Vec<String> {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_follow_the_contract() {
+        assert!("build_42-a".parse::<RunId>().is_ok());
+        for bad in ["", "a:b", "a/b", "../x", "a b", "é"] {
+            assert!(bad.parse::<RunId>().is_err(), "{bad:?} accepted");
+        }
+        let generated = RunId::generate();
+        assert!(generated.as_str().starts_with("run_"));
+        assert_eq!(generated.as_str().len(), 4 + 32);
+        assert!(generated.as_str().parse::<RunId>().is_ok());
+    }
+
+    #[test]
+    fn user_spec_parses_uid_and_gid() {
+        assert_eq!(
+            "65534".parse::<UserSpec>(),
+            Ok(UserSpec {
+                uid: 65534,
+                gid: 65534
+            })
+        );
+        assert_eq!(
+            "1000:100".parse::<UserSpec>(),
+            Ok(UserSpec {
+                uid: 1000,
+                gid: 100
+            })
+        );
+        assert!("nobody".parse::<UserSpec>().is_err());
+        assert!("1:x".parse::<UserSpec>().is_err());
+    }
+}

@@ -1,0 +1,886 @@
+//! The supervisor: one dispatcher task owns the run's state (as nextest's runner does). It
+//! creates the bundle and the cgroup, spawns the child, and then reacts to what happens — child
+//! exit, output pipes closing, the cgroup emptying, liveness deadlines, heartbeats, process-tree
+//! samples, signals to vigil — until the run has exactly one outcome and its cgroup is empty.
+//! Then it writes the evidence and commits the bundle.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::cgroup::{self, CgroupError, RunCgroup};
+use super::guard::Guard;
+use super::kill::Escalation;
+use super::liveness::{Liveness, ProgressLog, Verdict, reason};
+use super::outcome::Outcome;
+use super::proctree::{ProcInfo, ProcTracker, decode_wait_status, read_stat};
+use super::spawn::{self, SpawnError};
+use super::spec::RunSpec;
+use super::tee::{Fence, TeeConfig, spawn_tee};
+use super::triage;
+use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail};
+use crate::clock;
+use crate::evidence::bundle::{self, Bundle, BundleError};
+use crate::evidence::events::{EventKind, EventLog};
+use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth, OutputHealth};
+use crate::evidence::redact::Redactor;
+use crate::evidence::trace::{
+    RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
+};
+use crate::evidence::{files, schema};
+
+/// How often the procfs process tree is sampled.
+pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
+/// Window over which the run's CPU rate is measured for stall triage.
+const CPU_WINDOW: Duration = Duration::from_secs(1);
+
+/// Failures before the child was started: nothing ran, nothing needs killing.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot start the cgroup guard: {0}")]
+    Guard(std::io::Error),
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl SetupError {
+    pub fn exit_code(&self) -> i32 {
+        ExitCode::VIGIL_FAILED
+    }
+}
+
+#[derive(Debug)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    pub bundle_dir: PathBuf,
+    /// Set when the bundle could not be committed; the exit code is then 125.
+    pub commit_error: Option<String>,
+}
+
+impl RunResult {
+    pub fn exit_code(&self) -> i32 {
+        if self.commit_error.is_some() {
+            ExitCode::VIGIL_FAILED
+        } else {
+            self.outcome.exit_code()
+        }
+    }
+}
+
+/// Spans of one run, opened in order.
+struct RunSpans {
+    rec: SpanRecorder,
+    total: SpanId,
+    dispatch: SpanId,
+    chain: SpanId,
+    case: SpanId,
+}
+
+/// Where the child's streams end up, and their end-of-stream reports.
+struct Streams {
+    stdout: Option<oneshot::Receiver<OutputHealth>>,
+    stderr: Option<oneshot::Receiver<OutputHealth>>,
+    reports: [OutputHealth; 2],
+}
+
+impl Streams {
+    fn open(&self) -> bool {
+        self.stdout.is_some() || self.stderr.is_some()
+    }
+}
+
+async fn recv_opt(rx: &mut Option<oneshot::Receiver<OutputHealth>>) -> OutputHealth {
+    match rx {
+        Some(rx) => rx.await.unwrap_or_default(),
+        None => std::future::pending().await,
+    }
+}
+
+pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(SetupError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(SetupError::Signals)?;
+    let started_ns = clock::now_ns();
+    let run_id = spec.run_id.to_string();
+
+    let mut rec = SpanRecorder::default();
+    let total = rec.open_at(span::RUN_TOTAL, None, started_ns);
+    let dispatch = rec.open_at(span::RUNNER_DISPATCH, Some(total), started_ns);
+    let setup = rec.open_at(span::CASE_HARNESS, Some(total), started_ns);
+
+    // Bundle first: an unwritable output directory fails here, before anything runs.
+    let bundle = Bundle::create(&spec.out_dir, &run_id)?;
+    // Setup files are written without fsync: `reindex --repair` recreates any of them, and the
+    // first fsync on a fresh directory can cost tens of ms before the child has even started.
+    for rel in [files::KERNEL_LAYER, files::POLICY_LAYER, files::SDK_LAYER] {
+        bundle.write_plain(rel, b"")?;
+    }
+    let io_err = |path: PathBuf| move |source| SetupError::Io { path, source };
+    let mut events = EventLog::create(&bundle.path(files::EVENTS), &run_id)
+        .map_err(io_err(bundle.path(files::EVENTS)))?;
+
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let redactor = Arc::new(Redactor::new(&env));
+    let argv = redactor.redact_argv(&spec.argv_lossy());
+    let mut trace = RunTrace {
+        schema: schema::RUN_TRACE,
+        version: 1,
+        run_id: run_id.clone(),
+        runner_impl: "vigil-rust",
+        started_at: clock::rfc3339(started_ns),
+        ended_at: None,
+        status: "in_progress".into(),
+        exit_code: None,
+        run_status: RunStatus {
+            state: "in_progress".into(),
+            reason: None,
+        },
+        command: argv.first().cloned().unwrap_or_default(),
+        args: argv.iter().skip(1).cloned().collect(),
+        env_profile: redactor.env_profile(&env),
+        profile_level: profile_level_name(spec.profile.level).into(),
+        cgroup: None,
+        spans: Vec::new(),
+        events: Vec::new(),
+        summary: Summary {
+            fail_fast_enabled: spec.fail_fast,
+            first_failure_step: None,
+            aborted_after_step: None,
+            skipped_step_count: 0,
+            steps: Vec::new(),
+        },
+    };
+    bundle.write_plain(
+        files::RUN_TRACE,
+        &serde_json::to_vec_pretty(&trace).unwrap_or_default(),
+    )?;
+
+    let mut notes = Vec::new();
+    let mount = cgroup::cgroup2_mount()?;
+    let parent = cgroup::resolve_parent(&mount, &spec.cgroup_parent)?;
+    for stale in cgroup::sweep_stale(&parent) {
+        let msg = format!(
+            "removed stale run cgroup {} (owner vigil pid {} gone; runs {:?}; {} processes killed{})",
+            stale.dir.display(),
+            stale.owner_pid,
+            stale.runs,
+            stale.processes_killed,
+            if stale.removed {
+                ""
+            } else {
+                "; removal failed"
+            }
+        );
+        eprintln!("vigil: {msg}");
+        notes.push(msg);
+    }
+    let cg = RunCgroup::create(&parent, &run_id)?;
+    let guard = match Guard::spawn(cg.owner_dir()) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = cg.remove();
+            return Err(SetupError::Guard(e));
+        }
+    };
+    trace.cgroup = Some(json!({"path": cg.path().display().to_string(), "id": cg.id()}));
+    rec.close(setup, "passed", json!({"phase": "setup"}));
+
+    let chain = rec.open(span::CASE_CHAIN, Some(total));
+    let case = rec.open(span::CASE_RUN, Some(chain));
+    let mut spans = RunSpans {
+        rec,
+        total,
+        dispatch,
+        chain,
+        case,
+    };
+    events.emit(
+        EventKind::RunStarted,
+        None,
+        json!({"command": trace.command, "args": trace.args, "cgroup": trace.cgroup, "vigil_pid": std::process::id()}),
+    );
+
+    let mut sup = Supervisor {
+        spec: &spec,
+        cg: &cg,
+        events,
+        redactor,
+        notes,
+        progress: Arc::new(ProgressLog::new(spec.liveness.min_events)),
+        fence: Arc::new(Fence::default()),
+        outcome: None,
+        escalation: None,
+        stall: None,
+        cpu_samples: VecDeque::new(),
+    };
+    let outcome = sup
+        .supervise(&bundle, &mut spans, &mut sigint, &mut sigterm)
+        .await;
+    let result = sup.finish(outcome, bundle, spans, trace, guard, started_ns);
+    Ok(result)
+}
+
+struct Supervisor<'a> {
+    spec: &'a RunSpec,
+    cg: &'a RunCgroup,
+    events: EventLog,
+    redactor: Arc<Redactor>,
+    notes: Vec<String>,
+    progress: Arc<ProgressLog>,
+    fence: Arc<Fence>,
+    /// An outcome vigil decided (watchdog, cancel): the first one wins and is never replaced.
+    /// The main child's own exit is provisional until its output drained; this overrides it.
+    outcome: Option<Outcome>,
+    escalation: Option<Escalation>,
+    /// Stall detected: (phase, snapshot taken).
+    stall: Option<String>,
+    cpu_samples: VecDeque<(Instant, u64)>,
+}
+
+/// Per-run supervision state that `finish` needs.
+struct Supervised {
+    outcome: Outcome,
+    main_exit: Option<(i32, Option<i32>, Option<i32>)>,
+    streams: [OutputHealth; 2],
+    process_tree: bool,
+}
+
+impl Supervisor<'_> {
+    async fn supervise(
+        &mut self,
+        bundle: &Bundle,
+        spans: &mut RunSpans,
+        sigint: &mut tokio::signal::unix::Signal,
+        sigterm: &mut tokio::signal::unix::Signal,
+    ) -> Supervised {
+        let check = spans.rec.open(span::CHECK_EXECUTE, Some(spans.case));
+        let exec_span = spans.rec.open(span::SUBPROCESS_EXEC, Some(check));
+        let spawned = match spawn::spawn(self.spec, &self.cg.procs_file()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("vigil: {e}");
+                let outcome = match e {
+                    SpawnError::NotFound(_) => Outcome::NotStarted(ExitCode::NOT_FOUND),
+                    SpawnError::NotExecutable(..) => Outcome::NotStarted(ExitCode::NOT_EXECUTABLE),
+                    _ => Outcome::VigilFailed,
+                };
+                self.notes.push(format!("child not started: {e}"));
+                spans
+                    .rec
+                    .close(exec_span, "error", json!({"error": e.to_string()}));
+                spans.rec.close(check, "error", json!({}));
+                spans.rec.close(spans.dispatch, "error", json!({}));
+                return Supervised {
+                    outcome,
+                    main_exit: None,
+                    streams: Default::default(),
+                    process_tree: false,
+                };
+            }
+        };
+        let spawned_ns = clock::now_ns();
+        spans
+            .rec
+            .close_at(exec_span, "passed", json!({"pid": spawned.pid}), spawned_ns);
+        spans
+            .rec
+            .close_at(spans.dispatch, "passed", json!({}), spawned_ns);
+        let wait_span = spans
+            .rec
+            .open_at(span::SUBPROCESS_WAIT, Some(check), spawned_ns);
+        let main_pid = i32::try_from(spawned.pid).unwrap_or(i32::MAX);
+
+        let mut tracker = ProcTracker::new(main_pid);
+        let argv = self.spec.argv_lossy();
+        let main_info = ProcInfo {
+            pid: main_pid,
+            ppid: i32::try_from(std::process::id()).unwrap_or(0),
+            comm: read_stat(main_pid).map(|s| s.comm).unwrap_or_default(),
+            argv: argv.clone(),
+            start_ticks: read_stat(main_pid).map_or(0, |s| s.start_ticks),
+        };
+        for state in ["spawned", "running"] {
+            self.events.emit(
+                EventKind::SubprocessState,
+                None,
+                json!({"pid": main_pid, "ppid": main_info.ppid, "state": state, "comm": main_info.comm,
+                       "argv": self.redactor.redact_argv(&argv), "exit_code": null, "signal": null, "source": "spawn"}),
+            );
+        }
+        tracker.adopt_main(main_info);
+
+        let mut streams = self.start_tees(bundle, spawned.stdout, spawned.stderr);
+        let mut child = spawned.child;
+        let mut liveness = Liveness::new(
+            self.spec.liveness.clone(),
+            self.spec.profile.stall_threshold,
+            spawned_ns,
+        );
+        let mut main_exit: Option<(u64, (i32, Option<i32>, Option<i32>))> = None;
+        let mut main_outcome: Option<Outcome> = None;
+        let watch = self.cg.watch_events();
+        let afd = watch.as_ref().ok().and_then(|w| w.async_fd().ok());
+        if afd.is_none() {
+            self.notes.push(
+                "cgroup.events cannot be watched; emptiness is checked on each sample".into(),
+            );
+        }
+        let mut cgroup_empty = false;
+        let mut heartbeat = tokio::time::interval(self.spec.profile.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeat.tick().await; // the first tick is immediate; heartbeats start one interval in
+        let mut sample = tokio::time::interval(PROCESS_SAMPLE);
+        sample.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // After a kill, output pipes still held by something outside the cgroup are given up on.
+        let mut pipes_give_up: Option<Instant> = None;
+
+        loop {
+            if main_exit.is_some() && !streams.open() {
+                if !cgroup_empty && self.cg.procs().is_empty() {
+                    cgroup_empty = true;
+                    self.on_cgroup_empty();
+                }
+                if cgroup_empty {
+                    break;
+                }
+                if self.escalation.is_none() {
+                    let n = self.cg.procs().len();
+                    self.notes.push(format!("{n} process(es) still in the run cgroup after the main child exited; killed"));
+                    self.start_kill(None);
+                }
+            }
+            let snap = self.progress.snapshot();
+            let exit_ns = main_exit.map(|(t, _)| t);
+            let deadline = if self.outcome.is_some() {
+                None
+            } else {
+                Some(liveness.next_deadline(snap, exit_ns, streams.open()))
+            };
+            let sleep_to = deadline.map(ns_to_instant);
+            let kill_at = self
+                .escalation
+                .as_ref()
+                .filter(|e| !e.escalated())
+                .map(|e| e.kill_at);
+
+            tokio::select! {
+                biased;
+                _ = sigint.recv() => self.on_signal(libc::SIGINT),
+                _ = sigterm.recv() => self.on_signal(libc::SIGTERM),
+                status = child.wait(), if main_exit.is_none() => {
+                    let now = clock::now_ns();
+                    let (code, sig) = match status {
+                        Ok(st) => decode_wait_status(std::os::unix::process::ExitStatusExt::into_raw(st)),
+                        Err(_) => (None, None),
+                    };
+                    let raw = code.map_or_else(|| sig.map_or(-1, ExitCode::signal), |c| c);
+                    main_exit = Some((now, (raw, code, sig)));
+                    self.events.emit(EventKind::SubprocessState, None, json!({
+                        "pid": main_pid, "ppid": std::process::id(), "state": "exited",
+                        "exit_code": code, "signal": sig, "source": "waitpid"}));
+                    spans.rec.close_at(check, if code == Some(0) { "passed" } else { "failed" }, json!({"exit_code": code, "signal": sig}), now);
+                    main_outcome = Some(match (code, sig) {
+                        (Some(c), _) => Outcome::Exited(c),
+                        (None, Some(s)) => Outcome::Signaled(s),
+                        _ => Outcome::VigilFailed,
+                    });
+                }
+                r = recv_opt(&mut streams.stdout) => { streams.reports[0] = r; streams.stdout = None; }
+                r = recv_opt(&mut streams.stderr) => { streams.reports[1] = r; streams.stderr = None; }
+                ev = async { match (&watch, &afd) { (Ok(w), Some(a)) => w.changed(a).await, _ => std::future::pending().await } } => {
+                    if !ev.populated {
+                        cgroup_empty = true;
+                        self.on_cgroup_empty();
+                    }
+                }
+                _ = sleep_until_opt(kill_at) => self.escalate_to_kill(),
+                _ = sleep_until_opt(sleep_to) => {
+                    let now = clock::now_ns();
+                    for verdict in liveness.check(now, self.progress.snapshot(), exit_ns, streams.open()) {
+                        self.on_verdict(verdict, now).await;
+                    }
+                }
+                _ = sleep_until_opt(pipes_give_up) => {
+                    self.fence.close();
+                    self.notes.push("output pipes stayed open after the run's cgroup emptied (held outside the run); fenced".into());
+                    streams.stdout = None;
+                    streams.stderr = None;
+                }
+                _ = heartbeat.tick() => {
+                    let snap = self.progress.snapshot();
+                    let now = clock::now_ns();
+                    self.events.emit(EventKind::Heartbeat, None, json!({
+                        "elapsed_ms": now.saturating_sub(spawned_ns) / 1_000_000,
+                        "progress_events": snap.count,
+                        "silent_ms": now.saturating_sub(snap.last_ns.unwrap_or(spawned_ns)) / 1_000_000,
+                        "processes": tracker.known().count(),
+                    }));
+                }
+                _ = sample.tick() => {
+                    let pids = self.cg.procs();
+                    for ch in tracker.update(&pids, &self.redactor) {
+                        // A process appearing or exec'ing is activity; an exit is not.
+                        if !ch.exited {
+                            self.progress.record(clock::now_ns());
+                        }
+                        self.events.emit(EventKind::SubprocessState, None, ch.data);
+                    }
+                    if let Some(u) = self.cg.cpu_usage_usec() {
+                        let now = Instant::now();
+                        self.cpu_samples.push_back((now, u));
+                        while self.cpu_samples.front().is_some_and(|(t, _)| now.duration_since(*t) > CPU_WINDOW * 2) {
+                            self.cpu_samples.pop_front();
+                        }
+                    }
+                    if afd.is_none() && pids.is_empty() && !cgroup_empty {
+                        cgroup_empty = true;
+                        self.on_cgroup_empty();
+                    }
+                    self.events.flush_if_due();
+                }
+            }
+            if cgroup_empty && streams.open() && pipes_give_up.is_none() && main_exit.is_some() {
+                pipes_give_up = Some(Instant::now() + self.spec.liveness.kill_grace);
+            }
+        }
+        // Final sample: everything still known has exited.
+        for ch in tracker.update(&[], &self.redactor) {
+            self.events.emit(EventKind::SubprocessState, None, ch.data);
+        }
+        self.fence.close();
+        spans.rec.close(wait_span, "passed", json!({}));
+        let main = main_exit.map(|(_, m)| m);
+        let outcome = self
+            .outcome
+            .clone()
+            .or(main_outcome)
+            .unwrap_or(Outcome::VigilFailed);
+        Supervised {
+            outcome,
+            main_exit: main,
+            streams: std::mem::take(&mut streams.reports),
+            process_tree: true,
+        }
+    }
+
+    fn start_tees(
+        &mut self,
+        bundle: &Bundle,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Streams {
+        let mut streams = Streams {
+            stdout: None,
+            stderr: None,
+            reports: Default::default(),
+        };
+        for (i, (pipe, rel, fd)) in [(stdout, files::STDOUT, 1), (stderr, files::STDERR, 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let capture = match std::fs::File::create(bundle.path(rel)) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.notes
+                        .push(format!("cannot create {rel}: {e}; output not captured"));
+                    // Still drain the pipe so the child never blocks on a full pipe.
+                    match std::fs::File::create("/dev/null") {
+                        Ok(f) => f,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            // SAFETY: fd 1 and 2 are open for the life of the process; BorrowedFd only borrows.
+            let sink = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .ok()
+                .map(std::fs::File::from);
+            let (tx, rx) = oneshot::channel();
+            let cfg = TeeConfig {
+                pipe,
+                sink,
+                capture,
+                cap_bytes: self.spec.output_cap_bytes,
+            };
+            match spawn_tee(
+                cfg,
+                self.redactor.clone(),
+                self.progress.clone(),
+                self.fence.clone(),
+                tx,
+            ) {
+                Ok(_) => {
+                    if i == 0 {
+                        streams.stdout = Some(rx)
+                    } else {
+                        streams.stderr = Some(rx)
+                    }
+                }
+                Err(e) => self
+                    .notes
+                    .push(format!("cannot start output thread for {rel}: {e}")),
+            }
+        }
+        streams
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        let name = if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        if self.escalation.is_some() {
+            // A second request (or one during a watchdog kill): kill at once.
+            self.events.emit(
+                EventKind::Note,
+                None,
+                json!({"what": "cancel_kill_now", "signal": name}),
+            );
+            self.escalate_to_kill();
+            return;
+        }
+        eprintln!("vigil: {name} received; stopping the run (again to kill at once)");
+        self.events.emit(
+            EventKind::Note,
+            None,
+            json!({"what": "cancel_requested", "signal": name}),
+        );
+        self.outcome.get_or_insert(Outcome::Cancelled(sig));
+        self.start_kill(None);
+    }
+
+    /// Begin SIGTERM → grace → SIGKILL. `watchdog` says whether to record watchdog events.
+    fn start_kill(&mut self, watchdog: Option<&'static str>) {
+        if self.escalation.is_some() {
+            return;
+        }
+        let esc = Escalation::start(self.cg, self.spec.liveness.kill_grace);
+        let data = json!({"term_sent": esc.term_sent, "grace_ms": self.spec.liveness.kill_grace.as_millis() as u64, "cause": watchdog});
+        if watchdog.is_some() {
+            self.events
+                .emit(EventKind::Watchdog, Some(reason::KILL_TERM), data);
+        } else {
+            self.events.emit(
+                EventKind::Note,
+                None,
+                json!({"what": "kill_term", "detail": data}),
+            );
+        }
+        self.escalation = Some(esc);
+    }
+
+    fn escalate_to_kill(&mut self) {
+        let watchdog = matches!(self.outcome, Some(Outcome::Watchdog(_)));
+        let cg = self.cg;
+        let Some(esc) = self.escalation.as_mut() else {
+            return;
+        };
+        if esc.escalated() {
+            return;
+        }
+        let remaining = cg.procs().len();
+        let result = esc.kill_now(cg);
+        let data = json!({"remaining": remaining, "after_ms": esc.elapsed_ms(),
+            "mechanism": result.as_ref().map(|m| m.as_str()).unwrap_or("failed"),
+            "error": result.as_ref().err().map(ToString::to_string)});
+        if watchdog {
+            self.events
+                .emit(EventKind::Watchdog, Some(reason::KILL_KILLED), data);
+        } else {
+            self.events.emit(
+                EventKind::Note,
+                None,
+                json!({"what": "kill_killed", "detail": data}),
+            );
+        }
+    }
+
+    fn on_cgroup_empty(&mut self) {
+        if let Some(esc) = &self.escalation {
+            let data = json!({"what": "kill_complete", "term_to_empty_ms": esc.elapsed_ms(),
+                "term_sent": esc.term_sent, "escalated": esc.escalated()});
+            self.events.emit(EventKind::Note, None, data);
+        }
+    }
+
+    async fn on_verdict(&mut self, v: Verdict, now: u64) {
+        match v {
+            Verdict::StallWarning { silent_ms } => {
+                self.events.emit(
+                    EventKind::StallWarning,
+                    Some(reason::NO_PROGRESS),
+                    json!({
+                    "silent_ms": silent_ms,
+                    "threshold_ms": self.spec.profile.stall_threshold.as_millis() as u64}),
+                );
+            }
+            Verdict::DrainCleanup => {
+                self.notes.push(format!(
+                    "output pipes stayed open {} ms after the main child exited; leftover processes killed (liveness not strict, run outcome unchanged)",
+                    self.spec.liveness.kill_grace.as_millis()
+                ));
+                self.start_kill(None);
+            }
+            Verdict::Kill {
+                reason: why,
+                silent_ms,
+            } => {
+                if self.outcome.is_some() {
+                    return; // already stopping; one terminal outcome
+                }
+                let mut data = json!({
+                    "silent_ms": silent_ms,
+                    "stall_ms": self.spec.liveness.stall.as_millis() as u64,
+                    "hard_cap_ms": self.spec.liveness.hard_cap.as_millis() as u64,
+                    "liveness_level": format!("{:?}", self.spec.liveness.level).to_lowercase(),
+                    "detected_at_ns": now,
+                });
+                if why == reason::NO_OUTPUT_NO_EVENT || why == reason::NO_PROGRESS {
+                    let snap =
+                        triage::snapshot(self.cg, self.cpu_rate(), silent_ms, &self.redactor).await;
+                    self.stall = Some(snap.stall_phase.clone());
+                    data["stall_phase"] = json!(snap.stall_phase);
+                    data["snapshot"] = serde_json::to_value(&snap).unwrap_or_default();
+                }
+                eprintln!("vigil: watchdog: {why}; stopping the run");
+                self.events.emit(EventKind::Watchdog, Some(why), data);
+                self.outcome = Some(Outcome::Watchdog(why));
+                self.start_kill(Some(why));
+            }
+        }
+    }
+
+    fn cpu_rate(&self) -> Option<f64> {
+        let (t1, u1) = *self.cpu_samples.back()?;
+        let (t0, u0) = *self
+            .cpu_samples
+            .iter()
+            .find(|(t, _)| t1.duration_since(*t) <= CPU_WINDOW)?;
+        let dt = t1.duration_since(t0).as_secs_f64();
+        (dt > 0.0).then(|| (u1.saturating_sub(u0)) as f64 / 1e6 / dt)
+    }
+
+    fn finish(
+        mut self,
+        sup: Supervised,
+        bundle: Bundle,
+        mut spans: RunSpans,
+        mut trace: RunTrace,
+        guard: Guard,
+        started_ns: u64,
+    ) -> RunResult {
+        let teardown = spans.rec.open(span::CASE_HARNESS, Some(spans.total));
+        let outcome = sup.outcome;
+        let ended_ns = clock::now_ns();
+        let status = outcome.step_status();
+        spans.rec.close_at(spans.case, status, json!({}), ended_ns);
+        spans.rec.close_at(spans.chain, status, json!({}), ended_ns);
+
+        let kill_mechanism = self
+            .escalation
+            .as_ref()
+            .and_then(|e| e.mechanism)
+            .map(|m| m.as_str().to_string());
+        if let Err(e) = self.cg.remove() {
+            self.notes.push(format!("run cgroup not removed: {e}"));
+        }
+        guard.release();
+        spans
+            .rec
+            .close(teardown, "passed", json!({"phase": "teardown"}));
+        spans.rec.close(spans.total, outcome.status(), json!({}));
+
+        self.events.emit(
+            EventKind::RunFinished,
+            outcome.reason(),
+            json!({
+            "status": outcome.status(), "exit_code": outcome.exit_code()}),
+        );
+        let events_result = self.events.finish();
+
+        let (code, sig) = sup.main_exit.map_or((None, None), |(_, c, s)| (c, s));
+        let step = StepRow {
+            name: "main".into(),
+            status: outcome.step_status().into(),
+            exit_code: code,
+            signal: sig,
+            duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
+            reason: outcome.reason().map(String::from),
+            skip_reason: None,
+            blocked_by: None,
+            stall_detected: Some(self.stall.is_some()),
+            stall_phase: self.stall.clone(),
+        };
+        let failed = outcome.is_failure();
+        trace.summary.first_failure_step = failed.then(|| "main".to_string());
+        trace.summary.steps = vec![step];
+        trace.ended_at = Some(clock::rfc3339(ended_ns));
+        trace.status = outcome.status().into();
+        trace.exit_code = Some(outcome.exit_code());
+        trace.run_status = RunStatus {
+            state: "committed".into(),
+            reason: None,
+        };
+        trace.events = self.events.trace_events().to_vec();
+
+        let mut output = std::collections::BTreeMap::new();
+        if sup.process_tree {
+            output.insert("stdout".to_string(), sup.streams[0].clone());
+            output.insert("stderr".to_string(), sup.streams[1].clone());
+        }
+        let health = ObservationHealth {
+            schema: schema::OBSERVATION_HEALTH.into(),
+            run_id: trace.run_id.clone(),
+            kernel_layer: "absent".into(),
+            cgroup_correlation: "full".into(),
+            policy_layer: "absent".into(),
+            policy_mechanisms: Vec::new(),
+            sdk_layer: "absent".into(),
+            process_tree_source: "procfs".into(),
+            process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,
+            lost_events: LostEvents {
+                kernel_ring_buffer: 0,
+                reader: 0,
+                queues: 0,
+                trace_shed: self.events.trace_shed(),
+            },
+            probes: Default::default(),
+            cgroup: Some(CgroupHealth {
+                path: self.cg.path().display().to_string(),
+                id: self.cg.id(),
+                kill_mechanism,
+            }),
+            output,
+            notes: {
+                let mut n = vec!["kernel layer not built into this vigil: process tree sampled from cgroup.procs and procfs".to_string()];
+                n.extend(self.notes.iter().cloned());
+                n
+            },
+        };
+
+        let detailed = spec_detailed(self.spec.profile.level);
+        let commit = (|| -> Result<(), String> {
+            events_result?;
+            trace.spans = spans.rec.export(detailed, clock::now_ns());
+            bundle
+                .write_json(files::HEALTH, &health)
+                .map_err(|e| e.to_string())?;
+            bundle
+                .write_json(files::RUN_TRACE, &trace)
+                .map_err(|e| e.to_string())?;
+            bundle
+                .write_bytes(
+                    files::RUN_TRACE_SUMMARY,
+                    render_summary_md(&trace).as_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
+            bundle.commit().map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        if let Err(e) = &commit {
+            eprintln!(
+                "vigil: bundle not committed: {e} (run outcome: {}, exit {})",
+                outcome.status(),
+                outcome.exit_code()
+            );
+        } else {
+            self.write_profile_copies(&mut trace, &spans.rec, failed);
+        }
+        if failed {
+            eprintln!(
+                "vigil: run {} {}{} (exit {}); bundle {}",
+                trace.run_id,
+                outcome.status(),
+                outcome
+                    .reason()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                outcome.exit_code(),
+                bundle.dir().display()
+            );
+        }
+        RunResult {
+            outcome,
+            bundle_dir: bundle.dir().to_path_buf(),
+            commit_error: commit.err(),
+        }
+    }
+
+    /// Copies outside the bundle (CONTRACT.md §2): at the profile level, or — for a failing run
+    /// with profiling off — at the `--profile-on-fail` level.
+    fn write_profile_copies(&self, trace: &mut RunTrace, rec: &SpanRecorder, failed: bool) {
+        let p = &self.spec.profile;
+        let detailed = match (p.level, p.on_fail) {
+            (ProfileLevel::Off, ProfileOnFail::Off) => return,
+            (ProfileLevel::Off, on_fail) if failed => on_fail == ProfileOnFail::Detailed,
+            (ProfileLevel::Off, _) => return,
+            (level, _) => spec_detailed(level),
+        };
+        trace.spans = rec.export(detailed, clock::now_ns());
+        let json = serde_json::to_vec_pretty(&*trace).map(|mut v| {
+            v.push(b'\n');
+            v
+        });
+        for (path, bytes) in [
+            (&p.out, json.ok()),
+            (&p.summary_out, Some(render_summary_md(trace).into_bytes())),
+        ] {
+            let Some(bytes) = bytes else { continue };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Err(e) = bundle::write_atomic(path, &bytes) {
+                eprintln!("vigil: profile copy not written: {e}");
+            }
+        }
+    }
+}
+
+fn spec_detailed(level: ProfileLevel) -> bool {
+    matches!(level, ProfileLevel::Detailed | ProfileLevel::Debug)
+}
+
+fn profile_level_name(level: ProfileLevel) -> &'static str {
+    match level {
+        ProfileLevel::Off => "off",
+        ProfileLevel::Basic => "basic",
+        ProfileLevel::Detailed => "detailed",
+        ProfileLevel::Debug => "debug",
+    }
+}
+
+/// Convert a wall-clock deadline (epoch ns) to a tokio instant.
+fn ns_to_instant(deadline_ns: u64) -> Instant {
+    let now_ns = clock::now_ns();
+    Instant::now() + Duration::from_nanos(deadline_ns.saturating_sub(now_ns))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,161 @@
+//! Output tee: one thread per stream reads the child's pipe and writes each chunk, byte-exact and
+//! at once, to vigil's own stdout/stderr, then to the capture file (masked, capped). Each chunk
+//! is progress. Blocking threads rather than async tasks: a read→write loop on a thread adds no
+//! scheduling latency and keeps the throughput of a plain `cat`.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use super::liveness::ProgressLog;
+use crate::clock;
+use crate::evidence::health::OutputHealth;
+use crate::evidence::redact::Redactor;
+
+const CHUNK: usize = 256 * 1024;
+
+pub struct TeeConfig {
+    /// The child's end is the write side; this is the read side.
+    pub pipe: File,
+    /// vigil's own stdout or stderr (a dup), or None when not teeing.
+    pub sink: Option<File>,
+    pub capture: File,
+    pub cap_bytes: u64,
+}
+
+/// Set when the run's outcome is final: nothing more is accepted into its output.
+#[derive(Debug, Default)]
+pub struct Fence(AtomicBool);
+
+impl Fence {
+    pub fn close(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_closed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+pub fn spawn_tee(
+    cfg: TeeConfig,
+    redactor: Arc<Redactor>,
+    progress: Arc<ProgressLog>,
+    fence: Arc<Fence>,
+    done: tokio::sync::oneshot::Sender<OutputHealth>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("vigil-tee".into())
+        .spawn(move || {
+            let report = tee_loop(cfg, &redactor, &progress, &fence);
+            let _ = done.send(report);
+        })
+}
+
+fn tee_loop(
+    mut cfg: TeeConfig,
+    redactor: &Redactor,
+    progress: &ProgressLog,
+    fence: &Fence,
+) -> OutputHealth {
+    let mut report = OutputHealth::default();
+    let mut buf = vec![0u8; CHUNK];
+    let mut capture = BufWriter::with_capacity(CHUNK, cfg.capture);
+    let mut masker = redactor.stream_masker();
+    let mut masked = Vec::new();
+    let mut capture_ok = true;
+    loop {
+        let n = match cfg.pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                report
+                    .tee_error
+                    .get_or_insert_with(|| format!("reading child pipe: {e}"));
+                break;
+            }
+        };
+        if fence.is_closed() {
+            report.bytes_fenced += n as u64;
+            continue;
+        }
+        progress.record(clock::now_ns());
+        report.bytes_total += n as u64;
+        let chunk = &buf[..n];
+        if let Some(sink) = cfg.sink.as_mut() {
+            if let Err(e) = sink.write_all(chunk) {
+                // vigil's own stdout went away (closed pipe): keep capturing, stop teeing.
+                report
+                    .tee_error
+                    .get_or_insert_with(|| format!("writing to terminal: {e}"));
+                cfg.sink = None;
+            }
+        }
+        let out: &[u8] = match masker.as_mut() {
+            Some(m) => {
+                masked.clear();
+                m.push(chunk, &mut masked);
+                &masked
+            }
+            None => chunk,
+        };
+        capture_ok &= write_capped(&mut capture, out, cfg.cap_bytes, &mut report);
+    }
+    if let Some(m) = masker.as_mut() {
+        masked.clear();
+        m.finish(&mut masked);
+        capture_ok &= write_capped(&mut capture, &masked, cfg.cap_bytes, &mut report);
+    }
+    let synced = capture
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all());
+    if let Err(e) = synced {
+        capture_ok = false;
+        report
+            .tee_error
+            .get_or_insert_with(|| format!("writing capture: {e}"));
+    }
+    if !capture_ok {
+        report
+            .tee_error
+            .get_or_insert_with(|| "writing capture failed".into());
+    }
+    report
+}
+
+fn write_capped(w: &mut impl Write, data: &[u8], cap: u64, report: &mut OutputHealth) -> bool {
+    let room = cap.saturating_sub(report.bytes_captured);
+    let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
+    if take < data.len() {
+        report.truncated = true;
+    }
+    if take == 0 {
+        return true;
+    }
+    match w.write_all(&data[..take]) {
+        Ok(()) => {
+            report.bytes_captured += take as u64;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_is_capped_and_truncation_recorded() {
+        let mut out = Vec::new();
+        let mut r = OutputHealth::default();
+        assert!(write_capped(&mut out, b"hello ", 8, &mut r));
+        assert!(write_capped(&mut out, b"world", 8, &mut r));
+        assert_eq!(out, b"hello wo");
+        assert!(r.truncated);
+        assert_eq!(r.bytes_captured, 8);
+    }
+}

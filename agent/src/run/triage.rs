@@ -1,0 +1,234 @@
+//! Stall triage: before a stalled run is killed, record what each of its processes was doing and
+//! derive a `stall_phase` from it.
+//!
+//! Order matters. A task in a frozen cgroup v2 sits in the freezer trap (wchan `get_signal`), so
+//! scheduler state, wait channel and kernel stack are read *before* the freeze. The freeze then
+//! holds the tree still while the complete set of processes, their syscall numbers, CPU times
+//! and open fds are read; then the cgroup is thawed and the kill proceeds.
+
+use std::fs;
+
+use serde::Serialize;
+
+use super::cgroup::RunCgroup;
+use super::proctree::{read_argv, read_stat};
+use crate::evidence::redact::Redactor;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProcSnapshot {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    pub argv: Vec<String>,
+    /// /proc state letter before the freeze (R, S, D, T, Z…).
+    pub state: String,
+    pub wchan: Option<String>,
+    /// Syscall number and name the task is in, or None when it is in user space.
+    pub syscall_nr: Option<i64>,
+    pub syscall: Option<String>,
+    pub kernel_stack: Option<Vec<String>>,
+    pub cpu_ms: u64,
+    pub open_fds: Option<usize>,
+    /// ms since the run's last output or event (output is per run, not per process, without
+    /// the kernel layer).
+    pub last_progress_age_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StallSnapshot {
+    pub frozen: bool,
+    pub freeze_note: Option<String>,
+    /// CPU the run used over the recent window, in CPUs (1.0 = one core busy).
+    pub cpu_rate: Option<f64>,
+    pub processes: Vec<ProcSnapshot>,
+    pub stall_phase: String,
+}
+
+fn ticks_to_ms(ticks: u64) -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
+}
+
+fn read_syscall(pid: i32) -> Option<i64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let first = text.split_whitespace().next()?;
+    // "running" means on a CPU; "-1" means in user space.
+    first.parse::<i64>().ok().filter(|n| *n >= 0)
+}
+
+fn syscall_name(nr: i64) -> Option<String> {
+    usize::try_from(nr)
+        .ok()
+        .and_then(syscalls::Sysno::new)
+        .map(|s| s.name().to_string())
+}
+
+fn snapshot_one(pid: i32, last_progress_age_ms: u64, redactor: &Redactor) -> Option<ProcSnapshot> {
+    let st = read_stat(pid)?;
+    let wchan = fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .ok()
+        .filter(|w| !w.is_empty() && w != "0");
+    let kernel_stack = fs::read_to_string(format!("/proc/{pid}/stack"))
+        .ok()
+        .map(|s| s.lines().map(|l| l.trim().to_string()).collect());
+    let syscall_nr = read_syscall(pid);
+    Some(ProcSnapshot {
+        pid,
+        ppid: st.ppid,
+        comm: st.comm,
+        argv: redactor.redact_argv(&read_argv(pid)),
+        state: st.state.to_string(),
+        wchan,
+        syscall_nr,
+        syscall: syscall_nr.and_then(syscall_name),
+        kernel_stack,
+        cpu_ms: ticks_to_ms(st.utime + st.stime),
+        open_fds: fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()
+            .map(Iterator::count),
+        last_progress_age_ms,
+    })
+}
+
+/// Take the snapshot: pre-freeze pass, freeze, complete the set, thaw.
+pub async fn snapshot(
+    cg: &RunCgroup,
+    cpu_rate: Option<f64>,
+    last_progress_age_ms: u64,
+    redactor: &Redactor,
+) -> StallSnapshot {
+    let mut processes: Vec<ProcSnapshot> = cg
+        .procs()
+        .into_iter()
+        .filter_map(|p| snapshot_one(p, last_progress_age_ms, redactor))
+        .collect();
+    let mut freeze_note = None;
+    let frozen = match (cg.set_frozen(true), cg.watch_events()) {
+        (Ok(()), Ok(w)) => {
+            w.wait(std::time::Duration::from_secs(1), |e| e.frozen)
+                .await
+        }
+        (Err(e), _) => {
+            freeze_note = Some(format!("freeze failed: {e}"));
+            false
+        }
+        (_, Err(e)) => {
+            freeze_note = Some(format!("cannot watch cgroup.events: {e}"));
+            false
+        }
+    };
+    if frozen {
+        for pid in cg.procs() {
+            match processes.iter_mut().find(|p| p.pid == pid) {
+                Some(p) => {
+                    // CPU time and fds are stable now; refresh them.
+                    if let Some(st) = read_stat(pid) {
+                        p.cpu_ms = ticks_to_ms(st.utime + st.stime);
+                    }
+                    p.open_fds = fs::read_dir(format!("/proc/{pid}/fd"))
+                        .ok()
+                        .map(Iterator::count);
+                }
+                None => {
+                    // Forked after the first pass: its wchan/stack show the freezer trap, so
+                    // keep only what the freeze does not disturb.
+                    if let Some(mut p) = snapshot_one(pid, last_progress_age_ms, redactor) {
+                        p.wchan = None;
+                        p.kernel_stack = None;
+                        p.state = "?".into();
+                        processes.push(p);
+                    }
+                }
+            }
+        }
+    } else if freeze_note.is_none() {
+        freeze_note =
+            Some("cgroup did not report frozen within 1 s; snapshot may be inconsistent".into());
+    }
+    if let Err(e) = cg.set_frozen(false) {
+        freeze_note.get_or_insert_with(|| format!("thaw failed: {e}"));
+    }
+    let stall_phase = derive_phase(&processes, cpu_rate);
+    StallSnapshot {
+        frozen,
+        freeze_note,
+        cpu_rate,
+        processes,
+        stall_phase,
+    }
+}
+
+/// The phase the run stalled in. The run is `spinning` when it burned at least half a CPU over
+/// the recent window. Otherwise the newest leaf process (no children in the run — the one doing
+/// the work, not a shell waiting for it) says where it is: `blocked_in_syscall:<name>`,
+/// `running`, `stopped`, `zombie`, or `sleeping` when it sleeps outside a known syscall.
+pub fn derive_phase(procs: &[ProcSnapshot], cpu_rate: Option<f64>) -> String {
+    if procs.is_empty() {
+        return "no_process".into();
+    }
+    if cpu_rate.is_some_and(|r| r >= 0.5) {
+        return "spinning".into();
+    }
+    let is_parent = |pid: i32| procs.iter().any(|p| p.ppid == pid && p.pid != pid);
+    let leaf = procs
+        .iter()
+        .filter(|p| !is_parent(p.pid))
+        .max_by_key(|p| p.pid)
+        .or_else(|| procs.iter().max_by_key(|p| p.pid));
+    let Some(p) = leaf else {
+        return "no_process".into();
+    };
+    match (p.state.as_str(), &p.syscall) {
+        ("R", _) => "running".into(),
+        ("T" | "t", _) => "stopped".into(),
+        ("Z", _) => "zombie".into(),
+        ("S" | "D", Some(name)) => format!("blocked_in_syscall:{name}"),
+        _ => "sleeping".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pid: i32, ppid: i32, state: &str, syscall: Option<&str>) -> ProcSnapshot {
+        ProcSnapshot {
+            pid,
+            ppid,
+            comm: "x".into(),
+            argv: vec![],
+            state: state.into(),
+            wchan: None,
+            syscall_nr: None,
+            syscall: syscall.map(String::from),
+            kernel_stack: None,
+            cpu_ms: 0,
+            open_fds: None,
+            last_progress_age_ms: 0,
+        }
+    }
+
+    #[test]
+    fn phase_comes_from_the_leaf_not_the_waiting_shell() {
+        let tree = [p(10, 1, "S", Some("wait4")), p(11, 10, "S", Some("read"))];
+        assert_eq!(derive_phase(&tree, Some(0.0)), "blocked_in_syscall:read");
+        assert_eq!(derive_phase(&tree, Some(0.9)), "spinning");
+        assert_eq!(derive_phase(&[p(5, 1, "S", None)], None), "sleeping");
+        assert_eq!(derive_phase(&[p(5, 1, "R", None)], Some(0.1)), "running");
+        assert_eq!(derive_phase(&[], None), "no_process");
+    }
+
+    #[test]
+    fn syscall_names_resolve() {
+        assert_eq!(
+            syscall_name(0).as_deref(),
+            Some(if cfg!(target_arch = "x86_64") {
+                "read"
+            } else {
+                "io_setup"
+            })
+        );
+        assert_eq!(syscall_name(-1), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! Fixture workloads for vigil's end-to-end tests: real processes that exit, die, hang, flood,
+//! ignore SIGTERM, daemonize and hold pipes open.
+//!
+//! Usage: vigil-fixture MODE [ARGS…]
+//!   exit N                 exit with code N
+//!   signal N               kill itself with signal N
+//!   hang                   print "ready", then sleep silently forever
+//!   flood MS               print a line every millisecond-ish for MS ms, then exit 0
+//!   ignore-term PIDFILE    ignore SIGTERM, write pid, print "ready", sleep forever
+//!   daemon PIDFILE         double fork + setsid; the grandchild (stdio on /dev/null) writes its
+//!                          pid and sleeps forever; the parent exits 0 once the pid is written
+//!   hold-pipes PIDFILE     fork a child that keeps stdout open and sleeps; the parent exits 0
+//!   echo-env VAR           print VAR's value on stdout and stderr
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_else(|| usage());
+    match args.first().map(String::as_str) {
+        Some("exit") => std::process::exit(arg(1).parse().unwrap_or_else(|_| usage())),
+        Some("signal") => {
+            let sig: i32 = arg(1).parse().unwrap_or_else(|_| usage());
+            // SAFETY: raising a signal at ourselves.
+            unsafe { libc::raise(sig) };
+            std::process::exit(100);
+        }
+        Some("hang") => {
+            println!("ready");
+            sleep_forever()
+        }
+        Some("flood") => {
+            let ms: u64 = arg(1).parse().unwrap_or_else(|_| usage());
+            let end = Instant::now() + Duration::from_millis(ms);
+            let mut out = std::io::stdout().lock();
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let _ = writeln!(out, "line {n}");
+                let _ = out.flush();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Some("ignore-term") => {
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            write_pid(&arg(1), std::process::id());
+            println!("ready");
+            sleep_forever()
+        }
+        Some("daemon") => daemon(&arg(1)),
+        Some("hold-pipes") => {
+            let pidfile = arg(1);
+            // SAFETY: fork in a single-threaded program.
+            match unsafe { libc::fork() } {
+                0 => {
+                    write_pid(&pidfile, std::process::id());
+                    sleep_forever()
+                }
+                -1 => std::process::exit(99),
+                _ => wait_for_file(&pidfile),
+            }
+        }
+        Some("echo-env") => {
+            let v = std::env::var(arg(1)).unwrap_or_default();
+            println!("value={v}");
+            eprintln!("value={v}");
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR"
+    );
+    std::process::exit(2)
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn write_pid(path: &str, pid: u32) {
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, pid.to_string()).expect("write pid");
+    std::fs::rename(&tmp, path).expect("rename pid");
+}
+
+/// The parent waits until the pid file exists so tests can rely on it after the run.
+fn wait_for_file(path: &str) {
+    while !std::path::Path::new(path).exists() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn daemon(pidfile: &str) {
+    // SAFETY: classic double fork in a single-threaded program.
+    unsafe {
+        match libc::fork() {
+            -1 => std::process::exit(99),
+            0 => {
+                libc::setsid();
+                match libc::fork() {
+                    -1 => libc::_exit(99),
+                    0 => {
+                        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                        for fd in 0..3 {
+                            libc::dup2(null, fd);
+                        }
+                        write_pid(pidfile, std::process::id());
+                        sleep_forever()
+                    }
+                    _ => libc::_exit(0),
+                }
+            }
+            _ => wait_for_file(pidfile),
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! `vigil run` end to end, as root, on the real kernel, with real children that exit, die, hang,
+//! flood, ignore SIGTERM, daemonize and hold pipes open.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use vigil_e2e::*;
+
+fn reasons(events: &[Value]) -> Vec<String> {
+    events_of(events, "watchdog")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect()
+}
+
+fn step(trace: &Value) -> &Value {
+    &trace["summary"]["steps"][0]
+}
+
+#[test]
+fn exit_codes_pass_through_and_bundle_validates() {
+    for (code, status) in [(0, "passed"), (3, "failed")] {
+        let (f, _dir) = VigilRun::new(&format!("exit{code}"))
+            .fixture(&["exit", &code.to_string()])
+            .run();
+        assert_eq!(f.code(), code, "{}", f.stderr());
+        let t = f.trace();
+        assert_eq!(t["status"], status);
+        assert_eq!(step(&t)["exit_code"], code);
+        assert_eq!(t["runner_impl"], "vigil-rust");
+        assert_valid_bundle(&f.bundle);
+        let h = f.health();
+        assert_eq!(h["kernel_layer"], "absent");
+        assert_eq!(h["cgroup_correlation"], "full");
+        // The run cgroup is gone afterwards.
+        let cg = h["cgroup"]["path"].as_str().expect("cgroup path");
+        assert!(!Path::new(cg).exists(), "{cg} left behind");
+        assert_eq!(
+            std::fs::read_to_string(f.bundle.parent().expect("out").join("LATEST"))
+                .expect("LATEST")
+                .trim(),
+            f.bundle.file_name().expect("id").to_string_lossy()
+        );
+    }
+}
+
+#[test]
+fn death_by_signal_is_128_plus_n() {
+    let (f, _dir) = VigilRun::new("sig").fixture(&["signal", "9"]).run();
+    assert_eq!(f.code(), 137, "{}", f.stderr());
+    let t = f.trace();
+    assert_eq!(t["status"], "killed");
+    assert_eq!(step(&t)["signal"], 9);
+    assert_eq!(step(&t)["exit_code"], Value::Null);
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn silent_hang_is_killed_by_basic_liveness_with_triage() {
+    let (f, _dir) = VigilRun::new("hang")
+        .args([
+            "--liveness-stall-ms",
+            "600",
+            "--liveness-kill-grace-ms",
+            "400",
+            "--profile-stall-threshold-ms",
+            "300",
+        ])
+        .fixture(&["hang"])
+        .run();
+    assert_eq!(f.code(), 124, "{}", f.stderr());
+    // stall (600) + grace (400) at most, plus start-up slack.
+    assert!(
+        f.elapsed < Duration::from_millis(600 + 400 + 2500),
+        "took {:?}",
+        f.elapsed
+    );
+    let ev = f.events();
+    assert_eq!(
+        reasons(&ev)[..2],
+        ["stall.subprocess.no_output_no_event", "watchdog.kill.term"]
+    );
+    assert!(
+        !events_of(&ev, "stall_warning").is_empty(),
+        "a stall warning precedes the kill"
+    );
+    let wd = events_of(&ev, "watchdog")[0];
+    let phase = wd["data"]["stall_phase"].as_str().expect("stall_phase");
+    assert!(phase.starts_with("blocked_in_syscall:"), "phase {phase}");
+    let procs = wd["data"]["snapshot"]["processes"]
+        .as_array()
+        .expect("snapshot processes");
+    assert!(
+        procs
+            .iter()
+            .any(|p| p["comm"] == "vigil-fixture" && p["state"] == "S"),
+        "{procs:?}"
+    );
+    assert_eq!(wd["data"]["snapshot"]["frozen"], true);
+    let t = f.trace();
+    assert_eq!(t["status"], "timed_out");
+    assert_eq!(step(&t)["reason"], "stall.subprocess.no_output_no_event");
+    assert_eq!(step(&t)["stall_detected"], true);
+    assert_eq!(step(&t)["stall_phase"], phase);
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn endless_printing_is_not_stalled() {
+    let (f, _dir) = VigilRun::new("flood")
+        .args(["--liveness-stall-ms", "300"])
+        .fixture(&["flood", "1500"])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert!(reasons(&f.events()).is_empty());
+    let lines = String::from_utf8_lossy(&f.output.stdout).lines().count();
+    assert!(lines > 100, "only {lines} lines teed");
+    let captured = std::fs::read(f.bundle.join("output/stdout.log")).expect("capture");
+    assert_eq!(
+        captured, f.output.stdout,
+        "capture and tee are byte-identical"
+    );
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn sigterm_ignorer_is_killed_after_grace() {
+    let pids = tempfile::tempdir().expect("tmp");
+    let pidfile = pids.path().join("p");
+    let (f, _dir) = VigilRun::new("ignterm")
+        .args([
+            "--liveness-level",
+            "off",
+            "--liveness-hard-cap-ms",
+            "800",
+            "--liveness-kill-grace-ms",
+            "500",
+        ])
+        .fixture(&["ignore-term", pidfile.to_str().expect("utf8")])
+        .run();
+    assert_eq!(f.code(), 124, "{}", f.stderr());
+    assert_eq!(
+        reasons(&f.events()),
+        [
+            "timeout.hard_cap.emergency",
+            "watchdog.kill.term",
+            "watchdog.kill.killed"
+        ]
+    );
+    let pid = read_pid(&pidfile);
+    assert!(!pid_alive(pid), "TERM-ignoring child {pid} survived");
+    let done = events_of(&f.events(), "note")
+        .into_iter()
+        .find(|e| e["data"]["what"] == "kill_complete")
+        .cloned()
+        .expect("kill_complete");
+    assert!(done["data"]["term_to_empty_ms"].as_f64().expect("ms") >= 500.0);
+    assert_eq!(f.health()["cgroup"]["kill_mechanism"], "cgroup.kill");
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn double_fork_daemon_does_not_outlive_the_run() {
+    let pids = tempfile::tempdir().expect("tmp");
+    let pidfile = pids.path().join("d");
+    let (f, _dir) = VigilRun::new("daemon")
+        .fixture(&["daemon", pidfile.to_str().expect("utf8")])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let pid = read_pid(&pidfile);
+    assert!(!pid_alive(pid), "daemon {pid} escaped the run");
+    let notes = f.health()["notes"].to_string();
+    assert!(
+        notes.contains("still in the run cgroup after the main child exited"),
+        "{notes}"
+    );
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn pipes_held_open_after_exit_time_out_under_strict_only() {
+    for (level, code) in [("strict", 124), ("basic", 0)] {
+        let pids = tempfile::tempdir().expect("tmp");
+        let pidfile = pids.path().join("h");
+        let (f, _dir) = VigilRun::new(&format!("drain{level}"))
+            .args([
+                "--liveness-level",
+                level,
+                "--liveness-kill-grace-ms",
+                "400",
+                "--liveness-stall-ms",
+                "60000",
+            ])
+            .fixture(&["hold-pipes", pidfile.to_str().expect("utf8")])
+            .run();
+        assert_eq!(f.code(), code, "{level}: {}", f.stderr());
+        let r = reasons(&f.events());
+        if level == "strict" {
+            assert_eq!(
+                r[..2],
+                ["timeout.subprocess.io_drain", "watchdog.kill.term"]
+            );
+        } else {
+            assert!(r.is_empty(), "{r:?}");
+        }
+        assert!(
+            !pid_alive(read_pid(&pidfile)),
+            "{level}: pipe holder survived"
+        );
+        assert_valid_bundle(&f.bundle);
+    }
+}
+
+#[test]
+fn hard_cap_holds_with_liveness_off() {
+    let (f, _dir) = VigilRun::new("cap")
+        .args([
+            "--liveness-level",
+            "off",
+            "--liveness-hard-cap-ms",
+            "500",
+            "--liveness-kill-grace-ms",
+            "300",
+        ])
+        .fixture(&["hang"])
+        .run();
+    assert_eq!(f.code(), 124, "{}", f.stderr());
+    assert_eq!(step(&f.trace())["reason"], "timeout.hard_cap.emergency");
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn bad_flags_and_env_are_usage_errors_with_nothing_started() {
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (&["--liveness-level", "loud"], &[], "--liveness-level"),
+        (
+            &["--liveness-kill-grace-ms", "0"],
+            &[],
+            "--liveness-kill-grace-ms",
+        ),
+        (&["--liveness-stall-ms", "-5"], &[], "--liveness-stall-ms"),
+        (
+            &["--profile-heartbeat-ms", "abc"],
+            &[],
+            "--profile-heartbeat-ms",
+        ),
+        (
+            &[],
+            &[("SPEC_RUNNER_PROFILE_LEVEL", "verbose")],
+            "SPEC_RUNNER_PROFILE_LEVEL",
+        ),
+        (
+            &[],
+            &[("SPEC_RUNNER_LIVENESS_STALL_MS", "1.5")],
+            "SPEC_RUNNER_LIVENESS_STALL_MS",
+        ),
+        (
+            &[],
+            &[("SPEC_RUNNER_FAIL_FAST", "maybe")],
+            "SPEC_RUNNER_FAIL_FAST",
+        ),
+        (&["--run-id", "a:b"], &[], "run id"),
+        (&["--run-id", "../x"], &[], "run id"),
+    ];
+    let marker_dir = tempfile::tempdir().expect("tmp");
+    for (i, (flags, env, needle)) in cases.iter().enumerate() {
+        let marker = marker_dir.path().join(format!("m{i}"));
+        // A bad run id replaces the helper's own --run-id rather than repeating the flag.
+        let mut r = match flags {
+            ["--run-id", id] => VigilRun::new(id),
+            _ => VigilRun::new(&format!("bad{i}")).args(*flags),
+        };
+        for (k, v) in *env {
+            r = r.env(k, v);
+        }
+        let r = r.args(["--", "touch", marker.to_str().expect("utf8")]);
+        let (f, dir) = r.run();
+        assert_eq!(f.code(), 2, "{flags:?} {env:?}: {}", f.stderr());
+        let err = f.stderr();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(needle), "{needle} not named: {err}");
+        assert!(!marker.exists(), "command ran despite a usage error");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("out").count(),
+            0,
+            "no bundle"
+        );
+    }
+    // An empty command is a usage error too.
+    let (f, _d) = VigilRun::new("empty").run();
+    assert_eq!(f.code(), 2);
+    assert!(f.stderr().contains("no command given"), "{}", f.stderr());
+}
+
+#[test]
+fn flag_wins_over_env() {
+    let (f, _dir) = VigilRun::new("flagwins")
+        .env("SPEC_RUNNER_LIVENESS_STALL_MS", "100")
+        .args(["--liveness-stall-ms", "60000"])
+        .args(["--", "sh", "-c", "sleep 0.5"])
+        .run();
+    assert_eq!(
+        f.code(),
+        0,
+        "env's 100 ms stall must lose to the flag: {}",
+        f.stderr()
+    );
+}
+
+#[test]
+fn unwritable_output_directory_fails_before_starting() {
+    let marker = tempfile::tempdir().expect("tmp");
+    let m = marker.path().join("ran");
+    let out = Command::new(vigil_bin())
+        .args(["run", "--out", "/proc/vigil-cannot-write-here", "--"])
+        .args(["touch", m.to_str().expect("utf8")])
+        .output()
+        .expect("vigil");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/proc/vigil-cannot-write-here"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!m.exists(), "the command must not run");
+}
+
+#[test]
+fn command_not_found_and_not_executable() {
+    let (f, _d) = VigilRun::new("nf")
+        .args(["--", "/nonexistent/vigil-nope"])
+        .run();
+    assert_eq!(f.code(), 127, "{}", f.stderr());
+    assert_valid_bundle(&f.bundle);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let plain = tmp.path().join("not-executable");
+    std::fs::write(&plain, "echo should not run\n").expect("write");
+    let (f, _d) = VigilRun::new("nx")
+        .args(["--", plain.to_str().expect("utf8")])
+        .run();
+    assert_eq!(f.code(), 126, "{}", f.stderr());
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn secrets_never_reach_the_bundle() {
+    let secret = "s3cr3t-value-0123456789";
+    let pw = "hunter2-pw-abcdef";
+    let (f, _dir) = VigilRun::new("secrets")
+        .env("API_TOKEN", secret)
+        .args(["--profile-level", "detailed"])
+        .args([
+            "--",
+            fixture_bin().to_str().expect("utf8"),
+            "echo-env",
+            "API_TOKEN",
+            "--password",
+            pw,
+        ])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    // The terminal gets the bytes as written (byte-exact tee); the artifacts never do.
+    assert!(String::from_utf8_lossy(&f.output.stdout).contains(secret));
+    let mut checked = 0;
+    for entry in walk(&f.bundle) {
+        let bytes = std::fs::read(&entry).expect("read");
+        for s in [secret, pw] {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{s} found in {}",
+                entry.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 9, "only {checked} files checked");
+    let out = std::fs::read_to_string(f.bundle.join("output/stdout.log")).expect("stdout.log");
+    assert_eq!(out, "value=[REDACTED]\n");
+    let t = f.trace();
+    assert_eq!(
+        t["env_profile"]["variables"]["API_TOKEN"]["length"],
+        secret.len()
+    );
+    assert_eq!(t["args"][2], "--password");
+    assert_eq!(t["args"][3], "[REDACTED]");
+    assert_valid_bundle(&f.bundle);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .expect("read_dir")
+        .filter_map(Result::ok)
+    {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+#[test]
+fn output_cap_truncates_and_records() {
+    let (f, _dir) = VigilRun::new("cap10")
+        .args([
+            "--output-cap-bytes",
+            "10",
+            "--",
+            "sh",
+            "-c",
+            "printf 'abcdefghijklmnopqrstuvwxyz'",
+        ])
+        .run();
+    assert_eq!(f.code(), 0);
+    assert_eq!(
+        f.output.stdout, b"abcdefghijklmnopqrstuvwxyz",
+        "tee is not capped"
+    );
+    assert_eq!(
+        std::fs::read(f.bundle.join("output/stdout.log")).expect("log"),
+        b"abcdefghij"
+    );
+    let h = f.health();
+    assert_eq!(h["output"]["stdout"]["truncated"], true);
+    assert_eq!(h["output"]["stdout"]["bytes_total"], 26);
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn user_flag_runs_unprivileged_without_capabilities() {
+    let (f, _dir) = VigilRun::new("user")
+        .args([
+            "--user",
+            "65534:65534",
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status",
+        ])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let out = String::from_utf8_lossy(&f.output.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["65534", "65534"], "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapPrm:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+}
+
+#[test]
+fn sigint_cancels_and_commits() {
+    let out = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(vigil_bin())
+        .args([
+            "run",
+            "--run-id",
+            "cancel",
+            "--liveness-kill-grace-ms",
+            "300",
+            "--out",
+        ])
+        .arg(out.path())
+        .arg("--")
+        .arg(fixture_bin())
+        .arg("hang")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vigil");
+    wait_for_ready(&mut child);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("kill");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    let bundle = out.path().join("cancel");
+    let t = read_json(&bundle.join("run-trace.json"));
+    assert_eq!(t["status"], "cancelled");
+    assert_eq!(step(&t)["status"], "killed");
+    assert_valid_bundle(&bundle);
+}
+
+/// Read vigil's teed stdout until the fixture says "ready" (an event, not a sleep).
+fn wait_for_ready(child: &mut std::process::Child) {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready");
+}
+
+#[test]
+fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
+    // Kill points: right after start (setup), after the child is running, after a daemon exists.
+    for (i, wait_ready) in [false, true, true].into_iter().enumerate() {
+        let out = tempfile::tempdir().expect("tmp");
+        let pids = tempfile::tempdir().expect("tmp");
+        let pidfile = pids.path().join("daemon");
+        let script = format!(
+            "{fx} daemon {pf} && {fx} hang",
+            fx = fixture_bin().display(),
+            pf = pidfile.display()
+        );
+        let run_id = format!("crash{i}");
+        let mut child = Command::new(vigil_bin())
+            .args(["run", "--run-id", &run_id, "--out"])
+            .arg(out.path())
+            .args(["--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("vigil");
+        if wait_ready {
+            wait_for_ready(&mut child);
+        }
+        child.kill().expect("SIGKILL vigil");
+        child.wait().expect("reap vigil");
+        let vigil_pid = child.id();
+        // The guard notices vigil's death and empties the owner cgroup; wait for that (bounded).
+        let owner_prefix = format!("vigil-{vigil_pid}-");
+        let parent = cgroup_parent();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::fs::read_dir(&parent)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&owner_prefix))
+            })
+            .unwrap_or(false)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "owner cgroup of killed vigil {vigil_pid} never removed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if pidfile.exists() {
+            let pid = read_pid(&pidfile);
+            assert!(!pid_alive(pid), "daemon {pid} outlived a SIGKILLed vigil");
+        }
+        let bundle = out.path().join(&run_id);
+        if !bundle.exists() {
+            continue; // killed before the bundle directory existed: nothing to repair
+        }
+        let v = Command::new(vigil_bin())
+            .arg("validate")
+            .arg(&bundle)
+            .output()
+            .expect("validate");
+        assert_eq!(
+            v.status.code(),
+            Some(1),
+            "an interrupted bundle must not validate"
+        );
+        let r = Command::new(vigil_bin())
+            .args(["reindex", "--repair"])
+            .arg(&bundle)
+            .output()
+            .expect("repair");
+        assert!(
+            r.status.success(),
+            "repair: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_valid_bundle(&bundle);
+        let t = read_json(&bundle.join("run-trace.json"));
+        assert_eq!(t["run_status"]["state"], "repaired");
+        assert!(
+            t["run_status"]["reason"]
+                .as_str()
+                .expect("reason")
+                .contains("before commit")
+        );
+    }
+}
+
+fn cgroup_parent() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split(' ').nth(1))
+        .expect("cgroup2 mount");
+    Path::new(mount).join("vigil")
+}
+
+#[test]
+fn stale_run_cgroups_are_swept_at_start() {
+    let parent = cgroup_parent().join("stale-test");
+    let stale = parent.join("vigil-999999999-1").join("old_run");
+    std::fs::create_dir_all(&stale).expect("mkdir stale cgroup");
+    let mut sleeper = Command::new("sleep").arg("1000").spawn().expect("sleep");
+    std::fs::write(stale.join("cgroup.procs"), sleeper.id().to_string()).expect("move sleeper");
+    let (f, _dir) = VigilRun::new("sweep")
+        .args(["--cgroup-parent"])
+        .args([parent.to_str().expect("utf8")])
+        .args(["--", "true"])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert!(
+        f.stderr().contains("removed stale run cgroup"),
+        "{}",
+        f.stderr()
+    );
+    let status = sleeper.wait().expect("reap sleeper");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(!stale.exists());
+    assert!(f.health()["notes"].to_string().contains("old_run"));
+    let _ = std::fs::remove_dir(&parent);
+}
+
+#[test]
+fn profile_copies_follow_level_and_on_fail() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let copy = tmp.path().join("t.json");
+    let summary = tmp.path().join("s.md");
+    let copies = |id: &str, level: &str, code: &str| {
+        let _ = std::fs::remove_file(&copy);
+        let _ = std::fs::remove_file(&summary);
+        let (f, d) = VigilRun::new(id)
+            .args([
+                "--profile-level",
+                level,
+                "--profile-out",
+                copy.to_str().expect("utf8"),
+                "--profile-summary-out",
+                summary.to_str().expect("utf8"),
+            ])
+            .args(["--", "sh", "-c", &format!("exit {code}")])
+            .run();
+        (f, d, copy.exists(), summary.exists())
+    };
+    let (_, _d1, c, s) = copies("p_off_pass", "off", "0");
+    assert!(!c && !s, "profile off + success: no copies");
+    let (_, _d2, c, s) = copies("p_off_fail", "off", "1");
+    assert!(c && s, "profile off + failure: profile-on-fail writes both");
+    let (f, _d3, c, _) = copies("p_detailed", "detailed", "0");
+    assert!(c);
+    let names: Vec<String> = read_json(&copy)["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    for n in [
+        "run.total",
+        "runner.dispatch",
+        "case.run",
+        "case.chain",
+        "case.harness",
+        "check.execute",
+        "subprocess.exec",
+        "subprocess.wait",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+    }
+    let basic: Vec<String> = f.trace()["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        basic.contains(&"case.chain".to_string()),
+        "bundle trace at detailed has detailed spans"
+    );
+}
