@@ -234,7 +234,9 @@ fn hard_cap_holds_with_liveness_off() {
 
 #[test]
 fn bad_flags_and_env_are_usage_errors_with_nothing_started() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    /// (flags, environment, what the error line must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (&["--liveness-level", "loud"], &[], "--liveness-level"),
         (
             &["--liveness-kill-grace-ms", "0"],

@@ -1,1 +1,129 @@
-fn main() {}
+//! cargo xtask: the project's own commands.
+//!
+//!   cargo xtask test            build vigil and the fixtures, run every test (needs root)
+//!   cargo xtask run [-- CMD…]   run vigil's main job on a real example (or on CMD), then inspect it
+//!   cargo xtask bench           release build; overhead, throughput and latency vs bare runs
+//!   cargo xtask lint            rustfmt --check and clippy -D warnings
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("run") => run(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
+        Some("lint") => lint(),
+        _ => {
+            eprintln!("usage: cargo xtask test | run [-- CMD…] | bench [--quick] | lint");
+            std::process::exit(2);
+        }
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// vigil needs root for cgroup v2; say so instead of failing obscurely.
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{what} needs root (vigil creates cgroups): run it as root, e.g. `sudo -E cargo xtask {what}`"
+        );
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    require_root("test")?;
+    // The end-to-end tests drive the real binaries; build them first.
+    cargo(&["build", "--workspace", "--bins"])?;
+    cargo(&["test", "--workspace", "--no-fail-fast"])
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+/// The README's example: a job that prints, then goes silent; basic liveness (2 s stall) kills
+/// it, the bundle is validated and summarised.
+fn run(args: &[String]) -> Result<()> {
+    require_root("run")?;
+    cargo(&["build", "-p", "vigil"])?;
+    let vigil = root().join("target/debug/vigil");
+    let out = root().join(".artifacts/runs");
+    let user_cmd: Vec<String> = args
+        .iter()
+        .skip_while(|a| *a != "--")
+        .skip(1)
+        .cloned()
+        .collect();
+    let mut cmd = Command::new(&vigil);
+    cmd.arg("run").arg("--out").arg(&out);
+    if user_cmd.is_empty() {
+        let script = "echo 'building…'; for i in 1 2 3; do echo \"step $i\"; sleep 0.2; done; \
+                      echo 'waiting on a lock that never frees'; sleep 600";
+        cmd.args([
+            "--liveness-stall-ms",
+            "2000",
+            "--liveness-kill-grace-ms",
+            "1000",
+            "--profile-level",
+            "detailed",
+        ]);
+        cmd.args([
+            "--profile-out",
+            ".artifacts/run-trace.json",
+            "--profile-summary-out",
+            ".artifacts/run-trace-summary.md",
+        ]);
+        cmd.args(["--", "sh", "-c", script]);
+    } else {
+        cmd.arg("--").args(&user_cmd);
+    }
+    let status = cmd.current_dir(root()).status().context("running vigil")?;
+    println!(
+        "\nvigil exited with {}",
+        status.code().map_or("a signal".into(), |c| c.to_string())
+    );
+    let latest = std::fs::read_to_string(out.join("LATEST")).context("reading LATEST")?;
+    let bundle = out.join(latest.trim());
+    println!("bundle: {}\n", bundle.display());
+    for sub in ["validate", "inspect"] {
+        let st = Command::new(&vigil).arg(sub).arg(&bundle).status()?;
+        if !st.success() {
+            bail!("vigil {sub} failed");
+        }
+    }
+    Ok(())
+}

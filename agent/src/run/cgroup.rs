@@ -58,12 +58,13 @@ fn unescape_mount_field(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -145,10 +146,6 @@ impl RunCgroup {
 
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    pub fn procs_file(&self) -> PathBuf {
-        self.path.join("cgroup.procs")
     }
 
     /// Every process in the run's cgroup and its descendant cgroups.

@@ -206,7 +206,11 @@ mod tests {
     fn reads_own_stat() {
         let me = std::process::id() as i32;
         let st = read_stat(me).expect("own stat");
-        assert_eq!(st.state, 'R');
+        assert_eq!(st.ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(
+            Some(st.start_ticks),
+            crate::run::cgroup::process_start_ticks(std::process::id())
+        );
         assert!(!read_argv(me).is_empty());
     }
 }

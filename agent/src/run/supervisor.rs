@@ -19,7 +19,7 @@ use super::guard::Guard;
 use super::kill::Escalation;
 use super::liveness::{Liveness, ProgressLog, Verdict, reason};
 use super::outcome::Outcome;
-use super::proctree::{ProcInfo, ProcTracker, decode_wait_status, read_stat};
+use super::proctree::{ProcInfo, ProcTracker, read_stat};
 use super::spawn::{self, SpawnError};
 use super::spec::RunSpec;
 use super::tee::{Fence, TeeConfig, spawn_tee};
@@ -259,10 +259,13 @@ struct Supervisor<'a> {
     cpu_samples: VecDeque<(Instant, u64)>,
 }
 
+/// The main child's (exit code, signal) from waitid.
+type ExitInfo = (Option<i32>, Option<i32>);
+
 /// Per-run supervision state that `finish` needs.
 struct Supervised {
     outcome: Outcome,
-    main_exit: Option<(i32, Option<i32>, Option<i32>)>,
+    main_exit: Option<ExitInfo>,
     streams: [OutputHealth; 2],
     process_tree: bool,
 }
@@ -277,7 +280,7 @@ impl Supervisor<'_> {
     ) -> Supervised {
         let check = spans.rec.open(span::CHECK_EXECUTE, Some(spans.case));
         let exec_span = spans.rec.open(span::SUBPROCESS_EXEC, Some(check));
-        let spawned = match spawn::spawn(self.spec, &self.cg.procs_file()) {
+        let spawned = match spawn::spawn(self.spec, self.cg.path()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("vigil: {e}");
@@ -301,16 +304,19 @@ impl Supervisor<'_> {
             }
         };
         let spawned_ns = clock::now_ns();
-        spans
-            .rec
-            .close_at(exec_span, "passed", json!({"pid": spawned.pid}), spawned_ns);
+        spans.rec.close_at(
+            exec_span,
+            "passed",
+            json!({"pid": spawned.child.pid}),
+            spawned_ns,
+        );
         spans
             .rec
             .close_at(spans.dispatch, "passed", json!({}), spawned_ns);
         let wait_span = spans
             .rec
             .open_at(span::SUBPROCESS_WAIT, Some(check), spawned_ns);
-        let main_pid = i32::try_from(spawned.pid).unwrap_or(i32::MAX);
+        let main_pid = spawned.child.pid;
 
         let mut tracker = ProcTracker::new(main_pid);
         let argv = self.spec.argv_lossy();
@@ -332,13 +338,13 @@ impl Supervisor<'_> {
         tracker.adopt_main(main_info);
 
         let mut streams = self.start_tees(bundle, spawned.stdout, spawned.stderr);
-        let mut child = spawned.child;
+        let child = spawned.child;
         let mut liveness = Liveness::new(
             self.spec.liveness.clone(),
             self.spec.profile.stall_threshold,
             spawned_ns,
         );
-        let mut main_exit: Option<(u64, (i32, Option<i32>, Option<i32>))> = None;
+        let mut main_exit: Option<(u64, ExitInfo)> = None;
         let mut main_outcome: Option<Outcome> = None;
         let watch = self.cg.watch_events();
         let afd = watch.as_ref().ok().and_then(|w| w.async_fd().ok());
@@ -391,12 +397,8 @@ impl Supervisor<'_> {
                 _ = sigterm.recv() => self.on_signal(libc::SIGTERM),
                 status = child.wait(), if main_exit.is_none() => {
                     let now = clock::now_ns();
-                    let (code, sig) = match status {
-                        Ok(st) => decode_wait_status(std::os::unix::process::ExitStatusExt::into_raw(st)),
-                        Err(_) => (None, None),
-                    };
-                    let raw = code.map_or_else(|| sig.map_or(-1, ExitCode::signal), |c| c);
-                    main_exit = Some((now, (raw, code, sig)));
+                    let (code, sig) = status.unwrap_or((None, None));
+                    main_exit = Some((now, (code, sig)));
                     self.events.emit(EventKind::SubprocessState, None, json!({
                         "pid": main_pid, "ppid": std::process::id(), "state": "exited",
                         "exit_code": code, "signal": sig, "source": "waitpid"}));
@@ -657,13 +659,16 @@ impl Supervisor<'_> {
                     "hard_cap_ms": self.spec.liveness.hard_cap.as_millis() as u64,
                     "liveness_level": format!("{:?}", self.spec.liveness.level).to_lowercase(),
                     "detected_at_ns": now,
+                    "last_progress_ns": self.progress.snapshot().last_ns,
                 });
                 if why == reason::NO_OUTPUT_NO_EVENT || why == reason::NO_PROGRESS {
+                    let triage_start = std::time::Instant::now();
                     let snap =
                         triage::snapshot(self.cg, self.cpu_rate(), silent_ms, &self.redactor).await;
                     self.stall = Some(snap.stall_phase.clone());
                     data["stall_phase"] = json!(snap.stall_phase);
                     data["snapshot"] = serde_json::to_value(&snap).unwrap_or_default();
+                    data["triage_ms"] = json!(triage_start.elapsed().as_secs_f64() * 1000.0);
                 }
                 eprintln!("vigil: watchdog: {why}; stopping the run");
                 self.events.emit(EventKind::Watchdog, Some(why), data);
@@ -721,7 +726,7 @@ impl Supervisor<'_> {
         );
         let events_result = self.events.finish();
 
-        let (code, sig) = sup.main_exit.map_or((None, None), |(_, c, s)| (c, s));
+        let (code, sig) = sup.main_exit.unwrap_or((None, None));
         let step = StepRow {
             name: "main".into(),
             status: outcome.step_status().into(),

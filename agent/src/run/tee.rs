@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,7 +15,7 @@ use crate::clock;
 use crate::evidence::health::OutputHealth;
 use crate::evidence::redact::Redactor;
 
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 
 pub struct TeeConfig {
     /// The child's end is the write side; this is the read side.
@@ -60,11 +61,13 @@ fn tee_loop(
     fence: &Fence,
 ) -> OutputHealth {
     let mut report = OutputHealth::default();
-    let mut buf = vec![0u8; CHUNK];
+    // Filled (not calloc'd) so every page is faulted in before the first read.
+    let mut buf = vec![0xffu8; CHUNK];
     let mut capture = BufWriter::with_capacity(CHUNK, cfg.capture);
     let mut masker = redactor.stream_masker();
     let mut masked = Vec::new();
     let mut capture_ok = true;
+    let mut writeback_from = 0u64;
     loop {
         let n = match cfg.pipe.read(&mut buf) {
             Ok(0) => break,
@@ -84,14 +87,14 @@ fn tee_loop(
         progress.record(clock::now_ns());
         report.bytes_total += n as u64;
         let chunk = &buf[..n];
-        if let Some(sink) = cfg.sink.as_mut() {
-            if let Err(e) = sink.write_all(chunk) {
-                // vigil's own stdout went away (closed pipe): keep capturing, stop teeing.
-                report
-                    .tee_error
-                    .get_or_insert_with(|| format!("writing to terminal: {e}"));
-                cfg.sink = None;
-            }
+        if let Some(sink) = cfg.sink.as_mut()
+            && let Err(e) = sink.write_all(chunk)
+        {
+            // vigil's own stdout went away (closed pipe): keep capturing, stop teeing.
+            report
+                .tee_error
+                .get_or_insert_with(|| format!("writing to terminal: {e}"));
+            cfg.sink = None;
         }
         let out: &[u8] = match masker.as_mut() {
             Some(m) => {
@@ -102,6 +105,13 @@ fn tee_loop(
             None => chunk,
         };
         capture_ok &= write_capped(&mut capture, out, cfg.cap_bytes, &mut report);
+        if report.bytes_captured - writeback_from >= WRITEBACK_EVERY && capture.flush().is_ok() {
+            start_writeback(
+                capture.get_ref(),
+                report.bytes_captured,
+                &mut writeback_from,
+            );
+        }
     }
     if let Some(m) = masker.as_mut() {
         masked.clear();
@@ -124,6 +134,26 @@ fn tee_loop(
             .get_or_insert_with(|| "writing capture failed".into());
     }
     report
+}
+
+/// Start writeback of the capture every this many bytes, so the fsync at the end of the run
+/// finds little left to write (a database's trick: `sync_file_range(SYNC_FILE_RANGE_WRITE)`
+/// queues the I/O without waiting for it).
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+fn start_writeback(file: &File, upto: u64, started: &mut u64) {
+    if upto - *started < WRITEBACK_EVERY {
+        return;
+    }
+    let (off, len) = (
+        *started as libc::off64_t,
+        (upto - *started) as libc::off64_t,
+    );
+    // SAFETY: a hint syscall on an fd we own; failure only means the final fsync does the work.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+    *started = upto;
 }
 
 fn write_capped(w: &mut impl Write, data: &[u8], cap: u64, report: &mut OutputHealth) -> bool {
