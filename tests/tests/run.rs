@@ -498,8 +498,15 @@ fn wait_for_ready(child: &mut std::process::Child) {
 
 #[test]
 fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
-    // Kill points: right after start (setup), after the child is running, after a daemon exists.
-    for (i, wait_ready) in [false, true, true].into_iter().enumerate() {
+    // Random delays pick random points of setup and supervision; `ready` points are mid-run.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.subsec_nanos());
+    let delays: Vec<Option<u64>> = (0..4u32)
+        .map(|k| Some(u64::from(seed.rotate_left(k * 8) % 60)))
+        .chain([None, None])
+        .collect();
+    for (i, delay) in delays.into_iter().enumerate() {
         let out = tempfile::tempdir().expect("tmp");
         let pids = tempfile::tempdir().expect("tmp");
         let pidfile = pids.path().join("daemon");
@@ -517,8 +524,10 @@ fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
             .stderr(Stdio::null())
             .spawn()
             .expect("vigil");
-        if wait_ready {
-            wait_for_ready(&mut child);
+        match delay {
+            // Not synchronisation: a random point at which to pull the plug.
+            Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            None => wait_for_ready(&mut child),
         }
         child.kill().expect("SIGKILL vigil");
         child.wait().expect("reap vigil");
@@ -673,4 +682,82 @@ fn profile_copies_follow_level_and_on_fail() {
         basic.contains(&"case.chain".to_string()),
         "bundle trace at detailed has detailed spans"
     );
+}
+
+#[test]
+fn second_sigint_kills_at_once() {
+    let out = tempfile::tempdir().expect("tmp");
+    let pids = tempfile::tempdir().expect("tmp");
+    let pidfile = pids.path().join("p");
+    let mut child = Command::new(vigil_bin())
+        .args([
+            "run",
+            "--run-id",
+            "twice",
+            "--liveness-kill-grace-ms",
+            "60000",
+            "--out",
+        ])
+        .arg(out.path())
+        .arg("--")
+        .arg(fixture_bin())
+        .arg("ignore-term")
+        .arg(&pidfile)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vigil");
+    wait_for_ready(&mut child);
+    let vigil = nix::unistd::Pid::from_raw(child.id() as i32);
+    let start = std::time::Instant::now();
+    nix::sys::signal::kill(vigil, nix::sys::signal::Signal::SIGINT).expect("first SIGINT");
+    // The first SIGINT is acknowledged on stderr before the second is sent (an event, not a sleep).
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("read stderr");
+    assert!(line.contains("SIGINT received"), "{line}");
+    nix::sys::signal::kill(vigil, nix::sys::signal::Signal::SIGINT).expect("second SIGINT");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "the 60 s grace was not cut short"
+    );
+    assert!(!pid_alive(read_pid(&pidfile)));
+    let bundle = out.path().join("twice");
+    let notes: Vec<String> = read_ndjson(&bundle.join("events.ndjson"))
+        .iter()
+        .filter_map(|e| e["data"]["what"].as_str().map(String::from))
+        .collect();
+    assert!(notes.contains(&"cancel_kill_now".to_string()), "{notes:?}");
+    assert_valid_bundle(&bundle);
+}
+
+#[test]
+fn strict_kills_a_trickle_below_min_events() {
+    // ~10 lines a second, each its own write: alive, but below 50 events per 1 s window.
+    let script = "i=0; while [ $i -lt 40 ]; do echo tick; sleep 0.1; i=$((i+1)); done";
+    let (f, _dir) = VigilRun::new("trickle")
+        .args([
+            "--liveness-level",
+            "strict",
+            "--liveness-stall-ms",
+            "1000",
+            "--liveness-min-events",
+            "50",
+            "--liveness-kill-grace-ms",
+            "300",
+        ])
+        .args(["--", "sh", "-c", script])
+        .run();
+    assert_eq!(f.code(), 124, "{}", f.stderr());
+    assert_eq!(reasons(&f.events())[0], "stall.runner.no_progress");
+    assert_valid_bundle(&f.bundle);
+    // The same trickle passes under basic: it is never silent for the stall window.
+    let short = "i=0; while [ $i -lt 15 ]; do echo tick; sleep 0.1; i=$((i+1)); done";
+    let (f, _dir) = VigilRun::new("trickle_basic")
+        .args(["--liveness-stall-ms", "1000", "--liveness-min-events", "50"])
+        .args(["--", "sh", "-c", short])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
 }
