@@ -96,6 +96,8 @@ impl VigilRun {
             .arg(out.path())
             .arg("--run-id")
             .arg(run_id);
+        // Relative defaults (profile copies under .artifacts/) land in the temp dir, not the repo.
+        cmd.current_dir(out.path());
         // Tests set every liveness value they depend on; clear the environment equivalents.
         for (k, _) in std::env::vars() {
             if k.starts_with("SPEC_RUNNER_") || k == "VIGIL_OUT" {

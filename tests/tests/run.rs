@@ -205,6 +205,16 @@ fn pipes_held_open_after_exit_time_out_under_strict_only() {
             );
         } else {
             assert!(r.is_empty(), "{r:?}");
+            let notes = f.health()["notes"]
+                .as_array()
+                .expect("notes")
+                .iter()
+                .filter(|n| {
+                    n.as_str()
+                        .is_some_and(|n| n.contains("output pipes stayed open"))
+                })
+                .count();
+            assert_eq!(notes, 1, "one drain cleanup, noted once");
         }
         assert!(
             !pid_alive(read_pid(&pidfile)),
@@ -317,6 +327,7 @@ fn unwritable_output_directory_fails_before_starting() {
     let marker = tempfile::tempdir().expect("tmp");
     let m = marker.path().join("ran");
     let out = Command::new(vigil_bin())
+        .current_dir(marker.path())
         .args(["run", "--out", "/proc/vigil-cannot-write-here", "--"])
         .args(["touch", m.to_str().expect("utf8")])
         .output()
@@ -451,12 +462,14 @@ fn user_flag_runs_unprivileged_without_capabilities() {
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("CapPrm:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert_valid_bundle(&f.bundle);
 }
 
 #[test]
 fn sigint_cancels_and_commits() {
     let out = tempfile::tempdir().expect("tmp");
     let mut child = Command::new(vigil_bin())
+        .current_dir(out.path())
         .args([
             "run",
             "--run-id",
@@ -517,6 +530,7 @@ fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
         );
         let run_id = format!("crash{i}");
         let mut child = Command::new(vigil_bin())
+            .current_dir(out.path())
             .args(["run", "--run-id", &run_id, "--out"])
             .arg(out.path())
             .args(["--", "sh", "-c", &script])
@@ -690,6 +704,7 @@ fn second_sigint_kills_at_once() {
     let pids = tempfile::tempdir().expect("tmp");
     let pidfile = pids.path().join("p");
     let mut child = Command::new(vigil_bin())
+        .current_dir(out.path())
         .args([
             "run",
             "--run-id",
@@ -760,4 +775,5 @@ fn strict_kills_a_trickle_below_min_events() {
         .args(["--", "sh", "-c", short])
         .run();
     assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert_valid_bundle(&f.bundle);
 }

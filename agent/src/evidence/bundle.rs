@@ -109,8 +109,10 @@ impl Bundle {
     }
 
     /// Write the index (the commit barrier) and then LATEST.
-    pub fn commit(&self) -> Result<ArtifactIndex, BundleError> {
-        let index = write_index(&self.dir, &self.run_id, "committed")?;
+    /// `known` digests (computed while a file was streamed) are used for files whose size still
+    /// matches; every other file is hashed.
+    pub fn commit(&self, known: &[FileDigest]) -> Result<ArtifactIndex, BundleError> {
+        let index = write_index_with(&self.dir, &self.run_id, "committed", known)?;
         write_atomic(
             &self.out_dir.join("LATEST"),
             format!("{}\n", self.run_id).as_bytes(),
@@ -121,7 +123,16 @@ impl Bundle {
 
 /// Compute and atomically write `artifact_index.json` for a bundle directory.
 pub fn write_index(dir: &Path, run_id: &str, state: &str) -> Result<ArtifactIndex, BundleError> {
-    let files = digest_files(dir).map_err(|source| BundleError::Write {
+    write_index_with(dir, run_id, state, &[])
+}
+
+fn write_index_with(
+    dir: &Path,
+    run_id: &str,
+    state: &str,
+    known: &[FileDigest],
+) -> Result<ArtifactIndex, BundleError> {
+    let files = digest_files_with(dir, known).map_err(|source| BundleError::Write {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -143,6 +154,10 @@ pub fn write_index(dir: &Path, run_id: &str, state: &str) -> Result<ArtifactInde
 
 /// Every file of the bundle except the index and temporaries, sorted by path.
 pub fn digest_files(dir: &Path) -> io::Result<Vec<FileDigest>> {
+    digest_files_with(dir, &[])
+}
+
+fn digest_files_with(dir: &Path, known: &[FileDigest]) -> io::Result<Vec<FileDigest>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -159,6 +174,11 @@ pub fn digest_files(dir: &Path) -> io::Result<Vec<FileDigest>> {
                 .to_string_lossy()
                 .into_owned();
             if rel == files::INDEX || is_temporary(&rel) {
+                continue;
+            }
+            let len = entry.metadata()?.len();
+            if let Some(k) = known.iter().find(|k| k.path == rel && k.bytes == len) {
+                out.push(k.clone());
                 continue;
             }
             let (sha256, bytes) = sha256_file(&path)?;
@@ -217,7 +237,7 @@ mod tests {
         b.write_bytes("output/stdout.log", b"hello").expect("write");
         b.write_json("run-trace.json", &serde_json::json!({"a": 1}))
             .expect("write");
-        let idx = b.commit().expect("commit");
+        let idx = b.commit(&[]).expect("commit");
         let paths: Vec<_> = idx.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, vec!["output/stdout.log", "run-trace.json"]);
         assert_eq!(idx.files[0].bytes, 5);

@@ -22,13 +22,13 @@ use super::outcome::Outcome;
 use super::proctree::{ProcInfo, ProcTracker, read_stat};
 use super::spawn::{self, SpawnError};
 use super::spec::RunSpec;
-use super::tee::{Fence, TeeConfig, spawn_tee};
+use super::tee::{Fence, TeeConfig, TeeReport, spawn_tee};
 use super::triage;
 use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail};
 use crate::clock;
 use crate::evidence::bundle::{self, Bundle, BundleError};
 use crate::evidence::events::{EventKind, EventLog};
-use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth, OutputHealth};
+use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth};
 use crate::evidence::redact::Redactor;
 use crate::evidence::trace::{
     RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
@@ -94,9 +94,9 @@ struct RunSpans {
 
 /// Where the child's streams end up, and their end-of-stream reports.
 struct Streams {
-    stdout: Option<oneshot::Receiver<OutputHealth>>,
-    stderr: Option<oneshot::Receiver<OutputHealth>>,
-    reports: [OutputHealth; 2],
+    stdout: Option<oneshot::Receiver<TeeReport>>,
+    stderr: Option<oneshot::Receiver<TeeReport>>,
+    reports: [TeeReport; 2],
 }
 
 impl Streams {
@@ -105,7 +105,7 @@ impl Streams {
     }
 }
 
-async fn recv_opt(rx: &mut Option<oneshot::Receiver<OutputHealth>>) -> OutputHealth {
+async fn recv_opt(rx: &mut Option<oneshot::Receiver<TeeReport>>) -> TeeReport {
     match rx {
         Some(rx) => rx.await.unwrap_or_default(),
         None => std::future::pending().await,
@@ -266,7 +266,7 @@ type ExitInfo = (Option<i32>, Option<i32>);
 struct Supervised {
     outcome: Outcome,
     main_exit: Option<ExitInfo>,
-    streams: [OutputHealth; 2],
+    streams: [TeeReport; 2],
     process_tree: bool,
 }
 
@@ -379,7 +379,8 @@ impl Supervisor<'_> {
             }
             let snap = self.progress.snapshot();
             let exit_ns = main_exit.map(|(t, _)| t);
-            let deadline = if self.outcome.is_some() {
+            // While a kill is under way the only deadline is its own (SIGKILL at the grace).
+            let deadline = if self.outcome.is_some() || self.escalation.is_some() {
                 None
             } else {
                 Some(liveness.next_deadline(snap, exit_ns, streams.open()))
@@ -525,6 +526,7 @@ impl Supervisor<'_> {
                 sink,
                 capture,
                 cap_bytes: self.spec.output_cap_bytes,
+                capture_rel: rel,
             };
             match spawn_tee(
                 cfg,
@@ -753,8 +755,8 @@ impl Supervisor<'_> {
 
         let mut output = std::collections::BTreeMap::new();
         if sup.process_tree {
-            output.insert("stdout".to_string(), sup.streams[0].clone());
-            output.insert("stderr".to_string(), sup.streams[1].clone());
+            output.insert("stdout".to_string(), sup.streams[0].health.clone());
+            output.insert("stderr".to_string(), sup.streams[1].health.clone());
         }
         let health = ObservationHealth {
             schema: schema::OBSERVATION_HEALTH.into(),
@@ -802,7 +804,12 @@ impl Supervisor<'_> {
                     render_summary_md(&trace).as_bytes(),
                 )
                 .map_err(|e| e.to_string())?;
-            bundle.commit().map_err(|e| e.to_string())?;
+            let known: Vec<_> = sup
+                .streams
+                .iter()
+                .filter_map(|r| r.capture.clone())
+                .collect();
+            bundle.commit(&known).map_err(|e| e.to_string())?;
             Ok(())
         })();
         if let Err(e) = &commit {

@@ -12,10 +12,21 @@ use std::thread::JoinHandle;
 
 use super::liveness::ProgressLog;
 use crate::clock;
+use sha2::{Digest, Sha256};
+
+use crate::evidence::bundle::FileDigest;
 use crate::evidence::health::OutputHealth;
 use crate::evidence::redact::Redactor;
 
 const CHUNK: usize = 128 * 1024;
+
+/// What a tee thread reports when its pipe closes.
+#[derive(Debug, Default, Clone)]
+pub struct TeeReport {
+    pub health: OutputHealth,
+    /// Digest of the capture file as written, so the commit need not read it back.
+    pub capture: Option<FileDigest>,
+}
 
 pub struct TeeConfig {
     /// The child's end is the write side; this is the read side.
@@ -24,6 +35,8 @@ pub struct TeeConfig {
     pub sink: Option<File>,
     pub capture: File,
     pub cap_bytes: u64,
+    /// The capture's path inside the bundle, for its digest.
+    pub capture_rel: &'static str,
 }
 
 /// Set when the run's outcome is final: nothing more is accepted into its output.
@@ -44,7 +57,7 @@ pub fn spawn_tee(
     redactor: Arc<Redactor>,
     progress: Arc<ProgressLog>,
     fence: Arc<Fence>,
-    done: tokio::sync::oneshot::Sender<OutputHealth>,
+    done: tokio::sync::oneshot::Sender<TeeReport>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("vigil-tee".into())
@@ -59,8 +72,10 @@ fn tee_loop(
     redactor: &Redactor,
     progress: &ProgressLog,
     fence: &Fence,
-) -> OutputHealth {
+) -> TeeReport {
     let mut report = OutputHealth::default();
+    let mut hasher = Sha256::new();
+    let capture_rel = cfg.capture_rel;
     // Filled (not calloc'd) so every page is faulted in before the first read.
     let mut buf = vec![0xffu8; CHUNK];
     let mut capture = BufWriter::with_capacity(CHUNK, cfg.capture);
@@ -104,7 +119,7 @@ fn tee_loop(
             }
             None => chunk,
         };
-        capture_ok &= write_capped(&mut capture, out, cfg.cap_bytes, &mut report);
+        capture_ok &= write_capped(&mut capture, &mut hasher, out, cfg.cap_bytes, &mut report);
         if report.bytes_captured - writeback_from >= WRITEBACK_EVERY && capture.flush().is_ok() {
             start_writeback(
                 capture.get_ref(),
@@ -116,7 +131,13 @@ fn tee_loop(
     if let Some(m) = masker.as_mut() {
         masked.clear();
         m.finish(&mut masked);
-        capture_ok &= write_capped(&mut capture, &masked, cfg.cap_bytes, &mut report);
+        capture_ok &= write_capped(
+            &mut capture,
+            &mut hasher,
+            &masked,
+            cfg.cap_bytes,
+            &mut report,
+        );
     }
     let synced = capture
         .into_inner()
@@ -133,7 +154,15 @@ fn tee_loop(
             .tee_error
             .get_or_insert_with(|| "writing capture failed".into());
     }
-    report
+    let capture = capture_ok.then(|| FileDigest {
+        path: capture_rel.to_string(),
+        sha256: hex::encode(hasher.finalize()),
+        bytes: report.bytes_captured,
+    });
+    TeeReport {
+        health: report,
+        capture,
+    }
 }
 
 /// Start writeback of the capture every this many bytes, so the fsync at the end of the run
@@ -156,7 +185,13 @@ fn start_writeback(file: &File, upto: u64, started: &mut u64) {
     *started = upto;
 }
 
-fn write_capped(w: &mut impl Write, data: &[u8], cap: u64, report: &mut OutputHealth) -> bool {
+fn write_capped(
+    w: &mut impl Write,
+    hasher: &mut Sha256,
+    data: &[u8],
+    cap: u64,
+    report: &mut OutputHealth,
+) -> bool {
     let room = cap.saturating_sub(report.bytes_captured);
     let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
     if take < data.len() {
@@ -167,6 +202,7 @@ fn write_capped(w: &mut impl Write, data: &[u8], cap: u64, report: &mut OutputHe
     }
     match w.write_all(&data[..take]) {
         Ok(()) => {
+            hasher.update(&data[..take]);
             report.bytes_captured += take as u64;
             true
         }
@@ -182,8 +218,10 @@ mod tests {
     fn capture_is_capped_and_truncation_recorded() {
         let mut out = Vec::new();
         let mut r = OutputHealth::default();
-        assert!(write_capped(&mut out, b"hello ", 8, &mut r));
-        assert!(write_capped(&mut out, b"world", 8, &mut r));
+        let mut h = Sha256::new();
+        assert!(write_capped(&mut out, &mut h, b"hello ", 8, &mut r));
+        assert!(write_capped(&mut out, &mut h, b"world", 8, &mut r));
+        assert_eq!(h.finalize()[..], Sha256::digest(b"hello wo")[..]);
         assert_eq!(out, b"hello wo");
         assert!(r.truncated);
         assert_eq!(r.bytes_captured, 8);
