@@ -1,12 +1,14 @@
 //! Runner lifecycle events (`events.ndjson`, `vigil.runner.event.v1`): one owner assigns `seq`
-//! from 0, appends each event in fsync'd batches, and keeps the run trace's copy.
+//! from 0 and keeps the run trace's copy; a writer thread appends them in fsync'd batches.
+//! Under pressure telemetry (heartbeats, process samples) is shed before it gets a seq, so the
+//! file's seq has no gaps; the shed count goes to health. Control events are never shed.
 
 use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::ndjson::NdjsonAppender;
+use super::ndjson::{Lane, NdjsonWriter};
 use super::schema;
 use crate::clock;
 
@@ -48,7 +50,17 @@ impl EventKind {
         )
     }
 
-    /// Control evidence is fsync'd at once; telemetry waits for its batch.
+    /// Heartbeats are telemetry: shed first under pressure. Everything else is control evidence
+    /// and is never dropped.
+    fn lane(self) -> Lane {
+        if self == EventKind::Heartbeat {
+            Lane::Telemetry
+        } else {
+            Lane::Control
+        }
+    }
+
+    /// Events fsync'd at once (outcomes, kills, notes); the rest wait for their batch.
     fn urgent(self) -> bool {
         !matches!(
             self,
@@ -84,27 +96,33 @@ const TRACE_EVENT_CAP: usize = 20_000;
 pub struct EventLog {
     run_id: String,
     next_seq: u64,
-    out: NdjsonAppender,
+    out: NdjsonWriter,
     trace: Vec<RunnerEvent>,
     trace_shed: u64,
-    write_error: Option<String>,
 }
+
+/// Lines the writer thread may have queued: bounded, and far above what a run emits per batch.
+const QUEUE_LINES: usize = 8192;
 
 impl EventLog {
     pub fn create(path: &Path, run_id: &str) -> io::Result<Self> {
         Ok(EventLog {
             run_id: run_id.to_string(),
             next_seq: 0,
-            out: NdjsonAppender::create(path)?,
+            out: NdjsonWriter::spawn(path, QUEUE_LINES)?,
             trace: Vec::new(),
             trace_shed: 0,
-            write_error: None,
         })
     }
 
-    /// Record one event; returns its seq. A write failure is remembered (the run goes on; the
-    /// commit then fails and says why) rather than tearing the supervisor down mid-run.
-    pub fn emit(&mut self, kind: EventKind, reason: Option<&str>, data: serde_json::Value) -> u64 {
+    /// Record one event; returns its seq, or None when telemetry was shed. A write failure is
+    /// reported by `finish` (the run goes on; the commit then fails and says why).
+    pub fn emit(
+        &mut self,
+        kind: EventKind,
+        reason: Option<&str>,
+        data: serde_json::Value,
+    ) -> Option<u64> {
         let ts_ns = clock::now_ns();
         let ev = RunnerEvent {
             schema: schema::RUNNER_EVENT.to_string(),
@@ -116,11 +134,13 @@ impl EventLog {
             reason: reason.map(str::to_string),
             data,
         };
-        self.next_seq += 1;
-        if let Err(e) = self.out.append(&ev, kind.urgent()) {
-            self.write_error
-                .get_or_insert_with(|| format!("{}: {e}", self.out.path().display()));
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        let lane = kind.lane();
+        if !self.out.send(line, lane, kind.urgent()) && lane == Lane::Telemetry {
+            return None;
         }
+        self.next_seq += 1;
         if kind.in_trace() {
             if self.trace.len() < TRACE_EVENT_CAP || !kind.is_telemetry() {
                 self.trace.push(ev);
@@ -128,26 +148,17 @@ impl EventLog {
                 self.trace_shed += 1;
             }
         }
-        self.next_seq - 1
+        Some(self.next_seq - 1)
     }
 
-    pub fn flush_if_due(&mut self) {
-        if let Err(e) = self.out.flush_if_due() {
-            self.write_error
-                .get_or_insert_with(|| format!("{}: {e}", self.out.path().display()));
-        }
-    }
-
-    /// Flush everything; returns the first write error of the run, if any.
+    /// Flush and fsync everything; returns the first write error of the run, if any.
     pub fn finish(&mut self) -> Result<(), String> {
-        if let Err(e) = self.out.flush() {
-            self.write_error
-                .get_or_insert_with(|| format!("{}: {e}", self.out.path().display()));
-        }
-        match &self.write_error {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
+        self.out.finish()
+    }
+
+    /// Telemetry events shed from events.ndjson because the writer's queue was full.
+    pub fn shed(&self) -> u64 {
+        self.out.shed()
     }
 
     pub fn trace_events(&self) -> &[RunnerEvent] {

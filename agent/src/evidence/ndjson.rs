@@ -1,10 +1,16 @@
 //! Append-only NDJSON files written in fsync'd batches: a line is on disk by the next batch
 //! boundary (or at once for control evidence), so a vigil killed mid-run leaves at most one torn
 //! last line, which `reindex --repair` drops.
+//!
+//! [`NdjsonWriter`] puts the appender on its own thread behind a bounded queue, so fsync never
+//! blocks the dispatcher. Control lines wait for room (never dropped); telemetry lines are shed
+//! when the queue is full, and counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Lines buffered before a batch is written and fsync'd.
@@ -13,42 +19,34 @@ const BATCH_LINES: usize = 256;
 const BATCH_AGE: Duration = Duration::from_millis(200);
 
 pub struct NdjsonAppender {
-    path: PathBuf,
     file: File,
     buf: Vec<u8>,
     lines: usize,
     oldest: Option<Instant>,
-    written: u64,
 }
 
 impl NdjsonAppender {
     pub fn create(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(NdjsonAppender {
-            path: path.to_path_buf(),
             file,
             buf: Vec::with_capacity(64 * 1024),
             lines: 0,
             oldest: None,
-            written: 0,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Lines appended so far.
-    pub fn written(&self) -> u64 {
-        self.written
     }
 
     /// Append one JSON value as a line. `urgent` flushes and fsyncs at once.
     pub fn append(&mut self, value: &impl serde::Serialize, urgent: bool) -> io::Result<()> {
-        serde_json::to_writer(&mut self.buf, value)?;
-        self.buf.push(b'\n');
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        self.append_line(&line, urgent)
+    }
+
+    /// Append one already serialized line (ending in a newline).
+    pub fn append_line(&mut self, line: &[u8], urgent: bool) -> io::Result<()> {
+        self.buf.extend_from_slice(line);
         self.lines += 1;
-        self.written += 1;
         self.oldest.get_or_insert_with(Instant::now);
         if urgent || self.lines >= BATCH_LINES {
             self.flush()?;
@@ -75,6 +73,97 @@ impl NdjsonAppender {
         self.lines = 0;
         self.oldest = None;
         Ok(())
+    }
+}
+
+/// Which lane a line travels in: control evidence is never dropped, telemetry may be shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Control,
+    Telemetry,
+}
+
+/// An [`NdjsonAppender`] on its own thread, fed through a bounded queue.
+pub struct NdjsonWriter {
+    tx: Option<SyncSender<(Vec<u8>, bool)>>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+    shed: u64,
+    lost: Option<String>,
+}
+
+impl NdjsonWriter {
+    /// Open `path` for appending and start the writer thread with room for `capacity` lines.
+    pub fn spawn(path: &Path, capacity: usize) -> io::Result<Self> {
+        let mut out = NdjsonAppender::create(path)?;
+        let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, bool)>(capacity);
+        let name = path.display().to_string();
+        let handle = std::thread::Builder::new()
+            .name("vigil-ndjson".into())
+            .spawn(move || {
+                let mut first_error: Option<String> = None;
+                let mut note = |r: io::Result<()>| {
+                    if let Err(e) = r {
+                        first_error.get_or_insert_with(|| format!("{name}: {e}"));
+                    }
+                };
+                loop {
+                    match rx.recv_timeout(BATCH_AGE / 4) {
+                        Ok((line, urgent)) => note(out.append_line(&line, urgent)),
+                        Err(RecvTimeoutError::Timeout) => note(out.flush_if_due()),
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                note(out.flush());
+                first_error.map_or(Ok(()), Err)
+            })?;
+        Ok(NdjsonWriter {
+            tx: Some(tx),
+            handle: Some(handle),
+            shed: 0,
+            lost: None,
+        })
+    }
+
+    /// Queue one line; `urgent` asks for an fsync at once. Returns false when it was shed
+    /// (telemetry, queue full) or the writer is gone.
+    pub fn send(&mut self, line: Vec<u8>, lane: Lane, urgent: bool) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        let sent = match lane {
+            Lane::Control => tx.send((line, urgent)).map_err(|_| ()),
+            Lane::Telemetry => match tx.try_send((line, urgent)) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => {
+                    self.shed += 1;
+                    return false;
+                }
+                Err(TrySendError::Disconnected(_)) => Err(()),
+            },
+        };
+        if sent.is_err() {
+            self.lost
+                .get_or_insert_with(|| "the NDJSON writer thread stopped".into());
+        }
+        sent.is_ok()
+    }
+
+    /// Telemetry lines shed because the queue was full.
+    pub fn shed(&self) -> u64 {
+        self.shed
+    }
+
+    /// Close the queue, let the writer flush and fsync, and return its first error.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.tx.take();
+        let joined = match self.handle.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err("the NDJSON writer thread panicked".into())),
+            None => Ok(()),
+        };
+        match self.lost.take() {
+            Some(e) => Err(e),
+            None => joined,
+        }
     }
 }
 
@@ -111,6 +200,38 @@ mod tests {
         assert_eq!(dropped, 1);
         let (kept, dropped) = salvage_lines(b"{\"a\":1}\n");
         assert_eq!((kept.len(), dropped), (8, 0));
+    }
+
+    #[test]
+    fn writer_keeps_control_and_sheds_telemetry_when_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.ndjson");
+        let mut w = NdjsonWriter::spawn(&path, 1).expect("spawn");
+        let mut sent = 0;
+        for i in 0..2000 {
+            let lane = if i % 100 == 0 {
+                Lane::Control
+            } else {
+                Lane::Telemetry
+            };
+            if w.send(format!("{{\"i\":{i}}}\n").into_bytes(), lane, false) {
+                sent += 1;
+            }
+        }
+        w.finish().expect("finish");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), sent);
+        assert_eq!(
+            sent + w.shed() as usize,
+            2000,
+            "every line written or counted as shed"
+        );
+        for i in (0..2000).step_by(100) {
+            assert!(
+                text.contains(&format!("{{\"i\":{i}}}")),
+                "control line {i} lost"
+            );
+        }
     }
 
     #[test]

@@ -461,7 +461,6 @@ impl Supervisor<'_> {
                         cgroup_empty = true;
                         self.on_cgroup_empty();
                     }
-                    self.events.flush_if_due();
                 }
             }
             if cgroup_empty && streams.open() && pipes_give_up.is_none() && main_exit.is_some() {
@@ -771,7 +770,7 @@ impl Supervisor<'_> {
             lost_events: LostEvents {
                 kernel_ring_buffer: 0,
                 reader: 0,
-                queues: 0,
+                queues: self.events.shed(),
                 trace_shed: self.events.trace_shed(),
             },
             probes: Default::default(),
