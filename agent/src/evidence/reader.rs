@@ -210,8 +210,13 @@ fn repair_interrupted(dir: &Path) -> Result<RepairReport, BundleProblem> {
         }
     }
     for rel in [files::STDOUT, files::STDERR] {
-        if !dir.join(rel).exists() {
-            bundle::write_atomic(&dir.join(rel), b"")?;
+        let path = dir.join(rel);
+        if !path.exists() {
+            // vigil may have died before it created output/ at all.
+            if let Some(parent) = path.parent() {
+                let _ = fs::create_dir_all(parent);
+            }
+            bundle::write_atomic(&path, b"")?;
         }
     }
     let events = read_events(&dir.join(files::EVENTS));
@@ -314,4 +319,36 @@ fn dir_time(dir: &Path) -> String {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
     crate::clock::rfc3339(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every prefix of bundle creation that a SIGKILL can leave behind must be repairable.
+    #[test]
+    fn repair_salvages_every_partial_layout() {
+        let layouts: [&[&str]; 4] = [&[], &["layers"], &["layers", "output"], &["output"]];
+        for (i, subdirs) in layouts.iter().enumerate() {
+            let out = tempfile::tempdir().expect("tempdir");
+            let dir = out.path().join(format!("r{i}"));
+            fs::create_dir(&dir).expect("mkdir");
+            for sub in *subdirs {
+                fs::create_dir(dir.join(sub)).expect("mkdir sub");
+            }
+            fs::write(dir.join(files::EVENTS), b"{\"kind\":\"x\"}\n{\"kind\":").expect("events");
+            let report = repair(&dir).unwrap_or_else(|e| panic!("layout {subdirs:?}: {e}"));
+            assert_eq!(report.torn_lines_dropped, 1);
+            validate(&dir)
+                .unwrap_or_else(|p| panic!("layout {subdirs:?} not valid after repair: {p:?}"));
+            let trace: Value =
+                serde_json::from_slice(&fs::read(dir.join(files::RUN_TRACE)).expect("trace"))
+                    .expect("json");
+            assert_eq!(trace["run_status"]["state"], "repaired");
+            assert!(
+                trace["started_at"].is_string(),
+                "started_at must never be null"
+            );
+        }
+    }
 }

@@ -100,6 +100,12 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// This vigil's owner directory under `parent` (not created).
+pub fn owner_dir(parent: &Path) -> PathBuf {
+    let me = std::process::id();
+    parent.join(owner_tag(me).unwrap_or_else(|| format!("vigil-{me}-0")))
+}
+
 /// A run's cgroup, removed (with its owner directory) by [`RunCgroup::remove`].
 #[derive(Debug)]
 pub struct RunCgroup {
@@ -118,9 +124,7 @@ pub struct CgroupEvents {
 impl RunCgroup {
     /// Create `<parent>/vigil-<own pid>-<start>/<run_id>`.
     pub fn create(parent: &Path, run_id: &str) -> Result<Self, CgroupError> {
-        let me = std::process::id();
-        let tag = owner_tag(me).unwrap_or_else(|| format!("vigil-{me}-0"));
-        let owner_dir = parent.join(tag);
+        let owner_dir = owner_dir(parent);
         fs::create_dir_all(&owner_dir).map_err(io_err("create cgroup", &owner_dir))?;
         let path = owner_dir.join(run_id);
         fs::create_dir(&path).map_err(io_err("create cgroup", &path))?;
@@ -135,11 +139,6 @@ impl RunCgroup {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The directory the guard process kills and removes if vigil dies.
-    pub fn owner_dir(&self) -> &Path {
-        &self.owner_dir
     }
 
     pub fn id(&self) -> u64 {

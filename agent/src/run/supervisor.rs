@@ -196,12 +196,14 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         eprintln!("vigil: {msg}");
         notes.push(msg);
     }
-    let cg = RunCgroup::create(&parent, &run_id)?;
-    let guard = match Guard::spawn(cg.owner_dir()) {
-        Ok(g) => g,
+    // The guard starts before the cgroup exists, so there is no moment at which a killed vigil
+    // could leave a cgroup nobody will remove.
+    let guard = Guard::spawn(&cgroup::owner_dir(&parent)).map_err(SetupError::Guard)?;
+    let cg = match RunCgroup::create(&parent, &run_id) {
+        Ok(cg) => cg,
         Err(e) => {
-            let _ = cg.remove();
-            return Err(SetupError::Guard(e));
+            guard.release();
+            return Err(e.into());
         }
     };
     trace.cgroup = Some(json!({"path": cg.path().display().to_string(), "id": cg.id()}));
