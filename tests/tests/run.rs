@@ -638,6 +638,7 @@ fn stale_run_cgroups_are_swept_at_start() {
     );
     assert!(!stale.exists());
     assert!(f.health()["notes"].to_string().contains("old_run"));
+    assert_valid_bundle(&f.bundle);
     let _ = std::fs::remove_dir(&parent);
 }
 
