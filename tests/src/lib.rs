@@ -255,3 +255,52 @@ pub fn read_pid(path: &Path) -> i32 {
 pub fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
+
+/// Removal of entries of a directory, watched with inotify (no polling).
+pub struct DirWatch {
+    dir: PathBuf,
+    inotify: nix::sys::inotify::Inotify,
+}
+
+impl DirWatch {
+    pub fn new(dir: &Path) -> Self {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        std::fs::create_dir_all(dir).expect("create watched dir");
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).expect("inotify");
+        inotify
+            .add_watch(dir, AddWatchFlags::IN_DELETE)
+            .expect("watch");
+        DirWatch {
+            dir: dir.to_path_buf(),
+            inotify,
+        }
+    }
+
+    fn any_with_prefix(&self, prefix: &str) -> bool {
+        std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Wait until no entry starts with `prefix`; false on timeout.
+    pub fn wait_until_gone(&self, prefix: &str, timeout: Duration) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + timeout;
+        while self.any_with_prefix(prefix) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(ms));
+            let _ = self.inotify.read_events();
+        }
+        true
+    }
+}

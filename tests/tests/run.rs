@@ -538,6 +538,8 @@ fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
             .stderr(Stdio::null())
             .spawn()
             .expect("vigil");
+        // Watch the parent before pulling the plug, so the removal cannot be missed.
+        let watch = DirWatch::new(&cgroup_parent());
         match delay {
             // Not synchronisation: a random point at which to pull the plug.
             Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
@@ -548,21 +550,10 @@ fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
         let vigil_pid = child.id();
         // The guard notices vigil's death and empties the owner cgroup; wait for that (bounded).
         let owner_prefix = format!("vigil-{vigil_pid}-");
-        let parent = cgroup_parent();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::fs::read_dir(&parent)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&owner_prefix))
-            })
-            .unwrap_or(false)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "owner cgroup of killed vigil {vigil_pid} never removed"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            watch.wait_until_gone(&owner_prefix, Duration::from_secs(15)),
+            "owner cgroup of killed vigil {vigil_pid} never removed"
+        );
         if pidfile.exists() {
             let pid = read_pid(&pidfile);
             assert!(!pid_alive(pid), "daemon {pid} outlived a SIGKILLed vigil");
