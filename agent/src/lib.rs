@@ -7,4 +7,5 @@
 pub mod cli;
 pub mod clock;
 pub mod evidence;
+pub mod kernel;
 pub mod run;

@@ -4,6 +4,7 @@
 //!   cargo xtask run [-- CMD…]   run vigil's main job on a real example (or on CMD), then inspect it
 //!   cargo xtask bench           release build; overhead, throughput and latency vs bare runs
 //!   cargo xtask lint            rustfmt --check and clippy -D warnings
+//!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
 
 mod bench;
 
@@ -19,8 +20,9 @@ fn main() -> Result<()> {
         Some("run") => run(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("lint") => lint(),
+        Some("codegen") => codegen(),
         _ => {
-            eprintln!("usage: cargo xtask test | run [-- CMD…] | bench [--quick] | lint");
+            eprintln!("usage: cargo xtask test | run [-- CMD…] | bench [--quick] | lint | codegen");
             std::process::exit(2);
         }
     }
@@ -61,6 +63,34 @@ fn test() -> Result<()> {
     // The end-to-end tests drive the real binaries; build them first.
     cargo(&["build", "--workspace", "--bins"])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])
+}
+
+/// vmlinux.h for CO-RE: the kernel's types as C, from /sys/kernel/btf/vmlinux (Debian bpftool).
+/// Committed, so builds need no BTF; CO-RE relocates field accesses on every other kernel.
+fn codegen() -> Result<()> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x86",
+        "aarch64" => "arm64",
+        other => bail!("no vmlinux.h directory for {other}"),
+    };
+    let out = Command::new("bpftool")
+        .args([
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "c",
+        ])
+        .output()
+        .context("running bpftool (apt-get install bpftool)")?;
+    if !out.status.success() {
+        bail!("bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = root().join("ebpf/include").join(arch).join("vmlinux.h");
+    std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} ({} bytes)", path.display(), out.stdout.len());
+    Ok(())
 }
 
 fn lint() -> Result<()> {

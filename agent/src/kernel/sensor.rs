@@ -1,0 +1,125 @@
+//! The process-lifecycle sensor: the programs of `ebpf/process.bpf.c` and their maps, loaded
+//! and attached as a unit (a tetragon "sensor"). A program that cannot load or attach is
+//! recorded with its reason and the others go on: a weaker observation, never a fatal one.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+/// The compiled object, embedded at build time (see build.rs).
+pub static PROCESS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/process.bpf.o"));
+
+/// (program, tp_btf tracepoint) pairs of the sensor.
+const PROGRAMS: [(&str, &str); 4] = [
+    ("vigil_fork", "sched_process_fork"),
+    ("vigil_exec", "sched_process_exec"),
+    ("vigil_exit", "sched_process_exit"),
+    ("vigil_cgroup_mkdir", "cgroup_mkdir"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeStatus {
+    Attached,
+    Unavailable(String),
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {0}")]
+    NoBtf(String),
+    #[error("loading process.bpf.o: {0}")]
+    Load(String),
+    #[error("map {map}: {error}")]
+    Map { map: &'static str, error: String },
+}
+
+pub struct ProcessSensor {
+    ebpf: Ebpf,
+    probes: BTreeMap<String, ProbeStatus>,
+}
+
+impl ProcessSensor {
+    /// Load the object with the host's BTF (CO-RE relocations) and attach every program.
+    pub fn load() -> Result<Self, SensorError> {
+        let btf = Btf::from_sys_fs().map_err(|e| SensorError::NoBtf(e.to_string()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(PROCESS_OBJECT)
+            .map_err(|e| SensorError::Load(e.to_string()))?;
+        let mut probes = BTreeMap::new();
+        for (name, tracepoint) in PROGRAMS {
+            let status = match ebpf.program_mut(name) {
+                None => ProbeStatus::Failed(format!("program {name} missing from the object")),
+                Some(p) => match <&mut BtfTracePoint>::try_from(p) {
+                    Err(e) => ProbeStatus::Failed(e.to_string()),
+                    Ok(prog) => match prog
+                        .load(tracepoint, &btf)
+                        .and_then(|()| prog.attach().map(|_| ()))
+                    {
+                        Ok(()) => ProbeStatus::Attached,
+                        Err(e) => ProbeStatus::Failed(format!("tp_btf/{tracepoint}: {e}")),
+                    },
+                },
+            };
+            probes.insert(format!("process.{tracepoint}"), status);
+        }
+        Ok(ProcessSensor { ebpf, probes })
+    }
+
+    pub fn probes(&self) -> &BTreeMap<String, ProbeStatus> {
+        &self.probes
+    }
+
+    /// Report events of this cgroup (and of cgroups created beneath it from now on).
+    pub fn watch(&mut self, cgroup_id: u64) -> Result<(), SensorError> {
+        let map = self.ebpf.map_mut("watched").ok_or(SensorError::Map {
+            map: "watched",
+            error: "missing".into(),
+        })?;
+        let mut watched: HashMap<_, u64, u8> =
+            HashMap::try_from(map).map_err(|e| SensorError::Map {
+                map: "watched",
+                error: e.to_string(),
+            })?;
+        watched
+            .insert(cgroup_id, 1, 0)
+            .map_err(|e| SensorError::Map {
+                map: "watched",
+                error: e.to_string(),
+            })
+    }
+
+    /// Events the kernel could not reserve ring-buffer space for, summed over CPUs.
+    pub fn lost(&self) -> Result<u64, SensorError> {
+        let map = self.ebpf.map("lost").ok_or(SensorError::Map {
+            map: "lost",
+            error: "missing".into(),
+        })?;
+        let lost: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| SensorError::Map {
+                map: "lost",
+                error: e.to_string(),
+            })?;
+        let per_cpu = lost.get(&0, 0).map_err(|e| SensorError::Map {
+            map: "lost",
+            error: e.to_string(),
+        })?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// The event ring buffer (taken once; the reader owns it).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, SensorError> {
+        let map = self.ebpf.take_map("events").ok_or(SensorError::Map {
+            map: "events",
+            error: "already taken".into(),
+        })?;
+        RingBuf::try_from(map).map_err(|e| SensorError::Map {
+            map: "events",
+            error: e.to_string(),
+        })
+    }
+}

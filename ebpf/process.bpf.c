@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Process lifecycle of the watched cgroups: fork/clone, exec, exit.
+ *
+ * tp_btf programs: typed tracepoint arguments through BTF, attached by BTF id — no tracefs
+ * needed (these hosts do not mount it). Every program checks the cgroup filter first: the miss
+ * path (one hash lookup) is all the rest of the host pays. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "vigil_event.h"
+
+/* cgroup ids being watched: the run's cgroup and every cgroup created beneath it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} watched SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+/* Ring buffer reservations that failed, per CPU: events lost in the kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+static __always_inline int is_watched(__u64 cg)
+{
+	return bpf_map_lookup_elem(&watched, &cg) != 0;
+}
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void fill_hdr(struct vigil_hdr *h, __u32 kind, __u64 cg, struct task_struct *t)
+{
+	h->kind = kind;
+	h->version = VIGIL_EVENT_VERSION;
+	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->cgroup_id = cg;
+	h->pid = BPF_CORE_READ(t, tgid);
+	h->tid = BPF_CORE_READ(t, pid);
+	h->ppid = BPF_CORE_READ(t, real_parent, tgid);
+	h->_pad = 0;
+	bpf_probe_read_kernel_str(h->comm, sizeof(h->comm), t->comm);
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(vigil_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (!is_watched(cg))
+		return 0;
+	struct vigil_fork *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	fill_hdr(&e->h, VIGIL_FORK, cg, parent);
+	e->child_pid = BPF_CORE_READ(child, tgid);
+	e->child_tid = BPF_CORE_READ(child, pid);
+	e->is_thread = e->child_pid != e->child_tid;
+	e->_pad = 0;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(vigil_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (!is_watched(cg))
+		return 0;
+	struct vigil_exec *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	fill_hdr(&e->h, VIGIL_EXEC, cg, p);
+	e->uid = BPF_CORE_READ(p, cred, uid.val);
+	e->gid = BPF_CORE_READ(p, cred, gid.val);
+	e->euid = BPF_CORE_READ(p, cred, euid.val);
+	e->egid = BPF_CORE_READ(p, cred, egid.val);
+	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	unsigned long start = BPF_CORE_READ(p, mm, arg_start);
+	unsigned long end = BPF_CORE_READ(p, mm, arg_end);
+	unsigned long len = end > start ? end - start : 0;
+	/* The mask is what the verifier needs to see the copy stays inside argv[]. */
+	e->argv_truncated = len > VIGIL_ARGV_LEN - 1;
+	if (len > VIGIL_ARGV_LEN - 1)
+		len = VIGIL_ARGV_LEN - 1;
+	len &= VIGIL_ARGV_LEN - 1;
+	e->argv_len = 0;
+	if (len > 0 && bpf_probe_read_user(e->argv, len, (void *)start) == 0)
+		e->argv_len = len;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(vigil_exit, struct task_struct *p)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (!is_watched(cg))
+		return 0;
+	struct vigil_exit *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	fill_hdr(&e->h, VIGIL_EXIT, cg, p);
+	e->exit_code = BPF_CORE_READ(p, exit_code);
+	e->group_exit_code = BPF_CORE_READ(p, signal, group_exit_code);
+	e->group_dead = BPF_CORE_READ(p, signal, live.counter) == 0;
+	e->_pad = 0;
+	/* Exits are control evidence: wake the reader now. */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
+/* A cgroup created under a watched one is watched too (systemd-run, container runtimes). */
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(vigil_cgroup_mkdir, struct cgroup *cgrp, const char *path)
+{
+	struct cgroup *parent = BPF_CORE_READ(cgrp, self.parent, cgroup);
+	if (!parent)
+		return 0;
+	__u64 parent_id = BPF_CORE_READ(parent, kn, id);
+	if (!is_watched(parent_id))
+		return 0;
+	__u64 id = BPF_CORE_READ(cgrp, kn, id);
+	__u8 one = 1;
+	bpf_map_update_elem(&watched, &id, &one, BPF_ANY);
+	return 0;
+}
+
+/* Sizes and offsets of the event structs as this compiler laid them out; vigil's tests compare
+ * its Rust view against this table in the object. */
+#define OFF(t, f) __builtin_offsetof(struct t, f)
+const volatile __u32 vigil_layout[] __attribute__((used)) = {
+	VIGIL_EVENT_VERSION,
+	sizeof(struct vigil_hdr), OFF(vigil_hdr, ts_ns), OFF(vigil_hdr, cgroup_id), OFF(vigil_hdr, pid),
+	OFF(vigil_hdr, comm),
+	sizeof(struct vigil_fork), OFF(vigil_fork, child_pid), OFF(vigil_fork, is_thread),
+	sizeof(struct vigil_exec), OFF(vigil_exec, uid), OFF(vigil_exec, argv_len), OFF(vigil_exec, filename),
+	OFF(vigil_exec, argv),
+	sizeof(struct vigil_exit), OFF(vigil_exit, exit_code), OFF(vigil_exit, group_dead),
+};
+
+char LICENSE[] SEC("license") = "GPL";
