@@ -73,7 +73,8 @@ int BPF_PROG(vigil_fork, struct task_struct *parent, struct task_struct *child)
 	e->child_tid = BPF_CORE_READ(child, pid);
 	e->is_thread = e->child_pid != e->child_tid;
 	e->_pad = 0;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	/* Adaptive wakeup: an idle reader is woken, a busy one picks this up in its batch. */
+	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
 
@@ -105,7 +106,8 @@ int BPF_PROG(vigil_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	e->argv_len = 0;
 	if (len > 0 && bpf_probe_read_user(e->argv, len, (void *)start) == 0)
 		e->argv_len = len;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	/* An exec is control evidence: wake the reader now. */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }
 

@@ -33,7 +33,7 @@ fn exit_codes_pass_through_and_bundle_validates() {
         assert_eq!(t["runner_impl"], "vigil-rust");
         assert_valid_bundle(&f.bundle);
         let h = f.health();
-        assert_eq!(h["kernel_layer"], "absent");
+        assert_eq!(h["kernel_layer"], "partial");
         assert_eq!(h["cgroup_correlation"], "full");
         // The run cgroup is gone afterwards.
         let cg = h["cgroup"]["path"].as_str().expect("cgroup path");
@@ -767,5 +767,96 @@ fn strict_kills_a_trickle_below_min_events() {
         .args(["--", "sh", "-c", short])
         .run();
     assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn kernel_layer_records_the_run_and_nothing_else() {
+    let marker = "vigil-kernel-marker-91c2";
+    // Something outside the run doing the same thing at the same time must never appear.
+    let mut outsider = Command::new("sh")
+        .args([
+            "-c",
+            "for i in 1 2 3 4 5; do /bin/sh -c 'exit 0' vigil-outsider-marker; sleep 0.05; done",
+        ])
+        .spawn()
+        .expect("outsider");
+    let (f, _dir) = VigilRun::new("kernel")
+        .args(["--", "/bin/sh", "-c", "/bin/true; exit 3", marker])
+        .run();
+    outsider.wait().expect("outsider");
+    assert_eq!(f.code(), 3, "{}", f.stderr());
+    let h = f.health();
+    assert_eq!(
+        h["kernel_layer"], "partial",
+        "process probes only: never `observed` yet"
+    );
+    for p in [
+        "process.sched_process_exec",
+        "process.sched_process_exit",
+        "process.sched_process_fork",
+        "process.cgroup_mkdir",
+    ] {
+        assert_eq!(h["probes"][p]["status"], "attached", "{p}: {}", h["probes"]);
+    }
+    assert_eq!(h["lost_events"]["kernel_ring_buffer"], 0);
+    let k = read_ndjson(&f.bundle.join("layers/kernel.ndjson"));
+    let execs: Vec<&Value> = k
+        .iter()
+        .filter(|e| e["kind"] == "process.exec" && e["argv"].to_string().contains(marker))
+        .collect();
+    assert_eq!(
+        execs.len(),
+        1,
+        "the run's exec appears exactly once: {k:#?}"
+    );
+    assert_eq!(
+        execs[0]["argv"],
+        serde_json::json!(["/bin/sh", "-c", "/bin/true; exit 3", marker])
+    );
+    let pid = execs[0]["pid"].clone();
+    let cg = h["cgroup"]["id"].clone();
+    assert!(
+        k.iter().all(|e| e["cgroup_id"] == cg),
+        "every event is the run's cgroup"
+    );
+    let exit = k
+        .iter()
+        .find(|e| e["kind"] == "process.exit" && e["pid"] == pid && e["group_dead"] == true)
+        .expect("exit event");
+    assert_eq!(exit["exit_code"], 3);
+    assert!(
+        k.iter()
+            .any(|e| e["kind"] == "process.exec" && e["argv"] == serde_json::json!(["/bin/true"])),
+        "the grandchild's exec"
+    );
+    assert!(
+        k.iter()
+            .any(|e| e["kind"] == "process.fork" && e["pid"] == pid),
+        "the shell's fork"
+    );
+    assert!(
+        !k.iter()
+            .any(|e| e.to_string().contains("vigil-outsider-marker")),
+        "an outside process leaked in"
+    );
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn kernel_layer_off_is_absent_and_says_why() {
+    let (f, _dir) = VigilRun::new("kernel_off")
+        .args(["--kernel-layer", "off", "--", "true"])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let h = f.health();
+    assert_eq!(h["kernel_layer"], "absent");
+    assert!(h["notes"].to_string().contains("--kernel-layer off"));
+    assert_eq!(
+        std::fs::read(f.bundle.join("layers/kernel.ndjson"))
+            .expect("layer")
+            .len(),
+        0
+    );
     assert_valid_bundle(&f.bundle);
 }

@@ -85,6 +85,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "UID[:GID]")]
     pub user: Option<UserSpec>,
 
+    /// Kernel layer: `auto` loads the eBPF sensor when the host allows (else health says why
+    /// it is absent); `off` does not load it.
+    #[arg(long, env = "VIGIL_KERNEL_LAYER", value_enum, default_value = "auto")]
+    pub kernel_layer: KernelLayerMode,
+
     /// Cap on each of output/stdout.log and output/stderr.log; truncation is recorded.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub output_cap_bytes: u64,
@@ -116,6 +121,12 @@ pub enum ProfileOnFail {
     Off,
     Basic,
     Detailed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelLayerMode {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 /// Flags whose value may come from the environment, with the variable that feeds them.
 const ENV_OF_FLAG: &[(&str, &str)] = &[
     ("--out", "VIGIL_OUT"),
+    ("--kernel-layer", "VIGIL_KERNEL_LAYER"),
     ("--profile-level", "SPEC_RUNNER_PROFILE_LEVEL"),
     ("--profile-out", "SPEC_RUNNER_PROFILE_OUT"),
     ("--profile-summary-out", "SPEC_RUNNER_PROFILE_SUMMARY_OUT"),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::cli::{LivenessLevel, ProfileLevel, ProfileOnFail, RunArgs};
+use crate::cli::{KernelLayerMode, LivenessLevel, ProfileLevel, ProfileOnFail, RunArgs};
 
 /// A run id: non-empty, ASCII letters, digits, `_` and `-` only (CONTRACT.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +107,7 @@ pub struct RunSpec {
     pub cgroup_parent: PathBuf,
     pub user: Option<UserSpec>,
     pub output_cap_bytes: u64,
+    pub kernel_layer: KernelLayerMode,
     pub program: OsString,
     pub args: Vec<OsString>,
     pub profile: ProfileConfig,
@@ -145,6 +146,7 @@ impl RunSpec {
             cgroup_parent: args.cgroup_parent,
             user: args.user,
             output_cap_bytes: args.output_cap_bytes,
+            kernel_layer: args.kernel_layer,
             program,
             args: command.collect(),
             profile: ProfileConfig {

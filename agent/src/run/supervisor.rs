@@ -24,7 +24,7 @@ use super::spawn::{self, SpawnError};
 use super::spec::RunSpec;
 use super::tee::{Fence, TeeConfig, TeeReport, spawn_tee};
 use super::triage;
-use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail};
+use crate::cli::{ExitCode, KernelLayerMode, ProfileLevel, ProfileOnFail};
 use crate::clock;
 use crate::evidence::bundle::{self, Bundle, BundleError};
 use crate::evidence::events::{EventKind, EventLog};
@@ -34,6 +34,7 @@ use crate::evidence::trace::{
     RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
 };
 use crate::evidence::{files, schema};
+use crate::kernel::{KernelLayer, KernelReport};
 
 /// How often the procfs process tree is sampled.
 pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
@@ -270,6 +271,7 @@ struct Supervised {
     main_exit: Option<ExitInfo>,
     streams: [TeeReport; 2],
     process_tree: bool,
+    kernel: KernelReport,
 }
 
 impl Supervisor<'_> {
@@ -280,6 +282,12 @@ impl Supervisor<'_> {
         sigint: &mut tokio::signal::unix::Signal,
         sigterm: &mut tokio::signal::unix::Signal,
     ) -> Supervised {
+        // The sensor watches the run's cgroup before the child exists: its first exec is seen.
+        let mut kernel = KernelLayer::start(
+            self.spec.kernel_layer == KernelLayerMode::Auto,
+            self.cg.id(),
+            &bundle.path(files::KERNEL_LAYER),
+        );
         let check = spans.rec.open(span::CHECK_EXECUTE, Some(spans.case));
         let exec_span = spans.rec.open(span::SUBPROCESS_EXEC, Some(check));
         let spawned = match spawn::spawn(self.spec, self.cg.path()) {
@@ -302,6 +310,7 @@ impl Supervisor<'_> {
                     main_exit: None,
                     streams: Default::default(),
                     process_tree: false,
+                    kernel: kernel.finish(&self.redactor),
                 };
             }
         };
@@ -420,6 +429,12 @@ impl Supervisor<'_> {
                         self.on_cgroup_empty();
                     }
                 }
+                _ = kernel.readable() => {
+                    // Kernel events of the run are progress too.
+                    if kernel.drain(&self.redactor) > 0 {
+                        self.progress.record(clock::now_ns());
+                    }
+                }
                 _ = sleep_until_opt(kill_at) => self.escalate_to_kill(),
                 _ = sleep_until_opt(sleep_to) => {
                     let now = clock::now_ns();
@@ -469,6 +484,7 @@ impl Supervisor<'_> {
                 pipes_give_up = Some(Instant::now() + self.spec.liveness.kill_grace);
             }
         }
+        let kernel = kernel.finish(&self.redactor);
         // Final sample: everything still known has exited.
         for ch in tracker.update(&[], &self.redactor) {
             self.events.emit(EventKind::SubprocessState, None, ch.data);
@@ -486,6 +502,7 @@ impl Supervisor<'_> {
             main_exit: main,
             streams: std::mem::take(&mut streams.reports),
             process_tree: true,
+            kernel,
         }
     }
 
@@ -762,7 +779,7 @@ impl Supervisor<'_> {
         let health = ObservationHealth {
             schema: schema::OBSERVATION_HEALTH.into(),
             run_id: trace.run_id.clone(),
-            kernel_layer: "absent".into(),
+            kernel_layer: sup.kernel.kernel_layer.into(),
             cgroup_correlation: "full".into(),
             policy_layer: "absent".into(),
             policy_mechanisms: Vec::new(),
@@ -770,12 +787,12 @@ impl Supervisor<'_> {
             process_tree_source: "procfs".into(),
             process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,
             lost_events: LostEvents {
-                kernel_ring_buffer: 0,
-                reader: 0,
+                kernel_ring_buffer: sup.kernel.ring_lost,
+                reader: sup.kernel.decode_errors,
                 queues: self.events.shed(),
                 trace_shed: self.events.trace_shed(),
             },
-            probes: Default::default(),
+            probes: sup.kernel.probes.clone(),
             cgroup: Some(CgroupHealth {
                 path: self.cg.path().display().to_string(),
                 id: self.cg.id(),
@@ -783,7 +800,8 @@ impl Supervisor<'_> {
             }),
             output,
             notes: {
-                let mut n = vec!["kernel layer not built into this vigil: process tree sampled from cgroup.procs and procfs".to_string()];
+                let mut n = vec!["process tree sampled from cgroup.procs and procfs".to_string()];
+                n.extend(sup.kernel.notes.iter().cloned());
                 n.extend(self.notes.iter().cloned());
                 n
             },
@@ -792,6 +810,9 @@ impl Supervisor<'_> {
         let detailed = spec_detailed(self.spec.profile.level);
         let commit = (|| -> Result<(), String> {
             events_result?;
+            if let Some(e) = &sup.kernel.write_error {
+                return Err(e.clone());
+            }
             trace.spans = spans.rec.export(detailed, clock::now_ns());
             bundle
                 .write_json(files::HEALTH, &health)

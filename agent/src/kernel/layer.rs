@@ -1,0 +1,157 @@
+//! The kernel layer of one run: start the sensor (or record why it is absent), watch the run's
+//! cgroup, drain events into `layers/kernel.ndjson`, and say in health what was observed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::reader::KernelReader;
+use super::sensor::{ProbeStatus, ProcessSensor};
+use crate::evidence::health::ProbeHealth;
+use crate::evidence::redact::Redactor;
+
+/// Probes of the kernel layer that this vigil does not build yet. They are listed in health as
+/// `unavailable` so that `kernel_layer` never claims more than was observed.
+const NOT_BUILT: [&str; 5] = [
+    "signal.generate",
+    "oom.mark_victim",
+    "file.open",
+    "network.sock",
+    "io.write_bytes",
+];
+
+pub struct KernelLayer {
+    sensor: Option<ProcessSensor>,
+    reader: Option<KernelReader>,
+    probes: BTreeMap<String, ProbeHealth>,
+    notes: Vec<String>,
+}
+
+/// What the kernel layer observed, for observation-health.json.
+#[derive(Debug, Clone)]
+pub struct KernelReport {
+    pub kernel_layer: &'static str,
+    pub probes: BTreeMap<String, ProbeHealth>,
+    pub ring_lost: u64,
+    pub decode_errors: u64,
+    pub written: u64,
+    pub notes: Vec<String>,
+    pub write_error: Option<String>,
+}
+
+fn probe(status: &str, reason: Option<String>) -> ProbeHealth {
+    ProbeHealth {
+        status: status.into(),
+        reason,
+    }
+}
+
+impl KernelLayer {
+    /// Load and attach (unless `enabled` is false) and watch `cgroup_id`. Never fails: a missing
+    /// feature lowers the claim and is recorded.
+    pub fn start(enabled: bool, cgroup_id: u64, layer: &Path) -> Self {
+        let mut me = KernelLayer {
+            sensor: None,
+            reader: None,
+            probes: BTreeMap::new(),
+            notes: Vec::new(),
+        };
+        if !enabled {
+            me.notes
+                .push("kernel layer disabled (--kernel-layer off)".into());
+            return me;
+        }
+        let mut sensor = match ProcessSensor::load() {
+            Ok(s) => s,
+            Err(e) => {
+                me.notes.push(format!("kernel layer unavailable: {e}"));
+                me.probes
+                    .insert("process".into(), probe("failed", Some(e.to_string())));
+                return me;
+            }
+        };
+        for (name, status) in sensor.probes() {
+            let h = match status {
+                ProbeStatus::Attached => probe("attached", None),
+                ProbeStatus::Unavailable(r) => probe("unavailable", Some(r.clone())),
+                ProbeStatus::Failed(r) => probe("failed", Some(r.clone())),
+            };
+            me.probes.insert(name.clone(), h);
+        }
+        if let Err(e) = sensor.watch(cgroup_id) {
+            me.notes
+                .push(format!("kernel layer not watching the run cgroup: {e}"));
+            return me;
+        }
+        match sensor
+            .take_events()
+            .map_err(|e| e.to_string())
+            .and_then(|ring| KernelReader::new(ring, layer).map_err(|e| e.to_string()))
+        {
+            Ok(r) => me.reader = Some(r),
+            Err(e) => me.notes.push(format!("kernel events cannot be read: {e}")),
+        }
+        me.sensor = Some(sensor);
+        me
+    }
+
+    /// Resolves when the kernel has new events; never, without a reader.
+    pub async fn readable(&self) {
+        match &self.reader {
+            Some(r) => r.readable().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Write what is in the ring buffer now; returns how many events were read.
+    pub fn drain(&mut self, redactor: &Redactor) -> usize {
+        self.reader.as_mut().map_or(0, |r| r.drain(redactor))
+    }
+
+    /// Final drain (the cgroup is empty, so every event of the run is committed), then flush.
+    pub fn finish(&mut self, redactor: &Redactor) -> KernelReport {
+        self.drain(redactor);
+        let ring_lost = self
+            .sensor
+            .as_ref()
+            .and_then(|s| s.lost().ok())
+            .unwrap_or(0);
+        let (written, decode_errors, write_error) = match self.reader.as_mut() {
+            Some(r) => (r.written(), r.decode_errors(), r.finish().err()),
+            None => (0, 0, None),
+        };
+        let mut probes = self.probes.clone();
+        let attached = probes.values().filter(|p| p.status == "attached").count();
+        if self.reader.is_some() {
+            for name in NOT_BUILT {
+                probes.insert(
+                    name.into(),
+                    probe("unavailable", Some("not built into this vigil yet".into())),
+                );
+            }
+        }
+        let all_attached = attached > 0 && probes.values().all(|p| p.status == "attached");
+        let kernel_layer = match (
+            self.reader.is_some(),
+            all_attached && ring_lost == 0 && decode_errors == 0,
+        ) {
+            (false, _) => "absent",
+            (true, true) => "observed",
+            (true, false) => "partial",
+        };
+        let mut notes = self.notes.clone();
+        if self.reader.is_some() {
+            notes.push(format!(
+                "kernel layer: process lifecycle (fork, exec, exit) from tp_btf probes filtered by cgroup id; {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable; signal, OOM, file, network and write-progress probes are not built yet"
+            ));
+        }
+        KernelReport {
+            kernel_layer,
+            probes,
+            ring_lost,
+            decode_errors,
+            written,
+            notes,
+            write_error,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Draining the sensor's ring buffer into `layers/kernel.ndjson` (`vigil.kernel_event.v1`).
+//! The ring buffer's fd is registered with tokio: the reader wakes when the kernel says so (exec
+//! and exit force a wakeup; forks wake an idle reader), never on a timer. At the end of a run the
+//! supervisor drains until empty once the cgroup is empty — every event of the run has been
+//! committed by then, because a task's exit tracepoint fires before it leaves the cgroup.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+
+use aya::maps::{MapData, RingBuf};
+use serde_json::{Value, json};
+use tokio::io::unix::AsyncFd;
+
+use super::event::{KernelEvent, decode};
+use crate::clock;
+use crate::evidence::ndjson::{Lane, NdjsonWriter};
+use crate::evidence::redact::Redactor;
+use crate::evidence::schema;
+
+/// Lines the kernel layer's writer may have queued.
+const QUEUE_LINES: usize = 65_536;
+
+pub struct KernelReader {
+    /// Registration of the ring buffer's fd; declared before `map` so it is dropped first.
+    ready: AsyncFd<RawFd>,
+    map: RingBuf<MapData>,
+    out: NdjsonWriter,
+    seq: u64,
+    /// Wall clock minus boot clock, to turn bpf_ktime_get_boot_ns() into Unix time.
+    boot_to_wall_ns: i128,
+    decode_errors: u64,
+}
+
+fn boot_to_wall_offset() -> i128 {
+    let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+        .unwrap_or(0);
+    i128::from(clock::now_ns()) - boot
+}
+
+impl KernelReader {
+    pub fn new(map: RingBuf<MapData>, layer: &Path) -> std::io::Result<Self> {
+        // SAFETY: the fd belongs to `map`, which this struct owns and drops after `ready`.
+        let ready = unsafe {
+            AsyncFd::register_with_interest(map.as_raw_fd(), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        Ok(KernelReader {
+            ready,
+            map,
+            out: NdjsonWriter::spawn(layer, QUEUE_LINES)?,
+            seq: 0,
+            boot_to_wall_ns: boot_to_wall_offset(),
+            decode_errors: 0,
+        })
+    }
+
+    /// Wait until the kernel signals new events (cancel-safe).
+    pub async fn readable(&self) {
+        match self.ready.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Write every event now in the ring buffer; returns how many were read.
+    pub fn drain(&mut self, redactor: &Redactor) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.map.next() {
+            n += 1;
+            match decode(&item) {
+                Ok(ev) => {
+                    let record = record(self.seq, self.boot_to_wall_ns, &ev, redactor);
+                    let mut line = serde_json::to_vec(&record).unwrap_or_default();
+                    line.push(b'\n');
+                    // Process lifecycle is control evidence: it waits for room, never dropped.
+                    if self
+                        .out
+                        .send(line, Lane::Control, matches!(ev, KernelEvent::Exit { .. }))
+                    {
+                        self.seq += 1;
+                    }
+                }
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+        n
+    }
+}
+
+/// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields.
+fn record(seq: u64, boot_to_wall_ns: i128, ev: &KernelEvent, redactor: &Redactor) -> Value {
+    let h = ev.header();
+    let ts_ns = u64::try_from(i128::from(h.boot_ns) + boot_to_wall_ns).unwrap_or(0);
+    let mut r = json!({
+        "schema": schema::KERNEL_EVENT,
+        "seq": seq,
+        "version": h.version,
+        "ts": clock::rfc3339(ts_ns),
+        "ts_ns": ts_ns,
+        "pid": h.pid,
+        "tid": h.tid,
+        "ppid": h.ppid,
+        "cgroup_id": h.cgroup_id,
+        "comm": h.comm,
+    });
+    let extra = match ev {
+        KernelEvent::Fork {
+            child_pid,
+            child_tid,
+            is_thread,
+            ..
+        } => json!({
+                "kind": "process.fork", "child_pid": child_pid, "child_tid": child_tid, "is_thread": is_thread}),
+        KernelEvent::Exec {
+            filename,
+            argv,
+            argv_truncated,
+            uid,
+            gid,
+            cred_changed,
+            ..
+        } => json!({
+                "kind": "process.exec", "filename": redactor.mask_str(filename),
+                "argv": redactor.redact_argv(argv), "argv_truncated": argv_truncated,
+                "uid": uid, "gid": gid, "cred_changed": cred_changed}),
+        KernelEvent::Exit {
+            exit_code,
+            signal,
+            core_dumped,
+            group_dead,
+            ..
+        } => json!({
+                "kind": "process.exit", "exit_code": exit_code, "signal": signal,
+                "core_dumped": core_dumped, "group_dead": group_dead}),
+    };
+    if let (Some(r), Value::Object(extra)) = (r.as_object_mut(), extra) {
+        r.extend(extra);
+    }
+    r
+}
+
+impl KernelReader {
+    /// Kernel events written to the layer.
+    pub fn written(&self) -> u64 {
+        self.seq
+    }
+
+    /// Events that did not decode (a reader-side loss).
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Flush and fsync the layer; returns its first write error.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.out.finish()
+    }
+}
