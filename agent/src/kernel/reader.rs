@@ -63,26 +63,29 @@ impl KernelReader {
         }
     }
 
-    /// Write every event now in the ring buffer; returns how many were read.
+    /// Write every event now in the ring buffer, as one batch to the writer; returns how many
+    /// were read.
     pub fn drain(&mut self, redactor: &Redactor) -> usize {
         let mut n = 0;
+        let mut batch = Vec::new();
+        let mut urgent = false;
         while let Some(item) = self.map.next() {
             n += 1;
             match decode(&item) {
                 Ok(ev) => {
                     let record = record(self.seq, self.boot_to_wall_ns, &ev, redactor);
-                    let mut line = serde_json::to_vec(&record).unwrap_or_default();
-                    line.push(b'\n');
-                    // Process lifecycle is control evidence: it waits for room, never dropped.
-                    if self
-                        .out
-                        .send(line, Lane::Control, matches!(ev, KernelEvent::Exit { .. }))
-                    {
+                    if serde_json::to_writer(&mut batch, &record).is_ok() {
+                        batch.push(b'\n');
                         self.seq += 1;
+                        urgent |= matches!(ev, KernelEvent::Exit { .. });
                     }
                 }
                 Err(_) => self.decode_errors += 1,
             }
+        }
+        // Process lifecycle is control evidence: it waits for room, never dropped.
+        if !batch.is_empty() {
+            self.out.send(batch, Lane::Control, urgent);
         }
         n
     }

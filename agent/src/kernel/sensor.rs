@@ -45,9 +45,18 @@ pub struct ProcessSensor {
 impl ProcessSensor {
     /// Load the object with the host's BTF (CO-RE relocations) and attach every program.
     pub fn load() -> Result<Self, SensorError> {
+        // aya 0.14's EbpfLoader::new() parses the kernel's BTF (for CO-RE) and cannot lend it
+        // out, and attaching by BTF id needs a parsed copy too. Parsing dominates start-up
+        // (~60 ms), so the two copies are parsed in parallel.
+        let loader = std::thread::Builder::new()
+            .name("vigil-btf".into())
+            .spawn(EbpfLoader::new)
+            .map_err(|e| SensorError::Load(e.to_string()))?;
         let btf = Btf::from_sys_fs().map_err(|e| SensorError::NoBtf(e.to_string()))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+        let mut loader = loader
+            .join()
+            .map_err(|_| SensorError::Load("BTF parsing thread panicked".into()))?;
+        let mut ebpf = loader
             .load(PROCESS_OBJECT)
             .map_err(|e| SensorError::Load(e.to_string()))?;
         let mut probes = BTreeMap::new();
