@@ -145,6 +145,32 @@ int BPF_PROG(vigil_exit, struct task_struct *p)
 	return 0;
 }
 
+/* Signals sent to the run's processes, from anywhere: the filter is the target's cgroup. SIGCHLD
+ * is skipped: every exit raises one and the exit event already says it. */
+SEC("tp_btf/signal_generate")
+int BPF_PROG(vigil_signal, int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)
+{
+	if (sig == 17 /* SIGCHLD */)
+		return 0;
+	__u64 cg = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	if (!is_watched(cg))
+		return 0;
+	struct vigil_signal *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	fill_hdr(&e->h, VIGIL_SIGNAL, cg, bpf_get_current_task_btf());
+	e->target_pid = BPF_CORE_READ(task, tgid);
+	e->target_tid = BPF_CORE_READ(task, pid);
+	e->sig = sig;
+	e->result = result;
+	e->group = group;
+	e->_pad = 0;
+	bpf_ringbuf_submit(e, wakeup_flag());
+	return 0;
+}
+
 /* A cgroup created under a watched one is watched too (systemd-run, container runtimes). */
 SEC("tp_btf/cgroup_mkdir")
 int BPF_PROG(vigil_cgroup_mkdir, struct cgroup *cgrp, const char *path)
@@ -172,6 +198,7 @@ const volatile __u32 vigil_layout[] __attribute__((used)) = {
 	sizeof(struct vigil_exec), OFF(vigil_exec, uid), OFF(vigil_exec, argv_len), OFF(vigil_exec, filename),
 	OFF(vigil_exec, argv),
 	sizeof(struct vigil_exit), OFF(vigil_exit, exit_code), OFF(vigil_exit, group_dead),
+	sizeof(struct vigil_signal), OFF(vigil_signal, target_pid), OFF(vigil_signal, sig), OFF(vigil_signal, group),
 };
 
 char LICENSE[] SEC("license") = "GPL";

@@ -13,6 +13,7 @@ enum vigil_kind {
 	VIGIL_FORK = 1,
 	VIGIL_EXEC = 2,
 	VIGIL_EXIT = 3,
+	VIGIL_SIGNAL = 4,
 };
 
 struct vigil_hdr {
@@ -52,6 +53,19 @@ struct vigil_exit {
 	__u32 exit_code;       /* task->exit_code: waitpid-style status of this thread */
 	__u32 group_exit_code; /* signal->group_exit_code, for group exits */
 	__u32 group_dead;      /* the last thread of the process exited */
+	__u32 _pad;
+};
+
+/* A signal generated for a task of a watched cgroup. The header describes the sender (the
+ * current task, which may be outside the run: vigil's watchdog, an operator's kill); its
+ * cgroup_id is the *target's* cgroup. */
+struct vigil_signal {
+	struct vigil_hdr h;
+	__u32 target_pid;
+	__u32 target_tid;
+	__s32 sig;
+	__s32 result;   /* TRACE_SIGNAL_DELIVERED (0), IGNORED, ALREADY_PENDING, … */
+	__u32 group;    /* sent to the whole thread group */
 	__u32 _pad;
 };
 

@@ -860,3 +860,55 @@ fn kernel_layer_off_is_absent_and_says_why() {
     );
     assert_valid_bundle(&f.bundle);
 }
+
+#[test]
+fn kernel_layer_names_the_sender_of_each_signal() {
+    // A kill from one process of the run to another, then vigil's own watchdog kill.
+    let (f, _dir) = VigilRun::new("signals")
+        .args([
+            "--liveness-level",
+            "off",
+            "--liveness-hard-cap-ms",
+            "1500",
+            "--liveness-kill-grace-ms",
+            "300",
+        ])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "sleep 30 & k=$!; kill -USR1 $k; wait $k; exec sleep 30",
+        ])
+        .run();
+    assert_eq!(f.code(), 124, "{}", f.stderr());
+    let ev = f.events();
+    let vigil_pid = events_of(&ev, "run_started")[0]["data"]["vigil_pid"].clone();
+    let main_pid = events_of(&ev, "subprocess_state")[0]["data"]["pid"].clone();
+    let k = read_ndjson(&f.bundle.join("layers/kernel.ndjson"));
+    let signals: Vec<&Value> = k
+        .iter()
+        .filter(|e| e["kind"] == "signal.generate")
+        .collect();
+    assert!(
+        signals
+            .iter()
+            .any(|s| s["signal"] == 10 && s["pid"] == main_pid && s["target_pid"] != main_pid),
+        "the shell's SIGUSR1 to its child, with the shell as sender: {signals:#?}"
+    );
+    assert!(
+        signals.iter().any(|s| s["signal"] == 15
+            && s["pid"] == vigil_pid
+            && s["target_pid"] == main_pid
+            && s["result"] == "delivered"),
+        "vigil's watchdog SIGTERM, with vigil as sender: {signals:#?}"
+    );
+    assert!(
+        signals.iter().all(|s| s["signal"] != 17),
+        "SIGCHLD is not recorded"
+    );
+    assert_eq!(
+        f.health()["probes"]["process.signal_generate"]["status"],
+        "attached"
+    );
+    assert_valid_bundle(&f.bundle);
+}

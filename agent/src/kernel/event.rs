@@ -12,6 +12,7 @@ pub const ARGV_LEN: usize = 512;
 pub const KIND_FORK: u32 = 1;
 pub const KIND_EXEC: u32 = 2;
 pub const KIND_EXIT: u32 = 3;
+pub const KIND_SIGNAL: u32 = 4;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +62,18 @@ pub struct Exit {
     pub _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Signal {
+    pub h: Hdr,
+    pub target_pid: u32,
+    pub target_tid: u32,
+    pub sig: i32,
+    pub result: i32,
+    pub group: u32,
+    pub _pad: u32,
+}
+
 /// The layout table as the Rust side sees it, in the order `vigil_layout` lists it.
 pub fn rust_layout() -> Vec<u32> {
     use std::mem::{offset_of, size_of};
@@ -83,6 +96,10 @@ pub fn rust_layout() -> Vec<u32> {
         v(size_of::<Exit>()),
         v(offset_of!(Exit, exit_code)),
         v(offset_of!(Exit, group_dead)),
+        v(size_of::<Signal>()),
+        v(offset_of!(Signal, target_pid)),
+        v(offset_of!(Signal, sig)),
+        v(offset_of!(Signal, group)),
     ]
 }
 
@@ -116,6 +133,16 @@ pub enum KernelEvent {
         core_dumped: bool,
         group_dead: bool,
     },
+    /// `hdr` is the sender; `hdr.cgroup_id` the target's cgroup.
+    #[serde(rename = "signal.generate")]
+    Signal {
+        hdr: Header,
+        target_pid: u32,
+        target_tid: u32,
+        signal: i32,
+        result: i32,
+        group: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,7 +161,8 @@ impl KernelEvent {
         match self {
             KernelEvent::Fork { hdr, .. }
             | KernelEvent::Exec { hdr, .. }
-            | KernelEvent::Exit { hdr, .. } => hdr,
+            | KernelEvent::Exit { hdr, .. }
+            | KernelEvent::Signal { hdr, .. } => hdr,
         }
     }
 }
@@ -236,6 +264,17 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 signal,
                 core_dumped: status & 0x80 != 0,
                 group_dead: e.group_dead != 0,
+            })
+        }
+        KIND_SIGNAL => {
+            let e: Signal = read(bytes, h.kind)?;
+            Ok(KernelEvent::Signal {
+                hdr,
+                target_pid: e.target_pid,
+                target_tid: e.target_tid,
+                signal: e.sig,
+                result: e.result,
+                group: e.group != 0,
             })
         }
         other => Err(DecodeError::Kind(other)),

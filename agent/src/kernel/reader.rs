@@ -38,6 +38,18 @@ fn boot_to_wall_offset() -> i128 {
     i128::from(clock::now_ns()) - boot
 }
 
+/// include/trace/events/signal.h: what became of a generated signal.
+fn signal_result(r: i32) -> &'static str {
+    match r {
+        0 => "delivered",
+        1 => "ignored",
+        2 => "already_pending",
+        3 => "overflow_fail",
+        4 => "lose_info",
+        _ => "unknown",
+    }
+}
+
 impl KernelReader {
     pub fn new(map: RingBuf<MapData>, layer: &Path) -> std::io::Result<Self> {
         // SAFETY: the fd belongs to `map`, which this struct owns and drops after `ready`.
@@ -77,7 +89,8 @@ impl KernelReader {
                     if serde_json::to_writer(&mut batch, &record).is_ok() {
                         batch.push(b'\n');
                         self.seq += 1;
-                        urgent |= matches!(ev, KernelEvent::Exit { .. });
+                        urgent |=
+                            matches!(ev, KernelEvent::Exit { .. } | KernelEvent::Signal { .. });
                     }
                 }
                 Err(_) => self.decode_errors += 1,
@@ -136,6 +149,16 @@ fn record(seq: u64, boot_to_wall_ns: i128, ev: &KernelEvent, redactor: &Redactor
         } => json!({
                 "kind": "process.exit", "exit_code": exit_code, "signal": signal,
                 "core_dumped": core_dumped, "group_dead": group_dead}),
+        KernelEvent::Signal {
+            target_pid,
+            target_tid,
+            signal,
+            result,
+            group,
+            ..
+        } => json!({
+            "kind": "signal.generate", "target_pid": target_pid, "target_tid": target_tid,
+            "signal": signal, "result": signal_result(*result), "group": group}),
     };
     if let (Some(r), Value::Object(extra)) = (r.as_object_mut(), extra) {
         r.extend(extra);
