@@ -912,3 +912,57 @@ fn kernel_layer_names_the_sender_of_each_signal() {
     );
     assert_valid_bundle(&f.bundle);
 }
+
+#[test]
+fn kernel_rebuilds_a_three_level_tree_and_who_killed_whom() {
+    let script = "sh -c 'sh -c /bin/true'; sleep 30 & kill -TERM $!; wait; exit 0";
+    let (f, _dir) = VigilRun::new("tree").args(["--", "sh", "-c", script]).run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert_eq!(f.health()["process_tree_source"], "kernel");
+    let ev = f.events();
+    let states: Vec<&Value> = events_of(&ev, "subprocess_state")
+        .into_iter()
+        .map(|e| &e["data"])
+        .collect();
+    let main = states[0]["pid"].clone();
+    let exec_of = |argv: Value| {
+        states
+            .iter()
+            .find(|s| s["source"] == "kernel" && s["state"] == "exec" && s["argv"] == argv)
+            .copied()
+    };
+    let level2 = exec_of(serde_json::json!(["sh", "-c", "sh -c /bin/true"])).expect("level 2 exec");
+    let level3 = exec_of(serde_json::json!(["sh", "-c", "/bin/true"])).expect("level 3 exec");
+    let level4 = exec_of(serde_json::json!(["/bin/true"])).expect("level 4 exec");
+    assert_eq!(level2["ppid"], main, "level 2 is the main child's child");
+    assert_eq!(level3["ppid"], level2["pid"]);
+    assert_eq!(level4["ppid"], level3["pid"]);
+    for lvl in [level2, level3, level4] {
+        assert!(
+            states.iter().any(|s| s["state"] == "spawned"
+                && s["pid"] == lvl["pid"]
+                && s["ppid"] == lvl["ppid"]),
+            "spawned record for {lvl}"
+        );
+        assert!(
+            states
+                .iter()
+                .any(|s| s["state"] == "exited" && s["pid"] == lvl["pid"] && s["exit_code"] == 0),
+            "exit 0 for {lvl}"
+        );
+    }
+    let killed = states
+        .iter()
+        .find(|s| s["state"] == "killed_by")
+        .expect("killed_by record");
+    assert_eq!(
+        killed["killer_pid"], main,
+        "the main shell killed its background child"
+    );
+    assert_eq!(killed["signal"], 15);
+    assert!(
+        states.iter().all(|s| s["source"] != "procfs"),
+        "no sampled states when the kernel tree is exact"
+    );
+    assert_valid_bundle(&f.bundle);
+}

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::event::KernelEvent;
 use super::reader::KernelReader;
 use super::sensor::{ProbeStatus, ProcessSensor};
 use crate::evidence::health::ProbeHealth;
@@ -101,14 +102,21 @@ impl KernelLayer {
         }
     }
 
-    /// Write what is in the ring buffer now; returns how many events were read.
-    pub fn drain(&mut self, redactor: &Redactor) -> usize {
-        self.reader.as_mut().map_or(0, |r| r.drain(redactor))
+    /// Whether kernel events are being read (the process tree can come from them).
+    pub fn active(&self) -> bool {
+        self.reader.is_some()
     }
 
-    /// Final drain (the cgroup is empty, so every event of the run is committed), then flush.
+    /// Write what is in the ring buffer now, handing decoded events to `seen`; returns how many
+    /// events were read.
+    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> usize {
+        self.reader.as_mut().map_or(0, |r| r.drain(redactor, seen))
+    }
+
+    /// Flush the layer (after the supervisor's final drain, once the cgroup is empty: every
+    /// event of the run is committed by then) and report.
     pub fn finish(&mut self, redactor: &Redactor) -> KernelReport {
-        self.drain(redactor);
+        self.drain(redactor, &mut Vec::new());
         let ring_lost = self
             .sensor
             .as_ref()

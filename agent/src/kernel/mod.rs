@@ -9,6 +9,7 @@ pub mod event;
 pub mod layer;
 pub mod reader;
 pub mod sensor;
+pub mod tree;
 
 pub use event::{KernelEvent, decode};
 pub use layer::{KernelLayer, KernelReport};

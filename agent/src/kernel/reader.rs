@@ -75,9 +75,9 @@ impl KernelReader {
         }
     }
 
-    /// Write every event now in the ring buffer, as one batch to the writer; returns how many
-    /// were read.
-    pub fn drain(&mut self, redactor: &Redactor) -> usize {
+    /// Write every event now in the ring buffer, as one batch to the writer, and hand the
+    /// decoded events to `seen`; returns how many were read.
+    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> usize {
         let mut n = 0;
         let mut batch = Vec::new();
         let mut urgent = false;
@@ -92,6 +92,7 @@ impl KernelReader {
                         urgent |=
                             matches!(ev, KernelEvent::Exit { .. } | KernelEvent::Signal { .. });
                     }
+                    seen.push(ev);
                 }
                 Err(_) => self.decode_errors += 1,
             }

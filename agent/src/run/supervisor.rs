@@ -34,6 +34,7 @@ use crate::evidence::trace::{
     RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
 };
 use crate::evidence::{files, schema};
+use crate::kernel::tree::KernelTree;
 use crate::kernel::{KernelLayer, KernelReport};
 
 /// How often the procfs process tree is sampled.
@@ -271,6 +272,7 @@ struct Supervised {
     main_exit: Option<ExitInfo>,
     streams: [TeeReport; 2],
     process_tree: bool,
+    process_tree_source: &'static str,
     kernel: KernelReport,
 }
 
@@ -310,6 +312,7 @@ impl Supervisor<'_> {
                     main_exit: None,
                     streams: Default::default(),
                     process_tree: false,
+                    process_tree_source: "procfs",
                     kernel: kernel.finish(&self.redactor),
                 };
             }
@@ -347,6 +350,9 @@ impl Supervisor<'_> {
             );
         }
         tracker.adopt_main(main_info);
+        // With the kernel layer the tree is exact; the procfs sampler then only feeds triage.
+        let kernel_tree = kernel.active();
+        let mut ktree = KernelTree::new(spawned.child.pid.unsigned_abs());
 
         let mut streams = self.start_tees(bundle, spawned.stdout, spawned.stderr);
         let child = spawned.child;
@@ -430,9 +436,15 @@ impl Supervisor<'_> {
                     }
                 }
                 _ = kernel.readable() => {
+                    let mut seen = Vec::new();
                     // Kernel events of the run are progress too.
-                    if kernel.drain(&self.redactor) > 0 {
+                    if kernel.drain(&self.redactor, &mut seen) > 0 {
                         self.progress.record(clock::now_ns());
+                    }
+                    for ev in &seen {
+                        for state in ktree.apply(ev, &self.redactor) {
+                            self.events.emit(EventKind::SubprocessState, None, state);
+                        }
                     }
                 }
                 _ = sleep_until_opt(kill_at) => self.escalate_to_kill(),
@@ -460,7 +472,8 @@ impl Supervisor<'_> {
                 }
                 _ = sample.tick() => {
                     let pids = self.cg.procs();
-                    for ch in tracker.update(&pids, &self.redactor) {
+                    let changes = if kernel_tree { Vec::new() } else { tracker.update(&pids, &self.redactor) };
+                    for ch in changes {
                         // A process appearing or exec'ing is activity; an exit is not.
                         if !ch.exited {
                             self.progress.record(clock::now_ns());
@@ -484,10 +497,20 @@ impl Supervisor<'_> {
                 pipes_give_up = Some(Instant::now() + self.spec.liveness.kill_grace);
             }
         }
+        // Final drain: the cgroup is empty, so every kernel event of the run is committed.
+        let mut seen = Vec::new();
+        kernel.drain(&self.redactor, &mut seen);
+        for ev in &seen {
+            for state in ktree.apply(ev, &self.redactor) {
+                self.events.emit(EventKind::SubprocessState, None, state);
+            }
+        }
         let kernel = kernel.finish(&self.redactor);
-        // Final sample: everything still known has exited.
-        for ch in tracker.update(&[], &self.redactor) {
-            self.events.emit(EventKind::SubprocessState, None, ch.data);
+        // Without the kernel layer, everything the sampler still knows has exited.
+        if !kernel_tree {
+            for ch in tracker.update(&[], &self.redactor) {
+                self.events.emit(EventKind::SubprocessState, None, ch.data);
+            }
         }
         self.fence.close();
         spans.rec.close(wait_span, "passed", json!({}));
@@ -502,6 +525,7 @@ impl Supervisor<'_> {
             main_exit: main,
             streams: std::mem::take(&mut streams.reports),
             process_tree: true,
+            process_tree_source: if kernel_tree { "kernel" } else { "procfs" },
             kernel,
         }
     }
@@ -784,7 +808,7 @@ impl Supervisor<'_> {
             policy_layer: "absent".into(),
             policy_mechanisms: Vec::new(),
             sdk_layer: "absent".into(),
-            process_tree_source: "procfs".into(),
+            process_tree_source: sup.process_tree_source.into(),
             process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,
             lost_events: LostEvents {
                 kernel_ring_buffer: sup.kernel.ring_lost,
@@ -800,7 +824,10 @@ impl Supervisor<'_> {
             }),
             output,
             notes: {
-                let mut n = vec!["process tree sampled from cgroup.procs and procfs".to_string()];
+                let mut n = vec![match sup.process_tree_source {
+                    "kernel" => "process tree (subprocess_state) from kernel events".to_string(),
+                    _ => "process tree sampled from cgroup.procs and procfs".to_string(),
+                }];
                 n.extend(sup.kernel.notes.iter().cloned());
                 n.extend(self.notes.iter().cloned());
                 n
