@@ -155,20 +155,23 @@ pub fn bench(args: &[String]) -> Result<()> {
         });
     }
 
-    // 2. 2,000 fork/exec spawns.
+    // 2. 2,000 fork/exec spawns: the supervisor alone, and with the kernel layer (whose
+    //    per-run load is part of the figure).
     let spawns = "i=0; while [ $i -lt 2000 ]; do /bin/true; i=$((i+1)); done";
-    let (b, v) = paired(
-        reps(7, 2),
-        || sh(spawns),
-        || env.vigil_run(&[], &["sh", "-c", spawns]),
-    )?;
-    rows.push(ratio_row(
-        "2,000 fork/exec spawns (kernel layer on)",
-        b,
-        v,
-        "≤ 1.05",
-        |r| r <= 1.05,
-    ));
+    for (name, flags) in [
+        (
+            "2,000 fork/exec spawns (kernel layer off)",
+            &["--kernel-layer", "off"][..],
+        ),
+        ("2,000 fork/exec spawns (kernel layer on)", &[][..]),
+    ] {
+        let (b, v) = paired(
+            reps(7, 2),
+            || sh(spawns),
+            || env.vigil_run(flags, &["sh", "-c", spawns]),
+        )?;
+        rows.push(ratio_row(name, b, v, "≤ 1.05", |r| r <= 1.05));
+    }
 
     // 3. 1 GiB through the output tee vs through a bare `cat`: with the default durable
     //    capture of the first 64 MiB, and the relay alone (capture capped at 1 byte).
@@ -186,7 +189,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         let (b, v) = paired(
             reps(5, 2),
             || sh(&format!("{gib} | cat > /dev/null")),
-            || env.vigil_run(&["--output-cap-bytes", cap], &["sh", "-c", gib]),
+            // The tee alone: the kernel layer's per-run load is measured in its own row.
+            || {
+                env.vigil_run(
+                    &["--kernel-layer", "off", "--output-cap-bytes", cap],
+                    &["sh", "-c", gib],
+                )
+            },
         )?;
         rows.push(Row {
             name,

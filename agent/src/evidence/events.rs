@@ -97,9 +97,16 @@ pub struct EventLog {
     run_id: String,
     next_seq: u64,
     out: NdjsonWriter,
+    /// Lines not yet handed to the writer: one message per dispatcher iteration instead of one
+    /// thread wakeup per event. Always sent before anything else, so `seq` stays in order.
+    pending: Vec<u8>,
+    pending_urgent: bool,
     trace: Vec<RunnerEvent>,
     trace_shed: u64,
 }
+
+/// A batch this large is sent without waiting for the end of the dispatcher iteration.
+const PENDING_MAX: usize = 64 * 1024;
 
 /// Lines the writer thread may have queued: bounded, and far above what a run emits per batch.
 const QUEUE_LINES: usize = 8192;
@@ -110,6 +117,8 @@ impl EventLog {
             run_id: run_id.to_string(),
             next_seq: 0,
             out: NdjsonWriter::spawn(path, QUEUE_LINES)?,
+            pending: Vec::new(),
+            pending_urgent: false,
             trace: Vec::new(),
             trace_shed: 0,
         })
@@ -136,9 +145,17 @@ impl EventLog {
         };
         let mut line = serde_json::to_vec(&ev).unwrap_or_default();
         line.push(b'\n');
-        let lane = kind.lane();
-        if !self.out.send(line, lane, kind.urgent()) && lane == Lane::Telemetry {
-            return None;
+        if kind.lane() == Lane::Telemetry && self.pending.is_empty() {
+            // Sheddable, and nothing queued ahead of it: try the writer's queue directly.
+            if !self.out.send(line, Lane::Telemetry, false) {
+                return None;
+            }
+        } else {
+            self.pending.extend_from_slice(&line);
+            self.pending_urgent |= kind.urgent();
+            if kind.urgent() || self.pending.len() >= PENDING_MAX {
+                self.flush_pending();
+            }
         }
         self.next_seq += 1;
         if kind.in_trace() {
@@ -151,8 +168,21 @@ impl EventLog {
         Some(self.next_seq - 1)
     }
 
+    /// Hand the pending batch to the writer (control lane: waits for room, never dropped).
+    pub fn flush_pending(&mut self) {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.out.send(
+                batch,
+                Lane::Control,
+                std::mem::take(&mut self.pending_urgent),
+            );
+        }
+    }
+
     /// Flush and fsync everything; returns the first write error of the run, if any.
     pub fn finish(&mut self) -> Result<(), String> {
+        self.flush_pending();
         self.out.finish()
     }
 

@@ -380,6 +380,8 @@ impl Supervisor<'_> {
         let mut pipes_give_up: Option<Instant> = None;
 
         loop {
+            // One batch of this iteration's events to the writer thread.
+            self.events.flush_pending();
             if main_exit.is_some() && !streams.open() {
                 if !cgroup_empty && self.cg.procs().is_empty() {
                     cgroup_empty = true;
