@@ -178,11 +178,11 @@ pub fn bench(args: &[String]) -> Result<()> {
     let gib = "head -c 1073741824 /dev/zero";
     for (name, cap) in [
         (
-            "1 GiB through the tee, default 64 MiB durable capture",
+            "1 GiB through the tee, default 64 MiB durable capture (kernel layer off)",
             "67108864",
         ),
         (
-            "1 GiB through the tee, relay only (capture capped at 1 byte)",
+            "1 GiB through the tee, relay only (capture capped at 1 byte; kernel layer off)",
             "1",
         ),
     ] {
