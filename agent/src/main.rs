@@ -79,6 +79,23 @@ fn dispatch(cli: Cli) -> i32 {
                 ExitCode::INVALID_BUNDLE
             }
         },
+        Command::Doctor { json } => {
+            let report = vigil::kernel::probe::probe_host();
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("vigil: doctor: {e}"),
+                }
+            } else {
+                print!("{}", vigil::kernel::probe::render(&report));
+            }
+            // Exit 1 when vigil cannot supervise runs here at all (no cgroup v2).
+            if report.can_run() {
+                0
+            } else {
+                ExitCode::INVALID_BUNDLE
+            }
+        }
         Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {
             Ok(()) => 0,
             Err(e) => {

@@ -966,3 +966,72 @@ fn kernel_rebuilds_a_three_level_tree_and_who_killed_whom() {
     );
     assert_valid_bundle(&f.bundle);
 }
+
+#[test]
+fn doctor_reports_what_this_host_supports() {
+    require_root();
+    let out = Command::new(vigil_bin())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("doctor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let f = &r["features"];
+    // The facts of this project's hosts (DESIGN.md), each checked against its own source.
+    let mount = cgroup_parent()
+        .parent()
+        .expect("mount")
+        .display()
+        .to_string();
+    assert_eq!(f["cgroup_v2"]["status"], "yes");
+    assert!(
+        f["cgroup_v2"]["detail"]
+            .as_str()
+            .expect("detail")
+            .ends_with(&mount),
+        "{f}"
+    );
+    assert_eq!(
+        f["btf"]["status"],
+        if Path::new("/sys/kernel/btf/vmlinux").exists() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    assert_eq!(f["cgroup_kill"]["status"], "yes");
+    assert_eq!(f["landlock"]["status"], "yes");
+    assert!(
+        f["landlock"]["detail"]
+            .as_str()
+            .expect("abi")
+            .starts_with("ABI ")
+    );
+    let tracefs = std::fs::read_to_string("/proc/self/mounts")
+        .expect("mounts")
+        .lines()
+        .any(|l| l.split(' ').nth(2) == Some("tracefs"));
+    assert_eq!(f["tracefs"]["status"], if tracefs { "yes" } else { "no" });
+    for (probe, status) in r["probes"].as_object().expect("probes") {
+        assert_eq!(status, "attached", "{probe}");
+    }
+    assert!(r["sensor_load_ms"].as_f64().expect("load ms") > 0.0);
+    // The human form names the same things.
+    let human = Command::new(vigil_bin())
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&human.stdout);
+    for word in [
+        "cgroup_v2",
+        "landlock",
+        "bpf_lsm",
+        "process.sched_process_exec",
+    ] {
+        assert!(text.contains(word), "{word} missing from:\n{text}");
+    }
+}

@@ -35,6 +35,13 @@ pub enum Command {
         /// The bundle directory.
         bundle: PathBuf,
     },
+    /// What this host supports: BTF, cgroup v2, tracepoints and the eBPF sensor, BPF LSM,
+    /// Landlock ABI, capabilities.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: kills and removes a run's cgroup when the vigil that spawned it dies.
     #[command(name = "__cgroup-guard", hide = true)]
     CgroupGuard {

@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod layer;
+pub mod probe;
 pub mod reader;
 pub mod sensor;
 pub mod tree;

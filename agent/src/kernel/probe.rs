@@ -1,0 +1,225 @@
+//! Host feature probing for `vigil doctor`: what this host supports, found by looking (and, for
+//! the eBPF sensor, by really loading and attaching it). Anything that cannot be determined is
+//! reported as unknown, with the reason — never guessed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::sensor::{ProbeStatus, ProcessSensor};
+use crate::run::cgroup;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Feature {
+    /// `yes`, `no` or `unknown`.
+    pub status: &'static str,
+    pub detail: String,
+}
+
+fn feature(status: &'static str, detail: impl Into<String>) -> Feature {
+    Feature {
+        status,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub kernel_release: String,
+    pub features: BTreeMap<&'static str, Feature>,
+    /// Per probe of the eBPF sensor: `attached` or the reason it did not.
+    pub probes: BTreeMap<String, String>,
+    pub sensor_load_ms: Option<f64>,
+}
+
+impl HostReport {
+    /// vigil cannot supervise runs without cgroup v2.
+    pub fn can_run(&self) -> bool {
+        self.features
+            .get("cgroup_v2")
+            .is_some_and(|f| f.status == "yes")
+    }
+}
+
+pub fn probe_host() -> HostReport {
+    let mut features = BTreeMap::new();
+    let kernel_release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    features.insert(
+        "btf",
+        match std::fs::metadata(btf) {
+            Ok(m) => feature("yes", format!("{} ({} bytes)", btf.display(), m.len())),
+            Err(e) => feature("no", format!("{}: {e}", btf.display())),
+        },
+    );
+
+    features.insert(
+        "cgroup_v2",
+        match cgroup::cgroup2_mount() {
+            Ok(m) => feature("yes", format!("mounted at {}", m.display())),
+            Err(e) => feature("no", e.to_string()),
+        },
+    );
+    // cgroup.kill and cgroup.freeze exist on non-root cgroups only: look at a cgroup of ours.
+    let (kill, freeze) = match cgroup::cgroup2_mount() {
+        Ok(m) => {
+            let dir = m
+                .join("vigil")
+                .join(format!("doctor-{}", std::process::id()));
+            let made = std::fs::create_dir_all(&dir).is_ok();
+            let has = |f: &str| {
+                if !made {
+                    feature("unknown", format!("cannot create {}", dir.display()))
+                } else if dir.join(f).exists() {
+                    feature("yes", format!("{f} present"))
+                } else {
+                    feature("no", format!("no {f} (kernel too old)"))
+                }
+            };
+            let r = (has("cgroup.kill"), has("cgroup.freeze"));
+            let _ = std::fs::remove_dir(&dir);
+            r
+        }
+        Err(_) => (feature("no", "no cgroup v2"), feature("no", "no cgroup v2")),
+    };
+    features.insert("cgroup_kill", kill);
+    features.insert("cgroup_freeze", freeze);
+
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let tracefs = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some("tracefs"));
+    features.insert(
+        "tracefs",
+        match tracefs.and_then(|l| l.split(' ').nth(1)) {
+            Some(at) => feature("yes", format!("mounted at {at}")),
+            None => feature("no", "not mounted: vigil attaches tp_btf/raw_tp programs by BTF id, which do not need it"),
+        },
+    );
+
+    features.insert(
+        "bpf_lsm",
+        match std::fs::read_to_string("/sys/kernel/security/lsm") {
+            Ok(list) if list.split(',').any(|l| l.trim() == "bpf") => {
+                feature("yes", format!("active LSMs: {}", list.trim()))
+            }
+            Ok(list) => feature("no", format!("active LSMs: {} (no bpf)", list.trim())),
+            Err(e) => feature(
+                "unknown",
+                format!("/sys/kernel/security/lsm: {e} (securityfs not mounted?)"),
+            ),
+        },
+    );
+
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns the
+    // ABI version; it dereferences nothing.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    features.insert(
+        "landlock",
+        if abi > 0 {
+            feature("yes", format!("ABI {abi}"))
+        } else {
+            feature(
+                "no",
+                format!(
+                    "landlock_create_ruleset: {}",
+                    std::io::Error::last_os_error()
+                ),
+            )
+        },
+    );
+
+    features.insert("capabilities", capabilities());
+
+    let start = Instant::now();
+    let (probes, sensor_load_ms) = match ProcessSensor::load() {
+        Ok(s) => {
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let probes = s
+                .probes()
+                .iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        ProbeStatus::Attached => "attached".to_string(),
+                        ProbeStatus::Unavailable(r) => format!("unavailable: {r}"),
+                        ProbeStatus::Failed(r) => format!("failed: {r}"),
+                    };
+                    (k.clone(), text)
+                })
+                .collect();
+            (probes, Some(ms))
+        }
+        Err(e) => (
+            BTreeMap::from([("sensor".to_string(), format!("failed: {e}"))]),
+            None,
+        ),
+    };
+    HostReport {
+        kernel_release,
+        features,
+        probes,
+        sensor_load_ms,
+    }
+}
+
+/// The effective capabilities vigil needs, from /proc/self/status.
+fn capabilities() -> Feature {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    else {
+        return feature("unknown", "no CapEff in /proc/self/status");
+    };
+    let needed = [
+        ("CAP_SYS_ADMIN", 21),
+        ("CAP_BPF", 39),
+        ("CAP_PERFMON", 38),
+        ("CAP_KILL", 5),
+        ("CAP_SETUID", 7),
+        ("CAP_SETGID", 6),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(_, bit)| eff & (1 << bit) == 0)
+        .map(|(n, _)| *n)
+        .collect();
+    if missing.is_empty() {
+        feature("yes", format!("CapEff {eff:#x}"))
+    } else {
+        feature("no", format!("missing {}", missing.join(", ")))
+    }
+}
+
+/// The human version of the report.
+pub fn render(r: &HostReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("vigil doctor — kernel {}\n\n", r.kernel_release);
+    for (name, f) in &r.features {
+        let _ = writeln!(out, "  {name:<14} {:<8} {}", f.status, f.detail);
+    }
+    let _ = writeln!(
+        out,
+        "\n  eBPF sensor{}",
+        r.sensor_load_ms
+            .map(|ms| format!(" (load+attach {ms:.0} ms)"))
+            .unwrap_or_default()
+    );
+    for (probe, status) in &r.probes {
+        let _ = writeln!(out, "    {probe:<32} {status}");
+    }
+    out
+}
