@@ -62,7 +62,47 @@ fn test() -> Result<()> {
     require_root("test")?;
     // The end-to-end tests drive the real binaries; build them first.
     cargo(&["build", "--workspace", "--bins"])?;
-    cargo(&["test", "--workspace", "--no-fail-fast"])
+    // Stream cargo's output through, tallying every suite, and close with one plain line: the
+    // last suite cargo runs (doc tests) has none, and its "0 passed" must not read as the total.
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count(rest, " passed");
+            failed += count(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// The number before `what` in a libtest summary ("ok. 36 passed; 0 failed; …").
+fn count(summary: &str, what: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// vmlinux.h for CO-RE: the kernel's types as C, from /sys/kernel/btf/vmlinux (Debian bpftool).
