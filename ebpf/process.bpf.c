@@ -171,6 +171,64 @@ int BPF_PROG(vigil_signal, int sig, struct kernel_siginfo *info, struct task_str
 	return 0;
 }
 
+/* Write progress: a process silent on stdout but busy writing files is working, not stalled. */
+#define VIGIL_WRITE_REPORT_NS (250ULL * 1000 * 1000)
+
+struct write_acc {
+	__u64 bytes;
+	__u64 last_report_ns;
+	__u32 pages;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct write_acc);
+} write_acc SEC(".maps");
+
+/* Hooked where a clean page-cache page becomes dirty — not at sys_exit: attaching there would
+ * put every task of the host on the slow syscall path. So this counts file writes (pipes and
+ * sockets are not page cache), one page per newly dirtied folio: a lower bound that is enough
+ * to tell a silent but working process from a stalled one. */
+SEC("tp_btf/writeback_dirty_folio")
+int BPF_PROG(vigil_write, struct folio *folio, struct address_space *mapping)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (!is_watched(cg))
+		return 0;
+	const long page = 4096;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 now = bpf_ktime_get_ns();
+	struct write_acc *acc = bpf_map_lookup_elem(&write_acc, &tgid);
+	if (!acc) {
+		struct write_acc fresh = {};
+		bpf_map_update_elem(&write_acc, &tgid, &fresh, BPF_NOEXIST);
+		acc = bpf_map_lookup_elem(&write_acc, &tgid);
+		if (!acc)
+			return 0;
+	}
+	__sync_fetch_and_add(&acc->bytes, page);
+	__sync_fetch_and_add(&acc->pages, 1);
+	if (now - acc->last_report_ns < VIGIL_WRITE_REPORT_NS)
+		return 0;
+	struct vigil_write *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	fill_hdr(&e->h, VIGIL_WRITE, cg, bpf_get_current_task_btf());
+	e->bytes = acc->bytes;
+	e->pages = acc->pages;
+	e->_pad = 0;
+	acc->bytes = 0;
+	acc->pages = 0;
+	acc->last_report_ns = now;
+	bpf_ringbuf_submit(e, wakeup_flag());
+	return 0;
+}
+
 /* A cgroup created under a watched one is watched too (systemd-run, container runtimes). */
 SEC("tp_btf/cgroup_mkdir")
 int BPF_PROG(vigil_cgroup_mkdir, struct cgroup *cgrp, const char *path)
@@ -199,6 +257,7 @@ const volatile __u32 vigil_layout[] __attribute__((used)) = {
 	OFF(vigil_exec, argv),
 	sizeof(struct vigil_exit), OFF(vigil_exit, exit_code), OFF(vigil_exit, group_dead),
 	sizeof(struct vigil_signal), OFF(vigil_signal, target_pid), OFF(vigil_signal, sig), OFF(vigil_signal, group),
+	sizeof(struct vigil_write), OFF(vigil_write, bytes), OFF(vigil_write, pages),
 };
 
 char LICENSE[] SEC("license") = "GPL";

@@ -14,6 +14,7 @@ enum vigil_kind {
 	VIGIL_EXEC = 2,
 	VIGIL_EXIT = 3,
 	VIGIL_SIGNAL = 4,
+	VIGIL_WRITE = 5,
 };
 
 struct vigil_hdr {
@@ -66,6 +67,16 @@ struct vigil_signal {
 	__s32 sig;
 	__s32 result;   /* TRACE_SIGNAL_DELIVERED (0), IGNORED, ALREADY_PENDING, … */
 	__u32 group;    /* sent to the whole thread group */
+	__u32 _pad;
+};
+
+/* File-write progress of a process since its last report: page-cache pages it newly dirtied,
+ * counted as 4 KiB each (a lower bound on bytes written); reported at most every
+ * VIGIL_WRITE_REPORT_NS per process. Progress evidence for liveness. */
+struct vigil_write {
+	struct vigil_hdr h;
+	__u64 bytes;
+	__u32 pages;
 	__u32 _pad;
 };
 

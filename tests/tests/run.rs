@@ -1035,3 +1035,40 @@ fn doctor_reports_what_this_host_supports() {
         assert!(text.contains(word), "{word} missing from:\n{text}");
     }
 }
+
+#[test]
+fn a_silent_process_writing_a_file_is_not_stalled() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("busy");
+    let argv = ["write-silently", file.to_str().expect("utf8"), "1500"];
+    let flags = [
+        "--liveness-stall-ms",
+        "400",
+        "--liveness-kill-grace-ms",
+        "200",
+    ];
+    // With the kernel layer, its writes are progress: it runs to the end.
+    let (f, _dir) = VigilRun::new("silent_writer")
+        .args(flags)
+        .fixture(&argv)
+        .run();
+    assert_eq!(f.code(), 0, "killed although busy: {}", f.stderr());
+    let k = read_ndjson(&f.bundle.join("layers/kernel.ndjson"));
+    let written: u64 = k
+        .iter()
+        .filter(|e| e["kind"] == "io.write")
+        .filter_map(|e| e["bytes"].as_u64())
+        .sum();
+    assert!(
+        written >= 4096 * 10,
+        "write progress reported: {written} bytes"
+    );
+    assert_valid_bundle(&f.bundle);
+    // The same workload without the kernel layer looks stalled — the mechanism is what saves it.
+    let (f, _dir) = VigilRun::new("silent_writer_off")
+        .args(flags)
+        .args(["--kernel-layer", "off"])
+        .fixture(&argv)
+        .run();
+    assert_eq!(f.code(), 124, "{}", f.stderr());
+}

@@ -13,6 +13,7 @@ pub const KIND_FORK: u32 = 1;
 pub const KIND_EXEC: u32 = 2;
 pub const KIND_EXIT: u32 = 3;
 pub const KIND_SIGNAL: u32 = 4;
+pub const KIND_WRITE: u32 = 5;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +75,15 @@ pub struct Signal {
     pub _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Write {
+    pub h: Hdr,
+    pub bytes: u64,
+    pub pages: u32,
+    pub _pad: u32,
+}
+
 /// The layout table as the Rust side sees it, in the order `vigil_layout` lists it.
 pub fn rust_layout() -> Vec<u32> {
     use std::mem::{offset_of, size_of};
@@ -100,6 +110,9 @@ pub fn rust_layout() -> Vec<u32> {
         v(offset_of!(Signal, target_pid)),
         v(offset_of!(Signal, sig)),
         v(offset_of!(Signal, group)),
+        v(size_of::<Write>()),
+        v(offset_of!(Write, bytes)),
+        v(offset_of!(Write, pages)),
     ]
 }
 
@@ -134,6 +147,10 @@ pub enum KernelEvent {
         group_dead: bool,
     },
     /// `hdr` is the sender; `hdr.cgroup_id` the target's cgroup.
+    /// File-write progress since this process's last report: newly dirtied page-cache pages ×
+    /// 4 KiB, a lower bound on bytes written (rate-limited in the kernel).
+    #[serde(rename = "io.write")]
+    Write { hdr: Header, bytes: u64, pages: u32 },
     #[serde(rename = "signal.generate")]
     Signal {
         hdr: Header,
@@ -162,7 +179,8 @@ impl KernelEvent {
             KernelEvent::Fork { hdr, .. }
             | KernelEvent::Exec { hdr, .. }
             | KernelEvent::Exit { hdr, .. }
-            | KernelEvent::Signal { hdr, .. } => hdr,
+            | KernelEvent::Signal { hdr, .. }
+            | KernelEvent::Write { hdr, .. } => hdr,
         }
     }
 }
@@ -275,6 +293,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 signal: e.sig,
                 result: e.result,
                 group: e.group != 0,
+            })
+        }
+        KIND_WRITE => {
+            let e: Write = read(bytes, h.kind)?;
+            Ok(KernelEvent::Write {
+                hdr,
+                bytes: e.bytes,
+                pages: e.pages,
             })
         }
         other => Err(DecodeError::Kind(other)),

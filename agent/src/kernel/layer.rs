@@ -12,12 +12,7 @@ use crate::evidence::redact::Redactor;
 
 /// Probes of the kernel layer that this vigil does not build yet. They are listed in health as
 /// `unavailable` so that `kernel_layer` never claims more than was observed.
-const NOT_BUILT: [&str; 4] = [
-    "oom.mark_victim",
-    "file.open",
-    "network.sock",
-    "io.write_bytes",
-];
+const NOT_BUILT: [&str; 3] = ["oom.mark_victim", "file.open", "network.sock"];
 
 pub struct KernelLayer {
     sensor: Option<ProcessSensor>,
@@ -148,7 +143,7 @@ impl KernelLayer {
         let mut notes = self.notes.clone();
         if self.reader.is_some() {
             notes.push(format!(
-                "kernel layer: process lifecycle (fork, exec, exit) and signals from tp_btf probes filtered by cgroup id; {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable; OOM, file, network and write-progress probes are not built yet"
+                "kernel layer: process lifecycle (fork, exec, exit), signals and write progress from tp_btf probes filtered by cgroup id; {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable; OOM, file and network probes are not built yet"
             ));
         }
         KernelReport {

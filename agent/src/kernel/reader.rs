@@ -150,6 +150,8 @@ fn record(seq: u64, boot_to_wall_ns: i128, ev: &KernelEvent, redactor: &Redactor
         } => json!({
                 "kind": "process.exit", "exit_code": exit_code, "signal": signal,
                 "core_dumped": core_dumped, "group_dead": group_dead}),
+        KernelEvent::Write { bytes, pages, .. } => json!({
+            "kind": "io.write", "bytes": bytes, "pages": pages}),
         KernelEvent::Signal {
             target_pid,
             target_tid,

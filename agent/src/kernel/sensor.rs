@@ -13,12 +13,13 @@ pub static PROCESS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/process.bpf.o"));
 
 /// (program, tp_btf tracepoint) pairs of the sensor.
-const PROGRAMS: [(&str, &str); 5] = [
+const PROGRAMS: [(&str, &str); 6] = [
     ("vigil_fork", "sched_process_fork"),
     ("vigil_exec", "sched_process_exec"),
     ("vigil_exit", "sched_process_exit"),
     ("vigil_cgroup_mkdir", "cgroup_mkdir"),
     ("vigil_signal", "signal_generate"),
+    ("vigil_write", "writeback_dirty_folio"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,7 +72,7 @@ impl KernelTree {
                     .insert(*target_pid, (hdr.pid, hdr.comm.clone(), *signal));
                 vec![]
             }
-            KernelEvent::Signal { .. } => vec![],
+            KernelEvent::Signal { .. } | KernelEvent::Write { .. } => vec![],
             KernelEvent::Exit {
                 group_dead: false, ..
             } => vec![],

@@ -11,6 +11,8 @@
 //!                          pid and sleeps forever; the parent exits 0 once the pid is written
 //!   hold-pipes PIDFILE     fork a child that keeps stdout open and sleeps; the parent exits 0
 //!   echo-env VAR           print VAR's value on stdout and stderr
+//!   write-silently PATH MS write 4 KiB to PATH every 20 ms for MS ms; print nothing, spawn
+//!                          nothing (busy, but silent to everything but the kernel)
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -60,6 +62,16 @@ fn main() {
                 }
                 -1 => std::process::exit(99),
                 _ => wait_for_file(&pidfile),
+            }
+        }
+        Some("write-silently") => {
+            use std::io::Write as _;
+            let ms: u64 = arg(2).parse().unwrap_or_else(|_| usage());
+            let mut f = std::fs::File::create(arg(1)).expect("create");
+            let end = Instant::now() + Duration::from_millis(ms);
+            while Instant::now() < end {
+                f.write_all(&[b'x'; 4096]).expect("write");
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         Some("echo-env") => {
