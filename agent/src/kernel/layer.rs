@@ -102,16 +102,17 @@ impl KernelLayer {
         self.reader.is_some()
     }
 
-    /// Write what is in the ring buffer now, handing decoded events to `seen`; returns how many
-    /// events were read.
-    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> usize {
-        self.reader.as_mut().map_or(0, |r| r.drain(redactor, seen))
+    /// Write what is in the ring buffer now, handing decoded events to `seen`.
+    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
+        if let Some(r) = self.reader.as_mut() {
+            r.drain(redactor, seen);
+        }
     }
 
-    /// Flush the layer (after the supervisor's final drain, once the cgroup is empty: every
-    /// event of the run is committed by then) and report.
-    pub fn finish(&mut self, redactor: &Redactor) -> KernelReport {
-        self.drain(redactor, &mut Vec::new());
+    /// Drain what is left (call once the cgroup is empty: every event of the run is committed
+    /// by then), handing it to `seen`, flush the layer and report.
+    pub fn finish(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> KernelReport {
+        self.drain(redactor, seen);
         let ring_lost = self
             .sensor
             .as_ref()

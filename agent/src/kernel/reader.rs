@@ -76,13 +76,11 @@ impl KernelReader {
     }
 
     /// Write every event now in the ring buffer, as one batch to the writer, and hand the
-    /// decoded events to `seen`; returns how many were read.
-    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> usize {
-        let mut n = 0;
+    /// decoded events to `seen`.
+    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
         let mut batch = Vec::new();
         let mut urgent = false;
         while let Some(item) = self.map.next() {
-            n += 1;
             match decode(&item) {
                 Ok(ev) => {
                     let record = record(self.seq, self.boot_to_wall_ns, &ev, redactor);
@@ -101,7 +99,6 @@ impl KernelReader {
         if !batch.is_empty() {
             self.out.send(batch, Lane::Control, urgent);
         }
-        n
     }
 }
 

@@ -35,7 +35,7 @@ use crate::evidence::trace::{
 };
 use crate::evidence::{files, schema};
 use crate::kernel::tree::KernelTree;
-use crate::kernel::{KernelLayer, KernelReport};
+use crate::kernel::{KernelEvent, KernelLayer, KernelReport};
 
 /// How often the procfs process tree is sampled.
 pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
@@ -313,7 +313,7 @@ impl Supervisor<'_> {
                     streams: Default::default(),
                     process_tree: false,
                     process_tree_source: "procfs",
-                    kernel: kernel.finish(&self.redactor),
+                    kernel: kernel.finish(&self.redactor, &mut Vec::new()),
                 };
             }
         };
@@ -439,15 +439,12 @@ impl Supervisor<'_> {
                 }
                 _ = kernel.readable() => {
                     let mut seen = Vec::new();
+                    kernel.drain(&self.redactor, &mut seen);
                     // Kernel events of the run are progress too.
-                    if kernel.drain(&self.redactor, &mut seen) > 0 {
+                    if !seen.is_empty() {
                         self.progress.record(clock::now_ns());
                     }
-                    for ev in &seen {
-                        for state in ktree.apply(ev, &self.redactor) {
-                            self.events.emit(EventKind::SubprocessState, None, state);
-                        }
-                    }
+                    self.emit_kernel_states(&mut ktree, &seen);
                 }
                 _ = sleep_until_opt(kill_at) => self.escalate_to_kill(),
                 _ = sleep_until_opt(sleep_to) => {
@@ -499,15 +496,10 @@ impl Supervisor<'_> {
                 pipes_give_up = Some(Instant::now() + self.spec.liveness.kill_grace);
             }
         }
-        // Final drain: the cgroup is empty, so every kernel event of the run is committed.
+        // The cgroup is empty, so every kernel event of the run is committed: finish drains them.
         let mut seen = Vec::new();
-        kernel.drain(&self.redactor, &mut seen);
-        for ev in &seen {
-            for state in ktree.apply(ev, &self.redactor) {
-                self.events.emit(EventKind::SubprocessState, None, state);
-            }
-        }
-        let kernel = kernel.finish(&self.redactor);
+        let kernel = kernel.finish(&self.redactor, &mut seen);
+        self.emit_kernel_states(&mut ktree, &seen);
         // Without the kernel layer, everything the sampler still knows has exited.
         if !kernel_tree {
             for ch in tracker.update(&[], &self.redactor) {
@@ -529,6 +521,15 @@ impl Supervisor<'_> {
             process_tree: true,
             process_tree_source: if kernel_tree { "kernel" } else { "procfs" },
             kernel,
+        }
+    }
+
+    /// The `subprocess_state` records that kernel events imply.
+    fn emit_kernel_states(&mut self, tree: &mut KernelTree, seen: &[KernelEvent]) {
+        for ev in seen {
+            for state in tree.apply(ev, &self.redactor) {
+                self.events.emit(EventKind::SubprocessState, None, state);
+            }
         }
     }
 
