@@ -18,7 +18,7 @@ const BATCH_LINES: usize = 256;
 /// Longest a line waits in the buffer.
 const BATCH_AGE: Duration = Duration::from_millis(200);
 
-pub struct NdjsonAppender {
+struct NdjsonAppender {
     file: File,
     buf: Vec<u8>,
     lines: usize,
@@ -34,13 +34,6 @@ impl NdjsonAppender {
             lines: 0,
             oldest: None,
         })
-    }
-
-    /// Append one JSON value as a line. `urgent` flushes and fsyncs at once.
-    pub fn append(&mut self, value: &impl serde::Serialize, urgent: bool) -> io::Result<()> {
-        let mut line = serde_json::to_vec(value)?;
-        line.push(b'\n');
-        self.append_line(&line, urgent)
     }
 
     /// Append one already serialized line (ending in a newline).
@@ -239,15 +232,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.ndjson");
         let mut a = NdjsonAppender::create(&path).expect("create");
-        a.append(&serde_json::json!({"n": 1}), false)
-            .expect("append");
+        a.append_line(b"{\"n\":1}\n", false).expect("append");
         assert_eq!(
             std::fs::read(&path).expect("read").len(),
             0,
             "batched, not yet written"
         );
-        a.append(&serde_json::json!({"n": 2}), true)
-            .expect("append");
+        a.append_line(b"{\"n\":2}\n", true).expect("append");
         assert_eq!(
             std::fs::read_to_string(&path).expect("read"),
             "{\"n\":1}\n{\"n\":2}\n"

@@ -424,18 +424,14 @@ impl EventsWatch {
             return self.wait_blocking(timeout, pred);
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let now = self.current();
-            if pred(now) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, self.changed(&afd))
-                .await
-                .is_err()
-            {
-                return pred(self.current());
+        let mut state = self.current();
+        while !pred(state) {
+            match tokio::time::timeout_at(deadline, self.changed(&afd)).await {
+                Ok(next) => state = next,
+                Err(_) => return pred(self.current()),
             }
         }
+        true
     }
 }
 

@@ -171,9 +171,6 @@ fn tee_loop(
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 fn start_writeback(file: &File, upto: u64, started: &mut u64) {
-    if upto - *started < WRITEBACK_EVERY {
-        return;
-    }
     let (off, len) = (
         *started as libc::off64_t,
         (upto - *started) as libc::off64_t,
