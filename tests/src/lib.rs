@@ -178,17 +178,22 @@ fn check(validator: &jsonschema::Validator, what: &str, v: &Value) {
 
 /// `vigil validate` accepts the bundle and every artifact matches its JSON Schema.
 pub fn assert_valid_bundle(bundle: &Path) {
+    vigil_ok(&["validate".as_ref(), bundle.as_os_str()]);
+    assert_schemas(bundle);
+}
+
+/// Run a vigil subcommand that must succeed; returns its output.
+pub fn vigil_ok(args: &[&std::ffi::OsStr]) -> Output {
     let out = Command::new(vigil_bin())
-        .arg("validate")
-        .arg(bundle)
+        .args(args)
         .output()
-        .expect("vigil validate");
+        .expect("spawn vigil");
     assert!(
         out.status.success(),
-        "vigil validate failed: {}",
+        "vigil {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_schemas(bundle);
+    out
 }
 
 /// Every artifact of a bundle matches its JSON Schema.

@@ -572,16 +572,7 @@ fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
             Some(1),
             "an interrupted bundle must not validate"
         );
-        let r = Command::new(vigil_bin())
-            .args(["reindex", "--repair"])
-            .arg(&bundle)
-            .output()
-            .expect("repair");
-        assert!(
-            r.status.success(),
-            "repair: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        vigil_ok(&["reindex".as_ref(), "--repair".as_ref(), bundle.as_os_str()]);
         assert_valid_bundle(&bundle);
         let t = read_json(&bundle.join("run-trace.json"));
         assert_eq!(t["run_status"]["state"], "repaired");
@@ -970,15 +961,7 @@ fn kernel_rebuilds_a_three_level_tree_and_who_killed_whom() {
 #[test]
 fn doctor_reports_what_this_host_supports() {
     require_root();
-    let out = Command::new(vigil_bin())
-        .args(["doctor", "--json"])
-        .output()
-        .expect("doctor");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = vigil_ok(&["doctor".as_ref(), "--json".as_ref()]);
     let r: Value = serde_json::from_slice(&out.stdout).expect("json");
     let f = &r["features"];
     // The facts of this project's hosts (DESIGN.md), each checked against its own source.
@@ -1021,10 +1004,7 @@ fn doctor_reports_what_this_host_supports() {
     }
     assert!(r["sensor_load_ms"].as_f64().expect("load ms") > 0.0);
     // The human form names the same things.
-    let human = Command::new(vigil_bin())
-        .arg("doctor")
-        .output()
-        .expect("doctor");
+    let human = vigil_ok(&["doctor".as_ref()]);
     let text = String::from_utf8_lossy(&human.stdout);
     for word in [
         "cgroup_v2",

@@ -35,10 +35,15 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo ARGS…` in the workspace root, with the cargo that runs xtask.
+fn cargo_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(root());
+    cmd
+}
+
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(root())
+    let status = cargo_cmd(args)
         .status()
         .with_context(|| format!("cargo {}", args.join(" ")))?;
     if !status.success() {
@@ -64,9 +69,7 @@ fn test() -> Result<()> {
     cargo(&["build", "--workspace", "--bins"])?;
     // Stream cargo's output through, tallying every suite, and close with one plain line: the
     // last suite cargo runs (doc tests) has none, and its "0 passed" must not read as the total.
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .current_dir(root())
+    let mut child = cargo_cmd(&["test", "--workspace", "--no-fail-fast"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("cargo test")?;
@@ -76,8 +79,8 @@ fn test() -> Result<()> {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
-            passed += count(rest, " passed");
-            failed += count(rest, " failed");
+            passed += count(rest, "passed");
+            failed += count(rest, "failed");
         }
     }
     let status = child.wait()?;
@@ -93,15 +96,14 @@ fn test() -> Result<()> {
 
 /// The number before `what` in a libtest summary ("ok. 36 passed; 0 failed; …").
 fn count(summary: &str, what: &str) -> u64 {
-    summary
-        .split(';')
-        .find_map(|part| {
-            part.trim()
-                .trim_start_matches("ok. ")
-                .trim_start_matches("FAILED. ")
-                .strip_suffix(what.trim_start())
-        })
-        .and_then(|n| n.trim().parse().ok())
+    let words: Vec<&str> = summary
+        .split([' ', ';'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    words
+        .windows(2)
+        .find(|w| w[1] == what)
+        .and_then(|w| w[0].parse().ok())
         .unwrap_or(0)
 }
 
@@ -196,4 +198,16 @@ fn run(args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_libtest_summaries() {
+        let line =
+            "ok. 36 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.06s";
+        assert_eq!(super::count(line, "passed"), 36);
+        assert_eq!(super::count(line, "failed"), 2);
+        assert_eq!(super::count("FAILED. 1 passed; 3 failed;", "failed"), 3);
+    }
 }
