@@ -93,7 +93,7 @@ fn dispatch(cli: Cli) -> i32 {
             if report.can_run() {
                 0
             } else {
-                ExitCode::INVALID_BUNDLE
+                ExitCode::HOST_UNSUPPORTED
             }
         }
         Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {

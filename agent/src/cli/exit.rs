@@ -10,6 +10,8 @@ impl ExitCode {
     pub const USAGE: i32 = 2;
     /// `vigil validate` / `reindex --strict` found the bundle not committed or not intact.
     pub const INVALID_BUNDLE: i32 = 1;
+    /// `vigil doctor`: this host cannot supervise runs at all (no cgroup v2).
+    pub const HOST_UNSUPPORTED: i32 = 1;
     /// vigil's watchdog or a timeout ended the run.
     pub const TIMEOUT: i32 = 124;
     /// vigil itself failed (cgroup, bundle).
