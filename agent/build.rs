@@ -1,5 +1,6 @@
-//! Compile the kernel programs in ../ebpf/ with clang (CO-RE, BTF kept, DWARF stripped,
-//! reproducible paths) into OUT_DIR, where `include_bytes_aligned!` embeds them.
+//! Compile the sensor object ../ebpf/vigil.bpf.c (which includes one .bpf.c per concern) with
+//! clang (CO-RE, BTF kept, DWARF stripped, reproducible paths) into OUT_DIR, where
+//! `include_bytes_aligned!` embeds it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,15 +19,9 @@ fn main() -> Result<()> {
     };
     println!("cargo:rerun-if-changed={}", ebpf.display());
     println!("cargo:rerun-if-env-changed=VIGIL_CLANG");
-    for entry in std::fs::read_dir(&ebpf).context("reading ebpf/")? {
-        let path = entry?.path();
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".bpf.c"))
-        else {
-            continue;
-        };
+    // The concern files are included by vigil.bpf.c, not compiled on their own.
+    for name in ["vigil"] {
+        let path = ebpf.join(format!("{name}.bpf.c"));
         let obj = out.join(format!("{name}.bpf.o"));
         let status = Command::new(&clang)
             .args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror"])

@@ -1,77 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Process lifecycle of the watched cgroups: fork/clone, exec, exit.
+/* Process lifecycle of the watched cgroups: fork/clone, exec, exit, signals, write progress and
+ * cgroups created beneath a watched one.
  *
  * tp_btf programs: typed tracepoint arguments through BTF, attached by BTF id — no tracefs
  * needed (these hosts do not mount it). Every program checks the cgroup filter first: the miss
  * path (one hash lookup) is all the rest of the host pays. */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
-#include "vigil_event.h"
-
-/* cgroup ids being watched: the run's cgroup and every cgroup created beneath it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, __u8);
-} watched SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
-} events SEC(".maps");
-
-/* Ring buffer reservations that failed, per CPU: events lost in the kernel. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
-
-/* Wakeups of the reader are batched: at most one forced wakeup per WAKEUP_INTERVAL_NS; events in
- * between ride along with the next one. Nothing is dropped — at the end of a run vigil drains the
- * ring once the cgroup is empty — and liveness sees kernel progress at most this late. */
-#define WAKEUP_INTERVAL_NS (10ULL * 1000 * 1000)
-__u64 last_wakeup_ns = 0;
-
-static __always_inline __u64 wakeup_flag(void)
-{
-	__u64 now = bpf_ktime_get_ns();
-	if (now - last_wakeup_ns >= WAKEUP_INTERVAL_NS) {
-		last_wakeup_ns = now; /* racy across CPUs by design: at worst an extra wakeup */
-		return BPF_RB_FORCE_WAKEUP;
-	}
-	return BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline int is_watched(__u64 cg)
-{
-	return bpf_map_lookup_elem(&watched, &cg) != 0;
-}
-
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
-	if (n)
-		*n += 1;
-}
-
-static __always_inline void fill_hdr(struct vigil_hdr *h, __u32 kind, __u64 cg, struct task_struct *t)
-{
-	h->kind = kind;
-	h->version = VIGIL_EVENT_VERSION;
-	h->ts_ns = bpf_ktime_get_boot_ns();
-	h->cgroup_id = cg;
-	h->pid = BPF_CORE_READ(t, tgid);
-	h->tid = BPF_CORE_READ(t, pid);
-	h->ppid = BPF_CORE_READ(t, real_parent, tgid);
-	h->_pad = 0;
-	bpf_probe_read_kernel_str(h->comm, sizeof(h->comm), t->comm);
-}
+#include "vigil_common.h"
 
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(vigil_fork, struct task_struct *parent, struct task_struct *child)
@@ -79,11 +13,9 @@ int BPF_PROG(vigil_fork, struct task_struct *parent, struct task_struct *child)
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_fork *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
+	struct vigil_fork *e = reserve(sizeof(*e), VIGIL_FORK);
+	if (!e)
 		return 0;
-	}
 	fill_hdr(&e->h, VIGIL_FORK, cg, parent);
 	e->child_pid = BPF_CORE_READ(child, tgid);
 	e->child_tid = BPF_CORE_READ(child, pid);
@@ -99,11 +31,9 @@ int BPF_PROG(vigil_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_exec *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
+	struct vigil_exec *e = reserve(sizeof(*e), VIGIL_EXEC);
+	if (!e)
 		return 0;
-	}
 	fill_hdr(&e->h, VIGIL_EXEC, cg, p);
 	e->uid = BPF_CORE_READ(p, cred, uid.val);
 	e->gid = BPF_CORE_READ(p, cred, gid.val);
@@ -131,11 +61,9 @@ int BPF_PROG(vigil_exit, struct task_struct *p)
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_exit *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
+	struct vigil_exit *e = reserve(sizeof(*e), VIGIL_EXIT);
+	if (!e)
 		return 0;
-	}
 	fill_hdr(&e->h, VIGIL_EXIT, cg, p);
 	e->exit_code = BPF_CORE_READ(p, exit_code);
 	e->group_exit_code = BPF_CORE_READ(p, signal, group_exit_code);
@@ -152,14 +80,12 @@ int BPF_PROG(vigil_signal, int sig, struct kernel_siginfo *info, struct task_str
 {
 	if (sig == 17 /* SIGCHLD */)
 		return 0;
-	__u64 cg = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	__u64 cg = task_cgroup_id(task);
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_signal *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
+	struct vigil_signal *e = reserve(sizeof(*e), VIGIL_SIGNAL);
+	if (!e)
 		return 0;
-	}
 	fill_hdr(&e->h, VIGIL_SIGNAL, cg, bpf_get_current_task_btf());
 	e->target_pid = BPF_CORE_READ(task, tgid);
 	e->target_tid = BPF_CORE_READ(task, pid);
@@ -213,11 +139,9 @@ int BPF_PROG(vigil_write, struct folio *folio, struct address_space *mapping)
 	__sync_fetch_and_add(&acc->pages, 1);
 	if (now - acc->last_report_ns < VIGIL_WRITE_REPORT_NS)
 		return 0;
-	struct vigil_write *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
+	struct vigil_write *e = reserve(sizeof(*e), VIGIL_WRITE);
+	if (!e)
 		return 0;
-	}
 	fill_hdr(&e->h, VIGIL_WRITE, cg, bpf_get_current_task_btf());
 	e->bytes = acc->bytes;
 	e->pages = acc->pages;
@@ -244,20 +168,3 @@ int BPF_PROG(vigil_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	bpf_map_update_elem(&watched, &id, &one, BPF_ANY);
 	return 0;
 }
-
-/* Sizes and offsets of the event structs as this compiler laid them out; vigil's tests compare
- * its Rust view against this table in the object. */
-#define OFF(t, f) __builtin_offsetof(struct t, f)
-const volatile __u32 vigil_layout[] __attribute__((used)) = {
-	VIGIL_EVENT_VERSION,
-	sizeof(struct vigil_hdr), OFF(vigil_hdr, ts_ns), OFF(vigil_hdr, cgroup_id), OFF(vigil_hdr, pid),
-	OFF(vigil_hdr, comm),
-	sizeof(struct vigil_fork), OFF(vigil_fork, child_pid), OFF(vigil_fork, is_thread),
-	sizeof(struct vigil_exec), OFF(vigil_exec, uid), OFF(vigil_exec, argv_len), OFF(vigil_exec, filename),
-	OFF(vigil_exec, argv),
-	sizeof(struct vigil_exit), OFF(vigil_exit, exit_code), OFF(vigil_exit, group_dead),
-	sizeof(struct vigil_signal), OFF(vigil_signal, target_pid), OFF(vigil_signal, sig), OFF(vigil_signal, group),
-	sizeof(struct vigil_write), OFF(vigil_write, bytes), OFF(vigil_write, pages),
-};
-
-char LICENSE[] SEC("license") = "GPL";

@@ -16,6 +16,20 @@ pub fn rfc3339(ns: u64) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
+/// Wall clock minus boot clock (CLOCK_BOOTTIME, what bpf_ktime_get_boot_ns() reads), to turn
+/// kernel timestamps into Unix time.
+pub fn boot_to_wall_offset_ns() -> i128 {
+    let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+        .unwrap_or(0);
+    i128::from(now_ns()) - boot
+}
+
+/// A CLOCK_BOOTTIME timestamp as Unix-epoch nanoseconds, given boot_to_wall_offset_ns().
+pub fn boot_to_wall(boot_ns: u64, offset_ns: i128) -> u64 {
+    u64::try_from(i128::from(boot_ns) + offset_ns).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vigil::kernel::event::rust_layout;
-use vigil::kernel::sensor::PROCESS_OBJECT;
-use vigil::kernel::{KernelEvent, ProbeStatus, ProcessSensor, decode};
+use vigil::kernel::sensor::SENSOR_OBJECT;
+use vigil::kernel::{KernelEvent, KernelSensor, ProbeStatus, decode};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -61,7 +61,7 @@ fn run_in(cg: &Path, argv: &[&str]) -> (u32, std::process::ExitStatus) {
     (pid, child.wait().expect("wait"))
 }
 
-fn drain(sensor: &mut ProcessSensor) -> Vec<KernelEvent> {
+fn drain(sensor: &mut KernelSensor) -> Vec<KernelEvent> {
     let mut ring = sensor.take_events().expect("ring buffer");
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
@@ -72,7 +72,7 @@ fn drain(sensor: &mut ProcessSensor) -> Vec<KernelEvent> {
 
 #[test]
 fn rust_event_layout_matches_the_object() {
-    let file = object::File::parse(PROCESS_OBJECT).expect("parse process.bpf.o");
+    let file = object::File::parse(SENSOR_OBJECT).expect("parse vigil.bpf.o");
     use object::{Object, ObjectSection, ObjectSymbol};
     let sym = file
         .symbols()
@@ -97,7 +97,7 @@ fn rust_event_layout_matches_the_object() {
 #[test]
 fn exec_exit_and_nesting_are_seen_only_inside_the_watched_cgroup() {
     require_root();
-    let mut sensor = ProcessSensor::load().expect("load sensor");
+    let mut sensor = KernelSensor::load().expect("load sensor");
     for (probe, status) in sensor.probes() {
         assert_eq!(status, &ProbeStatus::Attached, "{probe}");
     }
@@ -166,5 +166,5 @@ fn exec_exit_and_nesting_are_seen_only_inside_the_watched_cgroup() {
             if hdr.pid == nested_pid && hdr.cgroup_id == nested_id && argv.iter().any(|a| a == "vigil-nested-marker"))),
         "nested cgroup's exec missing"
     );
-    assert_eq!(sensor.lost().expect("lost"), 0);
+    assert!(sensor.lost().expect("lost").is_empty());
 }

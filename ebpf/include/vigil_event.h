@@ -8,6 +8,7 @@
 #define VIGIL_COMM_LEN 16
 #define VIGIL_PATH_LEN 256
 #define VIGIL_ARGV_LEN 512
+#define VIGIL_SOCKADDR_LEN 128
 
 enum vigil_kind {
 	VIGIL_FORK = 1,
@@ -15,6 +16,24 @@ enum vigil_kind {
 	VIGIL_EXIT = 3,
 	VIGIL_SIGNAL = 4,
 	VIGIL_WRITE = 5,
+	VIGIL_OPEN = 6,
+	VIGIL_NET = 7,
+	VIGIL_OOM = 8,
+	VIGIL_KIND_MAX = 16, /* size of the per-kind loss counters */
+};
+
+enum vigil_net_op {
+	VIGIL_NET_CONNECT = 1,
+	VIGIL_NET_BIND = 2,
+	VIGIL_NET_ACCEPT = 3,
+	VIGIL_NET_SEND = 4,
+};
+
+/* Where a vigil_net address came from. */
+enum vigil_addr_source {
+	VIGIL_ADDR_NONE = 0,
+	VIGIL_ADDR_ARG = 1,  /* the syscall's sockaddr argument (after accept: what it returned) */
+	VIGIL_ADDR_PEER = 2, /* the socket's peer (connected send, accept without an address) */
 };
 
 struct vigil_hdr {
@@ -78,6 +97,51 @@ struct vigil_write {
 	__u64 bytes;
 	__u32 pages;
 	__u32 _pad;
+};
+
+/* What vigil_open.dir holds. */
+enum vigil_dir_state {
+	VIGIL_DIR_NONE = 0,        /* the path is absolute: no directory needed */
+	VIGIL_DIR_OK = 1,          /* dir is the absolute path the relative path starts from */
+	VIGIL_DIR_TRUNCATED = 2,   /* dir was deeper or longer than the walk allows */
+	VIGIL_DIR_UNAVAILABLE = 3, /* dirfd was not an open file */
+};
+
+/* An open(2)/openat(2)/openat2(2)/creat(2) at syscall exit. The path is the argument as the
+ * process passed it; a relative one comes with the directory it is relative to (the cwd or
+ * dirfd), walked from the dentry in the kernel at the time of the call. */
+struct vigil_open {
+	struct vigil_hdr h;
+	__s64 ret;            /* the fd, or -errno */
+	__s32 dirfd;          /* AT_FDCWD (-100) for open/creat */
+	__u32 flags;          /* O_* flags (creat: O_CREAT|O_WRONLY|O_TRUNC) */
+	__u32 mode;
+	__u32 path_truncated; /* the path was VIGIL_PATH_LEN bytes or longer */
+	__u32 dir_state;      /* enum vigil_dir_state */
+	__u32 _pad;
+	char path[VIGIL_PATH_LEN];
+	char dir[VIGIL_PATH_LEN];
+};
+
+/* connect/bind/accept/accept4/sendto/sendmsg at syscall exit. addr is a struct sockaddr (family
+ * first, ports and addresses in network order) of addr_len bytes. */
+struct vigil_net {
+	struct vigil_hdr h;
+	__s64 ret;            /* 0, a byte count or an fd; or -errno */
+	__u32 op;             /* enum vigil_net_op */
+	__s32 fd;             /* the socket the call was made on */
+	__u32 addr_len;
+	__u32 addr_source;    /* enum vigil_addr_source */
+	__u8 addr[VIGIL_SOCKADDR_LEN];
+};
+
+/* The OOM killer chose a victim in a watched cgroup. The header describes the victim; the
+ * trigger is the task whose allocation ran the OOM killer (often the victim itself). */
+struct vigil_oom {
+	struct vigil_hdr h;
+	__u32 trigger_pid;
+	__u32 _pad;
+	char trigger_comm[VIGIL_COMM_LEN];
 };
 
 #endif

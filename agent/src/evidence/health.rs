@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LostEvents {
     pub kernel_ring_buffer: u64,
+    /// `kernel_ring_buffer` by event kind (kinds without losses left out).
+    #[serde(default)]
+    pub kernel_ring_buffer_by_kind: BTreeMap<String, u64>,
     pub reader: u64,
     pub queues: u64,
     /// Telemetry events shed from run-trace.json's in-memory copy (events.ndjson has them all).

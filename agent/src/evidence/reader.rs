@@ -285,7 +285,7 @@ fn repair_interrupted(dir: &Path) -> Result<RepairReport, BundleProblem> {
             "kernel_layer": "absent", "cgroup_correlation": "absent", "policy_layer": "absent",
             "policy_mechanisms": [], "sdk_layer": "absent", "process_tree_source": "procfs",
             "process_tree_sample_ms": 0,
-            "lost_events": {"kernel_ring_buffer": 0, "reader": 0, "queues": 0, "trace_shed": 0},
+            "lost_events": {"kernel_ring_buffer": 0, "kernel_ring_buffer_by_kind": {}, "reader": 0, "queues": 0, "trace_shed": 0},
             "probes": {}, "cgroup": null, "output": {},
             "notes": ["reconstructed by reindex --repair: the run's own health record was never written, so nothing is claimed"]
         });

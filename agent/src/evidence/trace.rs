@@ -38,6 +38,16 @@ pub struct Span {
     pub end_ns: u64,
     pub status: String,
     pub attrs: serde_json::Value,
+    /// A span of the detailed profile only, whatever its name (per-process spans from kernel
+    /// events reuse the `subprocess.*` names of the taxonomy).
+    #[serde(skip)]
+    pub detail: bool,
+}
+
+impl Span {
+    fn kept_at_basic(&self) -> bool {
+        !self.detail && span::is_basic(&self.name)
+    }
 }
 
 /// Records spans as the run goes; an open span has `end_ns == 0` until closed.
@@ -63,7 +73,23 @@ impl SpanRecorder {
             end_ns: 0,
             status: "in_progress".into(),
             attrs: serde_json::json!({}),
+            detail: false,
         });
+        id
+    }
+
+    /// A finished span of the detailed profile only.
+    pub fn record_detail(
+        &mut self,
+        name: &str,
+        parent: Option<SpanId>,
+        (start_ns, end_ns): (u64, u64),
+        status: &str,
+        attrs: serde_json::Value,
+    ) -> SpanId {
+        let id = self.open_at(name, parent, start_ns);
+        self.spans[id].detail = true;
+        self.close_at(id, status, attrs, end_ns);
         id
     }
 
@@ -86,7 +112,7 @@ impl SpanRecorder {
     pub fn export(&self, detailed: bool, now_ns: u64) -> Vec<Span> {
         self.spans
             .iter()
-            .filter(|s| detailed || span::is_basic(&s.name))
+            .filter(|s| detailed || s.kept_at_basic())
             .map(|s| {
                 let mut s = s.clone();
                 if s.end_ns == 0 {
@@ -105,7 +131,7 @@ impl SpanRecorder {
     fn basic_ancestor<'a>(&'a self, mut parent: Option<&'a str>) -> Option<String> {
         while let Some(pid) = parent {
             let span = self.spans.iter().find(|s| s.span_id == pid)?;
-            if span::is_basic(&span.name) {
+            if span.kept_at_basic() {
                 return Some(span.span_id.clone());
             }
             parent = span.parent_id.as_deref();

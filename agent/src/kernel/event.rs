@@ -8,12 +8,50 @@ pub const EVENT_VERSION: u32 = 1;
 pub const COMM_LEN: usize = 16;
 pub const PATH_LEN: usize = 256;
 pub const ARGV_LEN: usize = 512;
+pub const SOCKADDR_LEN: usize = 128;
 
 pub const KIND_FORK: u32 = 1;
 pub const KIND_EXEC: u32 = 2;
 pub const KIND_EXIT: u32 = 3;
 pub const KIND_SIGNAL: u32 = 4;
 pub const KIND_WRITE: u32 = 5;
+pub const KIND_OPEN: u32 = 6;
+pub const KIND_NET: u32 = 7;
+pub const KIND_OOM: u32 = 8;
+/// Size of the kernel's per-kind loss counters (`lost` map).
+pub const KIND_MAX: u32 = 16;
+
+/// The `kind` of the events of a kernel kind number, for loss reports.
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        KIND_FORK => "process.fork",
+        KIND_EXEC => "process.exec",
+        KIND_EXIT => "process.exit",
+        KIND_SIGNAL => "signal.generate",
+        KIND_WRITE => "io.write",
+        KIND_OPEN => "file.open",
+        KIND_NET => "network",
+        KIND_OOM => "oom.kill",
+        _ => "unknown",
+    }
+}
+
+/// enum vigil_dir_state
+const DIR_NONE: u32 = 0;
+const DIR_OK: u32 = 1;
+
+/// `dir` + `/` + a relative `path`, without the `./` a shell often puts in front.
+fn join_dir(dir: &str, path: &str) -> String {
+    let mut rel = path;
+    while let Some(rest) = rel.strip_prefix("./") {
+        rel = rest.trim_start_matches('/');
+    }
+    match (dir.ends_with('/'), rel) {
+        (_, "." | "") => dir.to_string(),
+        (true, _) => format!("{dir}{rel}"),
+        (false, _) => format!("{dir}/{rel}"),
+    }
+}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +122,42 @@ pub struct Write {
     pub _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Open {
+    pub h: Hdr,
+    pub ret: i64,
+    pub dirfd: i32,
+    pub flags: u32,
+    pub mode: u32,
+    pub path_truncated: u32,
+    pub dir_state: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_LEN],
+    pub dir: [u8; PATH_LEN],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Net {
+    pub h: Hdr,
+    pub ret: i64,
+    pub op: u32,
+    pub fd: i32,
+    pub addr_len: u32,
+    pub addr_source: u32,
+    pub addr: [u8; SOCKADDR_LEN],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Oom {
+    pub h: Hdr,
+    pub trigger_pid: u32,
+    pub _pad: u32,
+    pub trigger_comm: [u8; COMM_LEN],
+}
+
 /// The layout table as the Rust side sees it, in the order `vigil_layout` lists it.
 pub fn rust_layout() -> Vec<u32> {
     use std::mem::{offset_of, size_of};
@@ -113,6 +187,23 @@ pub fn rust_layout() -> Vec<u32> {
         v(size_of::<Write>()),
         v(offset_of!(Write, bytes)),
         v(offset_of!(Write, pages)),
+        v(size_of::<Open>()),
+        v(offset_of!(Open, ret)),
+        v(offset_of!(Open, dirfd)),
+        v(offset_of!(Open, flags)),
+        v(offset_of!(Open, path_truncated)),
+        v(offset_of!(Open, dir_state)),
+        v(offset_of!(Open, path)),
+        v(offset_of!(Open, dir)),
+        v(size_of::<Net>()),
+        v(offset_of!(Net, ret)),
+        v(offset_of!(Net, op)),
+        v(offset_of!(Net, addr_len)),
+        v(offset_of!(Net, addr_source)),
+        v(offset_of!(Net, addr)),
+        v(size_of::<Oom>()),
+        v(offset_of!(Oom, trigger_pid)),
+        v(offset_of!(Oom, trigger_comm)),
     ]
 }
 
@@ -160,6 +251,115 @@ pub enum KernelEvent {
         result: i32,
         group: bool,
     },
+    /// An open at syscall exit; `path` as passed, `resolved_path` absolute when the kernel
+    /// could walk the directory a relative path starts from.
+    #[serde(rename = "file.open")]
+    Open {
+        hdr: Header,
+        result: i64,
+        dirfd: i32,
+        flags: u32,
+        mode: u32,
+        path: String,
+        path_truncated: bool,
+        resolved_path: Option<String>,
+    },
+    #[serde(rename = "network")]
+    Net {
+        hdr: Header,
+        op: NetOp,
+        result: i64,
+        fd: i32,
+        endpoint: Option<Endpoint>,
+        /// Where the endpoint came from: the call's argument or the socket's peer.
+        endpoint_source: &'static str,
+    },
+    /// The OOM killer chose `hdr.pid`; `trigger_pid` is the task whose allocation ran it.
+    #[serde(rename = "oom.kill")]
+    Oom {
+        hdr: Header,
+        trigger_pid: u32,
+        trigger_comm: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetOp {
+    Connect,
+    Bind,
+    Accept,
+    Send,
+}
+
+impl NetOp {
+    pub fn kind(self) -> &'static str {
+        match self {
+            NetOp::Connect => "network.connect",
+            NetOp::Bind => "network.bind",
+            NetOp::Accept => "network.accept",
+            NetOp::Send => "network.send",
+        }
+    }
+}
+
+/// A decoded `struct sockaddr`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// `inet`, `inet6`, `unix`, or `af_<n>` for other families.
+    pub family: String,
+    /// The IP address, or the unix socket path (`@name` for the abstract namespace).
+    pub address: Option<String>,
+    pub port: Option<u16>,
+}
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Decode a sockaddr of the kernel's layout (family in host order, port and address in network
+/// order). None when no family could be read.
+pub fn decode_sockaddr(a: &[u8]) -> Option<Endpoint> {
+    let family = u16::from_ne_bytes([*a.first()?, *a.get(1)?]);
+    let port = || Some(u16::from_be_bytes([*a.get(2)?, *a.get(3)?]));
+    let (family, address, port) = match family {
+        AF_INET => {
+            let ip: [u8; 4] = a.get(4..8)?.try_into().ok()?;
+            (
+                "inet".to_string(),
+                Some(std::net::Ipv4Addr::from(ip).to_string()),
+                port(),
+            )
+        }
+        AF_INET6 => {
+            let ip: [u8; 16] = a.get(8..24)?.try_into().ok()?;
+            (
+                "inet6".to_string(),
+                Some(std::net::Ipv6Addr::from(ip).to_string()),
+                port(),
+            )
+        }
+        AF_UNIX => {
+            let path = a.get(2..).unwrap_or_default();
+            let address = match path.first() {
+                None => None,
+                // Abstract namespace: a leading NUL, the name is the rest of the length.
+                Some(0) if path.len() > 1 => Some(format!(
+                    "@{}",
+                    String::from_utf8_lossy(&path[1..]).trim_end_matches('\0')
+                )),
+                Some(0) => None,
+                Some(_) => Some(cstr(path)),
+            };
+            ("unix".to_string(), address, None)
+        }
+        other => (format!("af_{other}"), None, None),
+    };
+    Some(Endpoint {
+        family,
+        address,
+        port,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -180,7 +380,10 @@ impl KernelEvent {
             | KernelEvent::Exec { hdr, .. }
             | KernelEvent::Exit { hdr, .. }
             | KernelEvent::Signal { hdr, .. }
-            | KernelEvent::Write { hdr, .. } => hdr,
+            | KernelEvent::Write { hdr, .. }
+            | KernelEvent::Open { hdr, .. }
+            | KernelEvent::Net { hdr, .. }
+            | KernelEvent::Oom { hdr, .. } => hdr,
         }
     }
 }
@@ -303,6 +506,56 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 pages: e.pages,
             })
         }
+        KIND_OPEN => {
+            let e: Open = read(bytes, h.kind)?;
+            let path = cstr(&e.path);
+            let resolved_path = match e.dir_state {
+                DIR_NONE if path.starts_with('/') => Some(path.clone()),
+                DIR_OK => Some(join_dir(&cstr(&e.dir), &path)),
+                _ => None,
+            };
+            Ok(KernelEvent::Open {
+                hdr,
+                result: e.ret,
+                dirfd: e.dirfd,
+                flags: e.flags,
+                mode: e.mode,
+                path,
+                path_truncated: e.path_truncated != 0,
+                resolved_path,
+            })
+        }
+        KIND_NET => {
+            let e: Net = read(bytes, h.kind)?;
+            let op = match e.op {
+                1 => NetOp::Connect,
+                2 => NetOp::Bind,
+                3 => NetOp::Accept,
+                4 => NetOp::Send,
+                _ => return Err(DecodeError::Kind(h.kind)),
+            };
+            let n = (e.addr_len as usize).min(SOCKADDR_LEN);
+            Ok(KernelEvent::Net {
+                hdr,
+                op,
+                result: e.ret,
+                fd: e.fd,
+                endpoint: decode_sockaddr(&e.addr[..n]),
+                endpoint_source: match e.addr_source {
+                    1 => "argument",
+                    2 => "peer",
+                    _ => "none",
+                },
+            })
+        }
+        KIND_OOM => {
+            let e: Oom = read(bytes, h.kind)?;
+            Ok(KernelEvent::Oom {
+                hdr,
+                trigger_pid: e.trigger_pid,
+                trigger_comm: cstr(&e.trigger_comm),
+            })
+        }
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -395,6 +648,49 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn joins_relative_paths_to_their_directory() {
+        assert_eq!(join_dir("/etc", "hostname"), "/etc/hostname");
+        assert_eq!(join_dir("/", "tmp/x"), "/tmp/x");
+        assert_eq!(join_dir("/w", "./a/b"), "/w/a/b");
+        assert_eq!(join_dir("/w", "."), "/w");
+        assert_eq!(join_dir("/w", "../x"), "/w/../x");
+    }
+
+    #[test]
+    fn decodes_socket_addresses() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        v4[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        let e = decode_sockaddr(&v4).expect("v4");
+        assert_eq!(
+            (e.family.as_str(), e.address.as_deref(), e.port),
+            ("inet", Some("127.0.0.1"), Some(8080))
+        );
+        let mut v6 = vec![0u8; 28];
+        v6[..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+        v6[2..4].copy_from_slice(&443u16.to_be_bytes());
+        v6[23] = 1;
+        let e = decode_sockaddr(&v6).expect("v6");
+        assert_eq!((e.address.as_deref(), e.port), (Some("::1"), Some(443)));
+        let mut un = AF_UNIX.to_ne_bytes().to_vec();
+        un.extend_from_slice(b"/run/x.sock\0");
+        assert_eq!(
+            decode_sockaddr(&un).and_then(|e| e.address).as_deref(),
+            Some("/run/x.sock")
+        );
+        let mut abs = AF_UNIX.to_ne_bytes().to_vec();
+        abs.extend_from_slice(b"\0name");
+        assert_eq!(
+            decode_sockaddr(&abs).and_then(|e| e.address).as_deref(),
+            Some("@name")
+        );
+        assert_eq!(decode_sockaddr(&[2]), None);
+        // A v4 address cut short is not an endpoint.
+        assert_eq!(decode_sockaddr(&v4[..6]), None);
     }
 
     #[test]

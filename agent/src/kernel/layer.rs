@@ -6,16 +6,12 @@ use std::path::Path;
 
 use super::event::KernelEvent;
 use super::reader::KernelReader;
-use super::sensor::{ProbeStatus, ProcessSensor};
+use super::sensor::{KernelSensor, ProbeStatus};
 use crate::evidence::health::ProbeHealth;
 use crate::evidence::redact::Redactor;
 
-/// Probes of the kernel layer that this vigil does not build yet. They are listed in health as
-/// `unavailable` so that `kernel_layer` never claims more than was observed.
-const NOT_BUILT: [&str; 3] = ["oom.mark_victim", "file.open", "network.sock"];
-
 pub struct KernelLayer {
-    sensor: Option<ProcessSensor>,
+    sensor: Option<KernelSensor>,
     reader: Option<KernelReader>,
     probes: BTreeMap<String, ProbeHealth>,
     notes: Vec<String>,
@@ -27,6 +23,8 @@ pub struct KernelReport {
     pub kernel_layer: &'static str,
     pub probes: BTreeMap<String, ProbeHealth>,
     pub ring_lost: u64,
+    /// `ring_lost` by event kind.
+    pub ring_lost_by_kind: BTreeMap<String, u64>,
     pub decode_errors: u64,
     pub written: u64,
     pub notes: Vec<String>,
@@ -55,7 +53,7 @@ impl KernelLayer {
                 .push("kernel layer disabled (--kernel-layer off)".into());
             return me;
         }
-        let mut sensor = match ProcessSensor::load() {
+        let mut sensor = match KernelSensor::load() {
             Ok(s) => s,
             Err(e) => {
                 me.notes.push(format!("kernel layer unavailable: {e}"));
@@ -113,25 +111,21 @@ impl KernelLayer {
     /// by then), handing it to `seen`, flush the layer and report.
     pub fn finish(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> KernelReport {
         self.drain(redactor, seen);
-        let ring_lost = self
+        let ring_lost_by_kind: BTreeMap<String, u64> = self
             .sensor
             .as_ref()
             .and_then(|s| s.lost().ok())
-            .unwrap_or(0);
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect();
+        let ring_lost = ring_lost_by_kind.values().sum();
         let (written, decode_errors, write_error) = match self.reader.as_mut() {
             Some(r) => (r.written(), r.decode_errors(), r.finish().err()),
             None => (0, 0, None),
         };
-        let mut probes = self.probes.clone();
+        let probes = self.probes.clone();
         let attached = probes.values().filter(|p| p.status == "attached").count();
-        if self.reader.is_some() {
-            for name in NOT_BUILT {
-                probes.insert(
-                    name.into(),
-                    probe("unavailable", Some("not built into this vigil yet".into())),
-                );
-            }
-        }
         let all_attached = attached > 0 && probes.values().all(|p| p.status == "attached");
         let kernel_layer = match (
             self.reader.is_some(),
@@ -144,13 +138,14 @@ impl KernelLayer {
         let mut notes = self.notes.clone();
         if self.reader.is_some() {
             notes.push(format!(
-                "kernel layer: process lifecycle (fork, exec, exit), signals and write progress from tp_btf probes filtered by cgroup id; {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable; OOM, file and network probes are not built yet"
+                "kernel layer: process lifecycle (fork, exec, exit), signals, write progress, OOM kills, file opens and network calls from tp_btf probes filtered by cgroup id; {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable"
             ));
         }
         KernelReport {
             kernel_layer,
             probes,
             ring_lost,
+            ring_lost_by_kind,
             decode_errors,
             written,
             notes,

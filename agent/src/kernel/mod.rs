@@ -14,4 +14,4 @@ pub mod tree;
 
 pub use event::{KernelEvent, decode};
 pub use layer::{KernelLayer, KernelReport};
-pub use sensor::{ProbeStatus, ProcessSensor, SensorError};
+pub use sensor::{KernelSensor, ProbeStatus, SensorError};

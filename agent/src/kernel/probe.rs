@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::sensor::{ProbeStatus, ProcessSensor};
+use super::sensor::{KernelSensor, ProbeStatus};
 use crate::run::cgroup;
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,7 +144,7 @@ pub fn probe_host() -> HostReport {
     features.insert("capabilities", capabilities());
 
     let start = Instant::now();
-    let (probes, sensor_load_ms) = match ProcessSensor::load() {
+    let (probes, sensor_load_ms) = match KernelSensor::load() {
         Ok(s) => {
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let probes = s

@@ -31,13 +31,6 @@ pub struct KernelReader {
     decode_errors: u64,
 }
 
-fn boot_to_wall_offset() -> i128 {
-    let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
-        .unwrap_or(0);
-    i128::from(clock::now_ns()) - boot
-}
-
 /// include/trace/events/signal.h: what became of a generated signal.
 fn signal_result(r: i32) -> &'static str {
     match r {
@@ -62,7 +55,7 @@ impl KernelReader {
             map,
             out: NdjsonWriter::spawn(layer, QUEUE_LINES)?,
             seq: 0,
-            boot_to_wall_ns: boot_to_wall_offset(),
+            boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
             decode_errors: 0,
         })
     }
@@ -75,10 +68,11 @@ impl KernelReader {
         }
     }
 
-    /// Write every event now in the ring buffer, as one batch to the writer, and hand the
-    /// decoded events to `seen`.
+    /// Write every event now in the ring buffer to the writer, in batches of at most
+    /// BATCH_EVENTS lines, and hand the decoded events to `seen`.
     pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
         let mut batch = Vec::new();
+        let mut lines = 0;
         let mut urgent = false;
         while let Some(item) = self.map.next() {
             match decode(&item) {
@@ -87,25 +81,60 @@ impl KernelReader {
                     if serde_json::to_writer(&mut batch, &record).is_ok() {
                         batch.push(b'\n');
                         self.seq += 1;
-                        urgent |=
-                            matches!(ev, KernelEvent::Exit { .. } | KernelEvent::Signal { .. });
+                        lines += 1;
+                        urgent |= matches!(
+                            ev,
+                            KernelEvent::Exit { .. }
+                                | KernelEvent::Signal { .. }
+                                | KernelEvent::Oom { .. }
+                        );
                     }
                     seen.push(ev);
                 }
                 Err(_) => self.decode_errors += 1,
             }
+            if lines == BATCH_EVENTS {
+                self.out
+                    .send(std::mem::take(&mut batch), Lane::Control, urgent);
+                lines = 0;
+            }
         }
-        // Process lifecycle is control evidence: it waits for room, never dropped.
+        // Kernel evidence is control evidence: it waits for room in the writer's queue, never
+        // dropped there. A reader that falls behind shows up as ring-buffer losses, counted in
+        // the kernel per kind.
         if !batch.is_empty() {
             self.out.send(batch, Lane::Control, urgent);
         }
     }
 }
 
+/// Lines per batch handed to the writer: bounds the reader's memory in an event storm.
+const BATCH_EVENTS: usize = 4096;
+
+fn errno_name(result: i64) -> Option<String> {
+    (result < 0).then(|| {
+        let e = nix::errno::Errno::from_raw(i32::try_from(-result).unwrap_or(0));
+        format!("{e:?}")
+    })
+}
+
+/// O_ACCMODE and the flags a reader of the trace asks about.
+fn open_access(flags: u32) -> &'static str {
+    const O_PATH: u32 = 0o10000000;
+    if flags & O_PATH != 0 {
+        return "path";
+    }
+    match flags & 0o3 {
+        0 => "read",
+        1 => "write",
+        _ => "read_write",
+    }
+}
+
 /// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields.
 fn record(seq: u64, boot_to_wall_ns: i128, ev: &KernelEvent, redactor: &Redactor) -> Value {
     let h = ev.header();
-    let ts_ns = u64::try_from(i128::from(h.boot_ns) + boot_to_wall_ns).unwrap_or(0);
+    let ts_ns = clock::boot_to_wall(h.boot_ns, boot_to_wall_ns);
     let mut r = json!({
         "schema": schema::KERNEL_EVENT,
         "seq": seq,
@@ -159,6 +188,44 @@ fn record(seq: u64, boot_to_wall_ns: i128, ev: &KernelEvent, redactor: &Redactor
         } => json!({
             "kind": "signal.generate", "target_pid": target_pid, "target_tid": target_tid,
             "signal": signal, "result": signal_result(*result), "group": group}),
+        KernelEvent::Open {
+            result,
+            dirfd,
+            flags,
+            mode,
+            path,
+            path_truncated,
+            resolved_path: resolved,
+            ..
+        } => {
+            const O_CREAT: u32 = 0o100;
+            const O_TRUNC: u32 = 0o1000;
+            json!({
+                "kind": "file.open", "path": redactor.mask_str(path),
+                "resolved_path": resolved.as_deref().map(|p| redactor.mask_str(p)),
+                "path_truncated": path_truncated, "dirfd": dirfd, "flags": flags, "mode": mode,
+                "access": open_access(*flags), "create": flags & O_CREAT != 0,
+                "truncate": flags & O_TRUNC != 0, "result": result, "errno": errno_name(*result)})
+        }
+        KernelEvent::Net {
+            op,
+            result,
+            fd,
+            endpoint,
+            endpoint_source,
+            ..
+        } => json!({
+            "kind": op.kind(), "fd": fd,
+            "family": endpoint.as_ref().map(|e| e.family.clone()),
+            "address": endpoint.as_ref().and_then(|e| e.address.as_deref().map(|a| redactor.mask_str(a))),
+            "port": endpoint.as_ref().and_then(|e| e.port),
+            "endpoint_source": endpoint_source, "result": result, "errno": errno_name(*result)}),
+        KernelEvent::Oom {
+            trigger_pid,
+            trigger_comm,
+            ..
+        } => json!({
+            "kind": "oom.kill", "trigger_pid": trigger_pid, "trigger_comm": trigger_comm}),
     };
     if let (Some(r), Value::Object(extra)) = (r.as_object_mut(), extra) {
         r.extend(extra);

@@ -1,6 +1,7 @@
-//! The process-lifecycle sensor: the programs of `ebpf/process.bpf.c` and their maps, loaded
-//! and attached as a unit (a tetragon "sensor"). A program that cannot load or attach is
-//! recorded with its reason and the others go on: a weaker observation, never a fatal one.
+//! The sensor: the programs of `ebpf/vigil.bpf.c` (process lifecycle, signals, write progress,
+//! file opens, network calls, OOM kills) and their maps, loaded and attached as a unit (a
+//! tetragon "sensor"). A program that cannot load or attach is recorded with its reason and the
+//! others go on: a weaker observation, never a fatal one.
 
 use std::collections::BTreeMap;
 
@@ -8,18 +9,50 @@ use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-/// The compiled object, embedded at build time (see build.rs).
-pub static PROCESS_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/process.bpf.o"));
+use super::event::{KIND_MAX, kind_name};
 
-/// (program, tp_btf tracepoint) pairs of the sensor.
-const PROGRAMS: [(&str, &str); 6] = [
-    ("vigil_fork", "sched_process_fork"),
-    ("vigil_exec", "sched_process_exec"),
-    ("vigil_exit", "sched_process_exit"),
-    ("vigil_cgroup_mkdir", "cgroup_mkdir"),
-    ("vigil_signal", "signal_generate"),
-    ("vigil_write", "writeback_dirty_folio"),
+/// The compiled object, embedded at build time (see build.rs).
+pub static SENSOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigil.bpf.o"));
+
+/// The sensor's programs: (program, tp_btf tracepoint, the probes health reports it as).
+const PROGRAMS: [(&str, &str, &[&str]); 8] = [
+    (
+        "vigil_fork",
+        "sched_process_fork",
+        &["process.sched_process_fork"],
+    ),
+    (
+        "vigil_exec",
+        "sched_process_exec",
+        &["process.sched_process_exec"],
+    ),
+    (
+        "vigil_exit",
+        "sched_process_exit",
+        &["process.sched_process_exit"],
+    ),
+    (
+        "vigil_cgroup_mkdir",
+        "cgroup_mkdir",
+        &["process.cgroup_mkdir"],
+    ),
+    (
+        "vigil_signal",
+        "signal_generate",
+        &["process.signal_generate"],
+    ),
+    (
+        "vigil_write",
+        "writeback_dirty_folio",
+        &["process.writeback_dirty_folio"],
+    ),
+    ("vigil_oom", "mark_victim", &["oom.mark_victim"]),
+    (
+        "vigil_sys_exit",
+        "sys_exit",
+        &["file.open", "network.socket"],
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,18 +66,18 @@ pub enum ProbeStatus {
 pub enum SensorError {
     #[error("kernel BTF unavailable (/sys/kernel/btf/vmlinux): {0}")]
     NoBtf(String),
-    #[error("loading process.bpf.o: {0}")]
+    #[error("loading vigil.bpf.o: {0}")]
     Load(String),
     #[error("map {map}: {error}")]
     Map { map: &'static str, error: String },
 }
 
-pub struct ProcessSensor {
+pub struct KernelSensor {
     ebpf: Ebpf,
     probes: BTreeMap<String, ProbeStatus>,
 }
 
-impl ProcessSensor {
+impl KernelSensor {
     /// Load the object with the host's BTF (CO-RE relocations) and attach every program.
     pub fn load() -> Result<Self, SensorError> {
         // aya 0.14's EbpfLoader::new() parses the kernel's BTF (for CO-RE) and cannot lend it
@@ -59,10 +92,10 @@ impl ProcessSensor {
             .join()
             .map_err(|_| SensorError::Load("BTF parsing thread panicked".into()))?;
         let mut ebpf = loader
-            .load(PROCESS_OBJECT)
+            .load(SENSOR_OBJECT)
             .map_err(|e| SensorError::Load(e.to_string()))?;
         let mut probes = BTreeMap::new();
-        for (name, tracepoint) in PROGRAMS {
+        for (name, tracepoint, names) in PROGRAMS {
             let status = match ebpf.program_mut(name) {
                 None => ProbeStatus::Failed(format!("program {name} missing from the object")),
                 Some(p) => match <&mut BtfTracePoint>::try_from(p) {
@@ -76,9 +109,11 @@ impl ProcessSensor {
                     },
                 },
             };
-            probes.insert(format!("process.{tracepoint}"), status);
+            for probe in names {
+                probes.insert((*probe).to_string(), status.clone());
+            }
         }
-        Ok(ProcessSensor { ebpf, probes })
+        Ok(KernelSensor { ebpf, probes })
     }
 
     pub fn probes(&self) -> &BTreeMap<String, ProbeStatus> {
@@ -104,8 +139,9 @@ impl ProcessSensor {
             })
     }
 
-    /// Events the kernel could not reserve ring-buffer space for, summed over CPUs.
-    pub fn lost(&self) -> Result<u64, SensorError> {
+    /// Events the kernel could not reserve ring-buffer space for, summed over CPUs, by kind
+    /// (kinds with no loss are left out).
+    pub fn lost(&self) -> Result<BTreeMap<&'static str, u64>, SensorError> {
         let map = self.ebpf.map("lost").ok_or(SensorError::Map {
             map: "lost",
             error: "missing".into(),
@@ -115,11 +151,18 @@ impl ProcessSensor {
                 map: "lost",
                 error: e.to_string(),
             })?;
-        let per_cpu = lost.get(&0, 0).map_err(|e| SensorError::Map {
-            map: "lost",
-            error: e.to_string(),
-        })?;
-        Ok(per_cpu.iter().sum())
+        let mut by_kind = BTreeMap::new();
+        for kind in 0..KIND_MAX {
+            let per_cpu = lost.get(&kind, 0).map_err(|e| SensorError::Map {
+                map: "lost",
+                error: e.to_string(),
+            })?;
+            let n: u64 = per_cpu.iter().sum();
+            if n > 0 {
+                *by_kind.entry(kind_name(kind)).or_insert(0) += n;
+            }
+        }
+        Ok(by_kind)
     }
 
     /// The event ring buffer (taken once; the reader owns it).

@@ -1,7 +1,8 @@
 //! The run's process tree from kernel events: exact where the procfs sampler can only sample.
-//! Turns fork/exec/exit/signal events into `subprocess_state` records: `spawned` (fork of a
-//! process, not a thread), `exec` (with argv), `exited` (code or signal) and `killed_by` (the
-//! sender and signal of the delivered signal that ended it).
+//! Turns fork/exec/exit/signal/OOM events into `subprocess_state` records: `spawned` (fork of a
+//! process, not a thread), `exec` (with argv), `exited` (code or signal), `killed_by` (the
+//! sender and signal of the delivered signal that ended it) and `oom_killed`; and keeps each
+//! process's life (fork, exec chain, exit) for the per-process spans of the detailed profile.
 
 use std::collections::HashMap;
 
@@ -21,8 +22,32 @@ pub struct KernelTree {
     main_pid: u32,
     /// Last fatal signal delivered to each process: (sender pid, sender comm, signal).
     last_fatal: HashMap<u32, (u32, String, i32)>,
+    /// Processes chosen by the OOM killer and not yet exited.
+    oom_victims: std::collections::HashSet<u32>,
+    /// Processes alive now (by pid), and those that have exited, in exit order.
+    live: HashMap<u32, ProcessLife>,
+    ended: Vec<ProcessLife>,
     /// Thread creations seen (not processes); counted, not reported.
     pub threads: u64,
+}
+
+/// One process of the run (not the main child) as the kernel saw it. Times are boot-clock ns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessLife {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub start_boot_ns: u64,
+    /// The first exec, which ends the process's `subprocess.exec` span.
+    pub exec_boot_ns: Option<u64>,
+    pub end_boot_ns: Option<u64>,
+    /// Every image the process exec'd, in order (redacted).
+    pub exec_chain: Vec<String>,
+    /// argv of the last exec (redacted).
+    pub argv: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
 }
 
 fn state(pid: u32, ppid: u32, comm: &str, state: &str) -> Value {
@@ -38,6 +63,18 @@ impl KernelTree {
         }
     }
 
+    /// Every process's life so far: the ended ones, then those still alive, by start time.
+    pub fn lives(&self) -> Vec<ProcessLife> {
+        let mut all: Vec<ProcessLife> = self
+            .ended
+            .iter()
+            .chain(self.live.values())
+            .cloned()
+            .collect();
+        all.sort_by_key(|l| (l.start_boot_ns, l.pid));
+        all
+    }
+
     /// The `subprocess_state` records one kernel event implies.
     pub fn apply(&mut self, ev: &KernelEvent, redactor: &Redactor) -> Vec<Value> {
         match ev {
@@ -48,6 +85,22 @@ impl KernelTree {
                 vec![]
             }
             KernelEvent::Fork { hdr, child_pid, .. } => {
+                self.live.insert(
+                    *child_pid,
+                    ProcessLife {
+                        pid: *child_pid,
+                        ppid: hdr.pid,
+                        comm: hdr.comm.clone(),
+                        start_boot_ns: hdr.boot_ns,
+                        exec_boot_ns: None,
+                        end_boot_ns: None,
+                        exec_chain: Vec::new(),
+                        argv: Vec::new(),
+                        exit_code: None,
+                        signal: None,
+                        oom_killed: false,
+                    },
+                );
                 vec![state(*child_pid, hdr.pid, &hdr.comm, "spawned")]
             }
             KernelEvent::Exec {
@@ -56,9 +109,31 @@ impl KernelTree {
                 filename,
                 ..
             } => {
+                let argv = redactor.redact_argv(argv);
+                let filename = redactor.mask_str(filename);
+                if let Some(life) = self.live.get_mut(&hdr.pid) {
+                    life.exec_boot_ns.get_or_insert(hdr.boot_ns);
+                    life.exec_chain.push(filename.clone());
+                    life.argv = argv.clone();
+                    life.comm = hdr.comm.clone();
+                }
                 let mut s = state(hdr.pid, hdr.ppid, &hdr.comm, "exec");
-                s["argv"] = json!(redactor.redact_argv(argv));
-                s["filename"] = json!(redactor.mask_str(filename));
+                s["argv"] = json!(argv);
+                s["filename"] = json!(filename);
+                vec![s]
+            }
+            KernelEvent::Oom {
+                hdr,
+                trigger_pid,
+                trigger_comm,
+            } => {
+                self.oom_victims.insert(hdr.pid);
+                if let Some(life) = self.live.get_mut(&hdr.pid) {
+                    life.oom_killed = true;
+                }
+                let mut s = state(hdr.pid, hdr.ppid, &hdr.comm, "oom_killed");
+                s["trigger_pid"] = json!(trigger_pid);
+                s["trigger_comm"] = json!(trigger_comm);
                 vec![s]
             }
             KernelEvent::Signal {
@@ -72,7 +147,10 @@ impl KernelTree {
                     .insert(*target_pid, (hdr.pid, hdr.comm.clone(), *signal));
                 vec![]
             }
-            KernelEvent::Signal { .. } | KernelEvent::Write { .. } => vec![],
+            KernelEvent::Signal { .. }
+            | KernelEvent::Write { .. }
+            | KernelEvent::Open { .. }
+            | KernelEvent::Net { .. } => vec![],
             KernelEvent::Exit {
                 group_dead: false, ..
             } => vec![],
@@ -83,11 +161,20 @@ impl KernelTree {
                 ..
             } => {
                 let fatal = self.last_fatal.remove(&hdr.pid);
+                let oom = self.oom_victims.remove(&hdr.pid);
+                if let Some(mut life) = self.live.remove(&hdr.pid) {
+                    life.end_boot_ns = Some(hdr.boot_ns);
+                    life.exit_code = *exit_code;
+                    life.signal = *signal;
+                    self.ended.push(life);
+                }
                 if hdr.pid == self.main_pid {
                     return vec![]; // reported exactly from waitid
                 }
                 let mut out = Vec::new();
-                if let (Some(sig), Some((sender, sender_comm, sent))) = (signal, fatal)
+                // The OOM killer's SIGKILL is sent from whichever task ran it: that task is the
+                // trigger (in the oom_killed record), not a killer.
+                if let (false, Some(sig), Some((sender, sender_comm, sent))) = (oom, signal, fatal)
                     && *sig == sent
                 {
                     let mut k = state(hdr.pid, hdr.ppid, &hdr.comm, "killed_by");
@@ -203,5 +290,62 @@ mod tests {
             group_dead: true,
         };
         assert!(t.apply(&main, &r).is_empty());
+        // Lives: 11 forked, exec'd sleep, killed; 12 was never seen forked (no life).
+        let lives = t.lives();
+        assert_eq!(lives.len(), 1);
+        assert_eq!(lives[0].pid, 11);
+        assert_eq!(lives[0].exec_chain, ["/bin/sleep"]);
+        assert_eq!(lives[0].signal, Some(15));
+        assert!(lives[0].end_boot_ns.is_some());
+    }
+
+    #[test]
+    fn oom_victim_is_oom_killed_not_killed_by_the_trigger() {
+        let r = Redactor::new(&[]);
+        let mut t = KernelTree::new(10);
+        t.apply(
+            &KernelEvent::Fork {
+                hdr: h(10, 1, "sh"),
+                child_pid: 11,
+                child_tid: 11,
+                is_thread: false,
+            },
+            &r,
+        );
+        let oom = t.apply(
+            &KernelEvent::Oom {
+                hdr: h(11, 10, "hog"),
+                trigger_pid: 11,
+                trigger_comm: "hog".into(),
+            },
+            &r,
+        );
+        assert_eq!(oom[0]["state"], "oom_killed");
+        assert_eq!(oom[0]["trigger_pid"], 11);
+        // The OOM killer's SIGKILL, generated in the trigger's context.
+        t.apply(
+            &KernelEvent::Signal {
+                hdr: h(11, 10, "hog"),
+                target_pid: 11,
+                target_tid: 11,
+                signal: 9,
+                result: 0,
+                group: true,
+            },
+            &r,
+        );
+        let exit = t.apply(
+            &KernelEvent::Exit {
+                hdr: h(11, 10, "hog"),
+                exit_code: None,
+                signal: Some(9),
+                core_dumped: false,
+                group_dead: true,
+            },
+            &r,
+        );
+        assert_eq!(exit.len(), 1);
+        assert_eq!(exit[0]["state"], "exited");
+        assert!(t.lives()[0].oom_killed);
     }
 }

@@ -4,7 +4,7 @@
 //! samples, signals to vigil — until the run has exactly one outcome and its cgroup is empty.
 //! Then it writes the evidence and commits the bundle.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ use crate::evidence::trace::{
     RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
 };
 use crate::evidence::{files, schema};
-use crate::kernel::tree::KernelTree;
+use crate::kernel::tree::{KernelTree, ProcessLife};
 use crate::kernel::{KernelEvent, KernelLayer, KernelReport};
 
 /// How often the procfs process tree is sampled.
@@ -500,6 +500,7 @@ impl Supervisor<'_> {
         let mut seen = Vec::new();
         let kernel = kernel.finish(&self.redactor, &mut seen);
         self.emit_kernel_states(&mut ktree, &seen);
+        record_process_spans(&mut spans.rec, wait_span, &ktree.lives());
         // Without the kernel layer, everything the sampler still knows has exited.
         if !kernel_tree {
             for ch in tracker.update(&[], &self.redactor) {
@@ -815,6 +816,7 @@ impl Supervisor<'_> {
             process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,
             lost_events: LostEvents {
                 kernel_ring_buffer: sup.kernel.ring_lost,
+                kernel_ring_buffer_by_kind: sup.kernel.ring_lost_by_kind.clone(),
                 reader: sup.kernel.decode_errors,
                 queues: self.events.shed(),
                 trace_shed: self.events.trace_shed(),
@@ -920,6 +922,56 @@ impl Supervisor<'_> {
                 eprintln!("vigil: profile copy not written: {e}");
             }
         }
+    }
+}
+
+/// Per-process spans of the detailed profile, from the kernel's process lives: for each process
+/// a `subprocess.exec` span (fork → first exec) and a `subprocess.wait` span (exec, or fork when
+/// it never exec'd → exit), nested under its parent's `subprocess.wait` — the main child's for
+/// its own children.
+fn record_process_spans(rec: &mut SpanRecorder, main_wait: SpanId, lives: &[ProcessLife]) {
+    let offset = clock::boot_to_wall_offset_ns();
+    let wall = |boot: u64| clock::boot_to_wall(boot, offset);
+    let mut wait_of: HashMap<u32, SpanId> = HashMap::new();
+    for life in lives {
+        let parent = wait_of.get(&life.ppid).copied().unwrap_or(main_wait);
+        let start = wall(life.start_boot_ns);
+        let attrs =
+            json!({"pid": life.pid, "ppid": life.ppid, "comm": life.comm, "source": "kernel"});
+        let run_from = match life.exec_boot_ns {
+            Some(exec) => {
+                let mut a = attrs.clone();
+                a["exec_chain"] = json!(life.exec_chain);
+                a["argv"] = json!(life.argv);
+                rec.record_detail(
+                    span::SUBPROCESS_EXEC,
+                    Some(parent),
+                    (start, wall(exec)),
+                    "passed",
+                    a,
+                );
+                wall(exec)
+            }
+            None => start,
+        };
+        let (end, status) = match (life.end_boot_ns, life.exit_code, life.signal) {
+            (None, _, _) => (clock::now_ns(), "unfinished"),
+            (Some(e), Some(0), _) => (wall(e), "passed"),
+            (Some(e), Some(_), _) => (wall(e), "failed"),
+            (Some(e), None, _) => (wall(e), "killed"),
+        };
+        let mut a = attrs;
+        a["exit_code"] = json!(life.exit_code);
+        a["signal"] = json!(life.signal);
+        a["oom_killed"] = json!(life.oom_killed);
+        let id = rec.record_detail(
+            span::SUBPROCESS_WAIT,
+            Some(parent),
+            (run_from, end),
+            status,
+            a,
+        );
+        wait_of.insert(life.pid, id);
     }
 }
 
