@@ -32,14 +32,19 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* Wakeups of the reader are batched: at most one forced wakeup per WAKEUP_INTERVAL_NS; events in
- * between ride along with the next one. Nothing is dropped — at the end of a run vigil drains the
+/* Wakeups of the reader are batched: at most one forced wakeup per WAKEUP_INTERVAL_NS (unless a
+ * backlog builds up); events in between ride along with the next one. Nothing is dropped — at the end of a run vigil drains the
  * ring once the cgroup is empty — and liveness sees kernel progress at most this late. */
 #define WAKEUP_INTERVAL_NS (10ULL * 1000 * 1000)
 __u64 last_wakeup_ns = 0;
 
+/* Past this much unread data the reader is woken at once: batching must not fill the ring. */
+#define WAKEUP_BACKLOG_BYTES (1 << 20)
+
 static __always_inline __u64 wakeup_flag(void)
 {
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BACKLOG_BYTES)
+		return BPF_RB_FORCE_WAKEUP;
 	__u64 now = bpf_ktime_get_ns();
 	if (now - last_wakeup_ns >= WAKEUP_INTERVAL_NS) {
 		last_wakeup_ns = now; /* racy across CPUs by design: at worst an extra wakeup */

@@ -586,13 +586,7 @@ fn vigil_killed_mid_run_leaves_no_orphan_and_a_repairable_bundle() {
 }
 
 fn cgroup_parent() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-    let mount = mounts
-        .lines()
-        .find(|l| l.split(' ').nth(2) == Some("cgroup2"))
-        .and_then(|l| l.split(' ').nth(1))
-        .expect("cgroup2 mount");
-    Path::new(mount).join("vigil")
+    cgroup2_mount().join("vigil")
 }
 
 #[test]
@@ -779,8 +773,8 @@ fn kernel_layer_records_the_run_and_nothing_else() {
     assert_eq!(f.code(), 3, "{}", f.stderr());
     let h = f.health();
     assert_eq!(
-        h["kernel_layer"], "partial",
-        "process probes only: never `observed` yet"
+        h["kernel_layer"], "observed",
+        "every probe attached, nothing lost: {h:#}"
     );
     for p in [
         "process.sched_process_exec",
@@ -999,6 +993,26 @@ fn doctor_reports_what_this_host_supports() {
         .lines()
         .any(|l| l.split(' ').nth(2) == Some("tracefs"));
     assert_eq!(f["tracefs"]["status"], if tracefs { "yes" } else { "no" });
+    // Attach types found by loading a program of each: a kprobe needs the kprobe PMU.
+    let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    assert_eq!(
+        f["kprobe"]["status"],
+        if kprobe_pmu { "yes" } else { "no" },
+        "{f}"
+    );
+    for (name, prog) in [
+        ("fentry", "fentry/do_unlinkat"),
+        ("bpf_lsm", "lsm/file_open"),
+    ] {
+        let status = f[name]["status"].as_str().expect("status");
+        assert!(status == "yes" || status == "no", "{name}: {f}");
+        assert!(
+            f[name]["detail"]
+                .as_str()
+                .expect("detail")
+                .starts_with(prog)
+        );
+    }
     for (probe, status) in r["probes"].as_object().expect("probes") {
         assert_eq!(status, "attached", "{probe}");
     }

@@ -102,20 +102,6 @@ pub fn probe_host() -> HostReport {
         },
     );
 
-    features.insert(
-        "bpf_lsm",
-        match std::fs::read_to_string("/sys/kernel/security/lsm") {
-            Ok(list) if list.split(',').any(|l| l.trim() == "bpf") => {
-                feature("yes", format!("active LSMs: {}", list.trim()))
-            }
-            Ok(list) => feature("no", format!("active LSMs: {} (no bpf)", list.trim())),
-            Err(e) => feature(
-                "unknown",
-                format!("/sys/kernel/security/lsm: {e} (securityfs not mounted?)"),
-            ),
-        },
-    );
-
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns the
     // ABI version; it dereferences nothing.
     let abi = unsafe {
@@ -142,6 +128,7 @@ pub fn probe_host() -> HostReport {
     );
 
     features.insert("capabilities", capabilities());
+    features.extend(attach_types());
 
     let start = Instant::now();
     let (probes, sensor_load_ms) = match KernelSensor::load() {
@@ -172,6 +159,88 @@ pub fn probe_host() -> HostReport {
         probes,
         sensor_load_ms,
     }
+}
+
+/// The attach-type probes of `vigil doctor` (ebpf/features.bpf.c), embedded at build time.
+static FEATURES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/features.bpf.o"));
+
+/// fentry, BPF LSM and kprobe support, found by loading and attaching a do-nothing program of
+/// each type (and detaching it at once): `no` carries the kernel's reason.
+fn attach_types() -> Vec<(&'static str, Feature)> {
+    use aya::programs::{FEntry, KProbe, Lsm};
+    let names = ["fentry", "bpf_lsm", "kprobe"];
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => {
+            return names
+                .map(|n| (n, feature("unknown", format!("no BTF: {e}"))))
+                .to_vec();
+        }
+    };
+    let mut ebpf = match aya::EbpfLoader::new().btf(Some(&btf)).load(FEATURES_OBJECT) {
+        Ok(e) => e,
+        Err(e) => {
+            return names
+                .map(|n| (n, feature("unknown", format!("features.bpf.o: {e}"))))
+                .to_vec();
+        }
+    };
+    let verdict = |what: &str, r: Result<(), aya::programs::ProgramError>| match r {
+        Ok(()) => feature("yes", format!("{what}: loaded and attached")),
+        Err(e) => feature("no", format!("{what}: {}", error_line(&e))),
+    };
+    fn prog<'a>(
+        ebpf: &'a mut aya::Ebpf,
+        name: &str,
+    ) -> Result<&'a mut aya::programs::Program, aya::programs::ProgramError> {
+        ebpf.program_mut(name)
+            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)
+    }
+    let fentry = prog(&mut ebpf, "probe_fentry").and_then(|p| {
+        let p: &mut FEntry = p.try_into()?;
+        p.load("do_unlinkat", &btf)?;
+        p.attach().map(|_| ())
+    });
+    let lsm = prog(&mut ebpf, "probe_lsm").and_then(|p| {
+        let p: &mut Lsm = p.try_into()?;
+        p.load("file_open", &btf)?;
+        p.attach().map(|_| ())
+    });
+    let kprobe = prog(&mut ebpf, "probe_kprobe").and_then(|p| {
+        let p: &mut KProbe = p.try_into()?;
+        p.load()?;
+        p.attach("do_unlinkat", 0).map(|_| ())
+    });
+    let mut bpf_lsm = verdict("lsm/file_open", lsm);
+    // What securityfs says, for the operator (the attach attempt above is the answer).
+    bpf_lsm.detail += &match std::fs::read_to_string("/sys/kernel/security/lsm") {
+        Ok(list) => format!("; active LSMs: {}", list.trim()),
+        Err(_) => "; /sys/kernel/security/lsm unreadable (securityfs not mounted)".into(),
+    };
+    vec![
+        ("fentry", verdict("fentry/do_unlinkat", fentry)),
+        ("bpf_lsm", bpf_lsm),
+        ("kprobe", verdict("kprobe/do_unlinkat", kprobe)),
+    ]
+}
+
+/// An error and the sources its message does not already hold, on one line (aya nests the
+/// syscall's error under its own, and leaves an empty "Verifier output:" when there is none).
+fn error_line(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    if let Some(head) = out.strip_suffix("Verifier output: ") {
+        out = head.trim_end().trim_end_matches('.').to_string();
+    }
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        src = s.source();
+    }
+    out
 }
 
 /// The effective capabilities vigil needs, from /proc/self/status.

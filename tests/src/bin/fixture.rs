@@ -13,6 +13,12 @@
 //!   echo-env VAR           print VAR's value on stdout and stderr
 //!   write-silently PATH MS write 4 KiB to PATH every 20 ms for MS ms; print nothing, spawn
 //!                          nothing (busy, but silent to everything but the kernel)
+//!   connect ADDR           TCP connect to ADDR; exit 0 when connected, 1 (printing the error)
+//!                          when not
+//!   udp-send ADDR          send one 5-byte datagram to ADDR; exit 0 when sent
+//!   open-storm N PATH      open (and close, if it opened) PATH N times as fast as it can
+//!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
+//!                          (under a memory limit the OOM killer ends it first)
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -74,6 +80,35 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        Some("connect") => match std::net::TcpStream::connect(arg(1)) {
+            Ok(_) => {}
+            Err(e) => {
+                println!("connect: {e}");
+                std::process::exit(1)
+            }
+        },
+        Some("udp-send") => {
+            let to: std::net::SocketAddr = arg(1).parse().unwrap_or_else(|_| usage());
+            let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let sock = std::net::UdpSocket::bind(any).expect("bind");
+            sock.send_to(b"vigil", to).expect("send_to");
+        }
+        Some("open-storm") => {
+            let n: u64 = arg(1).parse().unwrap_or_else(|_| usage());
+            let path = arg(2);
+            for _ in 0..n {
+                drop(std::fs::File::open(&path));
+            }
+        }
+        Some("alloc") => {
+            let mb: usize = arg(1).parse().unwrap_or_else(|_| usage());
+            let mut held = Vec::with_capacity(mb);
+            for _ in 0..mb {
+                // Touch every page so the memory is really charged.
+                held.push(vec![1u8; 1 << 20]);
+            }
+            std::process::exit(3);
+        }
         Some("echo-env") => {
             let v = std::env::var(arg(1)).unwrap_or_default();
             println!("value={v}");
@@ -85,7 +120,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR"
+        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|alloc MB"
     );
     std::process::exit(2)
 }

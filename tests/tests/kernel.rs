@@ -1,0 +1,284 @@
+//! The kernel layer end to end, as root, on the real kernel: file opens, network calls, nested
+//! cgroups, OOM kills, per-process spans and an event storm, each triggered by real processes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Value, json};
+use vigil_e2e::*;
+
+fn kernel_events(bundle: &Path) -> Vec<Value> {
+    read_ndjson(&bundle.join("layers/kernel.ndjson"))
+}
+
+fn of_kind<'a>(k: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    k.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+/// A loopback TCP port nothing listens on: bound, then released.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[test]
+fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
+    let inside = "/nonexistent/vigil-open-inside-5d1e";
+    let outside = "/nonexistent/vigil-open-outside-5d1e";
+    let port = closed_port();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let udp_addr = udp.local_addr().expect("udp addr");
+    let fixture = fixture_bin();
+    let script = format!(
+        "cat {inside}; cd /etc && cat ./vigil-relative-5d1e; {f} connect 127.0.0.1:{port}; exec {f} udp-send {udp_addr}",
+        f = fixture.display()
+    );
+    // Outside the run, at the same time: the same open and the same connect, in a loop.
+    let running = Arc::new(AtomicBool::new(true));
+    let outsider = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while running.load(Ordering::Relaxed) {
+                let _ = std::fs::File::open(outside);
+                let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+                n += 1;
+            }
+            n
+        })
+    };
+    let (f, _dir) = VigilRun::new("opens")
+        .args(["--", "sh", "-c", &script])
+        .run();
+    running.store(false, Ordering::Relaxed);
+    let outside_tries = outsider.join().expect("outsider");
+    assert!(outside_tries > 0, "the outsider ran");
+    // The last command is the UDP send; the connect before it failed (exit status ignored).
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let mut buf = [0u8; 16];
+    assert_eq!(udp.recv(&mut buf).expect("datagram"), 5);
+
+    let h = f.health();
+    assert_eq!(h["kernel_layer"], "observed", "{h:#}");
+    for p in ["file.open", "network.socket", "oom.mark_victim"] {
+        assert_eq!(h["probes"][p]["status"], "attached", "{p}: {}", h["probes"]);
+    }
+    let k = kernel_events(&f.bundle);
+    let opens = of_kind(&k, "file.open");
+    let missing: Vec<_> = opens.iter().filter(|e| e["path"] == inside).collect();
+    assert_eq!(missing.len(), 1, "one open of {inside}: {opens:#?}");
+    assert_eq!(missing[0]["result"], -2);
+    assert_eq!(missing[0]["errno"], "ENOENT");
+    assert_eq!(missing[0]["resolved_path"], inside);
+    assert_eq!(missing[0]["access"], "read");
+    assert_eq!(missing[0]["comm"], "cat");
+    let relative = opens
+        .iter()
+        .find(|e| e["path"] == "./vigil-relative-5d1e")
+        .expect("relative open");
+    assert_eq!(
+        relative["resolved_path"], "/etc/vigil-relative-5d1e",
+        "resolved against the cwd at the call"
+    );
+
+    let connects = of_kind(&k, "network.connect");
+    let refused = connects
+        .iter()
+        .find(|e| e["port"] == port)
+        .unwrap_or_else(|| panic!("connect to {port}: {connects:#?}"));
+    assert_eq!(refused["family"], "inet");
+    assert_eq!(refused["address"], "127.0.0.1");
+    assert_eq!(refused["result"], -111);
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    assert_eq!(refused["endpoint_source"], "argument");
+    let sends = of_kind(&k, "network.send");
+    let sent = sends
+        .iter()
+        .find(|e| e["port"] == udp_addr.port())
+        .unwrap_or_else(|| panic!("send to {udp_addr}: {sends:#?}"));
+    assert_eq!(sent["result"], 5, "bytes sent");
+    assert_eq!(sent["address"], "127.0.0.1");
+
+    // None of the outsider's thousands of identical calls leaked in.
+    let cg = h["cgroup"]["id"].clone();
+    assert!(k.iter().all(|e| e["cgroup_id"] == cg));
+    assert!(
+        !opens.iter().any(|e| e["path"] == outside),
+        "an outside open leaked in"
+    );
+    assert_eq!(
+        connects.iter().filter(|e| e["port"] == port).count(),
+        1,
+        "only the run's connect to {port} ({outside_tries} outside tries)"
+    );
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn processes_in_a_nested_child_cgroup_are_observed() {
+    let marker = "/nonexistent/vigil-nested-open-a41c";
+    // The child makes a cgroup beneath its own, moves in, then opens and execs there — as
+    // systemd-run or a container runtime would.
+    let script = format!(
+        "cg={mount}$(sed -n 's/^0:://p' /proc/self/cgroup) && mkdir \"$cg/inner\" && echo $$ > \"$cg/inner/cgroup.procs\" && exec cat {marker}",
+        mount = cgroup2_mount().display()
+    );
+    let (f, _dir) = VigilRun::new("nested")
+        .args(["--", "sh", "-c", &script])
+        .run();
+    assert_eq!(f.code(), 1, "cat of a missing file: {}", f.stderr());
+    let run_cg = f.health()["cgroup"]["id"].clone();
+    let k = kernel_events(&f.bundle);
+    let open = k
+        .iter()
+        .find(|e| e["kind"] == "file.open" && e["path"] == marker)
+        .unwrap_or_else(|| panic!("open in the nested cgroup: {k:#?}"));
+    assert_ne!(
+        open["cgroup_id"], run_cg,
+        "the open happened in the child cgroup"
+    );
+    let exit = k
+        .iter()
+        .find(|e| e["kind"] == "process.exit" && e["pid"] == open["pid"] && e["group_dead"] == true)
+        .expect("exit in the nested cgroup");
+    assert_eq!(exit["exit_code"], 1);
+    assert_valid_bundle(&f.bundle);
+}
+
+/// A memory cgroup the child moves itself into: cgroup v1's memory controller on hybrid hosts
+/// (where v2 has none), else a v2 child cgroup of the run with memory.max.
+fn memory_limited_exec(limit: &str, cmd: &str) -> (String, Option<PathBuf>) {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    if v1.join("memory.limit_in_bytes").exists() {
+        let dir = v1.join(format!("vigil-oom-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("v1 memory cgroup");
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit).expect("limit");
+        let script = format!("echo $$ > {}/cgroup.procs && exec {cmd}", dir.display());
+        (script, Some(dir))
+    } else {
+        let script = format!(
+            "cg={mount}$(sed -n 's/^0:://p' /proc/self/cgroup) && echo +memory > \"$cg/cgroup.subtree_control\" ; mkdir \"$cg/mem\" && echo {limit} > \"$cg/mem/memory.max\" && echo $$ > \"$cg/mem/cgroup.procs\" && exec {cmd}",
+            mount = cgroup2_mount().display()
+        );
+        (script, None)
+    }
+}
+
+#[test]
+fn an_oom_kill_is_recorded_as_oom_killed() {
+    let fixture = fixture_bin();
+    let (script, v1_dir) = memory_limited_exec(
+        &(32u64 << 20).to_string(),
+        &format!("{} alloc 512", fixture.display()),
+    );
+    let (f, _dir) = VigilRun::new("oom").args(["--", "sh", "-c", &script]).run();
+    if let Some(d) = v1_dir {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert_eq!(
+        f.code(),
+        137,
+        "the allocator dies of SIGKILL: {}",
+        f.stderr()
+    );
+    let k = kernel_events(&f.bundle);
+    let oom = of_kind(&k, "oom.kill");
+    assert_eq!(oom.len(), 1, "one OOM victim: {k:#?}");
+    assert_eq!(oom[0]["comm"], "vigil-fixture");
+    let victim = oom[0]["pid"].clone();
+    let states = events_of(&f.events(), "subprocess_state")
+        .into_iter()
+        .filter(|e| e["data"]["pid"] == victim)
+        .map(|e| e["data"]["state"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>();
+    assert!(
+        states.iter().any(|s| s == "oom_killed"),
+        "subprocess_state oom_killed for {victim}: {states:?}"
+    );
+    assert!(f.health()["probes"]["oom.mark_victim"]["status"] == "attached");
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn detailed_profile_has_a_span_per_process_and_basic_does_not() {
+    let script = "/bin/true; /bin/true";
+    let (f, _dir) = VigilRun::new("spans")
+        .args(["--profile-level", "detailed", "--", "sh", "-c", script])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let spans = f.trace()["spans"].as_array().expect("spans").clone();
+    let main_wait = spans
+        .iter()
+        .find(|s| s["name"] == "subprocess.wait" && s["attrs"]["source"].is_null())
+        .expect("the main child's wait span");
+    let per_process: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["attrs"]["source"] == "kernel")
+        .collect();
+    let execs: Vec<&&Value> = per_process
+        .iter()
+        .filter(|s| s["name"] == "subprocess.exec")
+        .collect();
+    assert_eq!(
+        execs.len(),
+        2,
+        "one exec span per /bin/true: {per_process:#?}"
+    );
+    for s in &execs {
+        assert_eq!(s["attrs"]["exec_chain"], json!(["/bin/true"]));
+        assert_eq!(s["parent_id"], main_wait["span_id"]);
+        assert!(s["end_ns"].as_u64() >= s["start_ns"].as_u64());
+    }
+    let waits: Vec<&&Value> = per_process
+        .iter()
+        .filter(|s| s["name"] == "subprocess.wait")
+        .collect();
+    assert_eq!(waits.len(), 2);
+    assert!(
+        waits
+            .iter()
+            .all(|s| s["status"] == "passed" && s["attrs"]["exit_code"] == 0)
+    );
+
+    let (b, _dir) = VigilRun::new("spans_basic")
+        .args(["--profile-level", "basic", "--", "sh", "-c", script])
+        .run();
+    assert_eq!(b.code(), 0, "{}", b.stderr());
+    let basic = b.trace()["spans"].as_array().expect("spans").clone();
+    assert!(
+        !basic.iter().any(|s| s["attrs"]["source"] == "kernel"),
+        "per-process spans are detailed-only: {basic:#?}"
+    );
+    assert_valid_bundle(&f.bundle);
+}
+
+/// A million opens in a tight loop: every one is either in the layer or counted as lost, and
+/// health says partial exactly when something was lost.
+#[test]
+fn an_open_storm_is_recorded_or_exactly_counted() {
+    const N: u64 = 1_000_000;
+    let path = "/nonexistent/vigil-storm-e7b0";
+    let (f, _dir) = VigilRun::new("storm")
+        .fixture(&["open-storm", &N.to_string(), path])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let h = f.health();
+    let lost = h["lost_events"]["kernel_ring_buffer_by_kind"]["file.open"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(h["lost_events"]["reader"], 0);
+    // Count without holding a million parsed lines.
+    let layer = std::fs::read_to_string(f.bundle.join("layers/kernel.ndjson")).expect("layer");
+    let needle = format!("\"path\":\"{path}\"");
+    let seen = layer.lines().filter(|l| l.contains(&needle)).count() as u64;
+    assert_eq!(
+        seen + lost,
+        N,
+        "{seen} recorded + {lost} counted lost must be every open"
+    );
+    let expected = if lost == 0 { "observed" } else { "partial" };
+    assert_eq!(h["kernel_layer"], expected, "{}", h["lost_events"]);
+    eprintln!("storm: {seen} recorded, {lost} lost");
+    assert_valid_bundle(&f.bundle);
+}
