@@ -268,9 +268,14 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         if let Some(u) = plan.user {
             let gid = u.gid as libc::gid_t;
-            if libc::setgroups(1, &gid) != 0
-                || libc::setresgid(gid, gid, gid) != 0
-                || libc::setresuid(u.uid, u.uid, u.uid) != 0
+            // Raw syscalls, not glibc's wrappers: those apply the change to every thread of
+            // the process (the setxid broadcast) — and this child of a raw clone3 inherited
+            // glibc's list of vigil's threads without the threads, so the wrapper waits
+            // forever for acks that never come. A raw syscall changes this one thread, which
+            // is all the child has.
+            if libc::syscall(libc::SYS_setgroups, 1, &gid) != 0
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                || libc::syscall(libc::SYS_setresuid, u.uid, u.uid, u.uid) != 0
                 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
             {
                 child_fail(plan.report, STEP_DROP_PRIVS);
