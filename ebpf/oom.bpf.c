@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
-/* OOM kills in the watched cgroups: tp_btf/mark_victim fires when the OOM killer (global or a
+/* OOM kills in the watched cgroups: raw_tp/mark_victim fires when the OOM killer (global or a
  * memory cgroup's) has chosen its victim, in the context of the task whose allocation failed —
  * so the filter is the victim's cgroup, not the current task's. */
 #include "vigil_common.h"
 
-SEC("tp_btf/mark_victim")
+SEC("raw_tp/mark_victim")
 int BPF_PROG(vigil_oom, struct task_struct *task, uid_t uid)
 {
 	__u64 cg = task_cgroup_id(task);
@@ -14,7 +14,7 @@ int BPF_PROG(vigil_oom, struct task_struct *task, uid_t uid)
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_OOM, cg, task);
-	struct task_struct *cur = bpf_get_current_task_btf();
+	struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
 	e->trigger_pid = BPF_CORE_READ(cur, tgid);
 	e->_pad = 0;
 	bpf_probe_read_kernel_str(e->trigger_comm, sizeof(e->trigger_comm), cur->comm);

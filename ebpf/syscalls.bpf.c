@@ -2,7 +2,7 @@
 /* File opens and network calls of the watched cgroups, taken at syscall exit so the result (fd
  * or -errno) is known.
  *
- * One tp_btf/sys_exit program. At exit the syscall's arguments are still in pt_regs (x86-64:
+ * One raw_tp/sys_exit program. At exit the syscall's arguments are still in pt_regs (x86-64:
  * di, si, dx, r10, r8, r9; only ax holds the return value), so no sys_enter program and no
  * per-task map are needed. The cost: while any syscall tracepoint is attached the kernel takes
  * the slow syscall-exit path for every task of the host. The program returns after one compare
@@ -56,7 +56,7 @@ static __always_inline __u32 dir_path(struct dentry *dentry, struct vfsmount *vf
 	struct dir_scratch *s = bpf_map_lookup_elem(&dir_scratch, &zero);
 	if (!s || !dentry || !vfsmnt)
 		return VIGIL_DIR_UNAVAILABLE;
-	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct dentry *root = BPF_CORE_READ(t, fs, root.dentry);
 	struct vfsmount *root_mnt = BPF_CORE_READ(t, fs, root.mnt);
 	struct mount *mnt = (void *)vfsmnt - bpf_core_field_offset(struct mount, mnt);
@@ -108,7 +108,7 @@ static __always_inline __u32 dir_path(struct dentry *dentry, struct vfsmount *vf
 /* The open file behind `fd` of the current task, or NULL. */
 static __always_inline struct file *fd_file(long fd)
 {
-	struct task_struct *t = bpf_get_current_task_btf();
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
 	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;
@@ -123,7 +123,7 @@ static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __
 	struct vigil_open *e = reserve(sizeof(*e), VIGIL_OPEN);
 	if (!e)
 		return 0;
-	fill_hdr(&e->h, VIGIL_OPEN, cg, bpf_get_current_task_btf());
+	fill_hdr(&e->h, VIGIL_OPEN, cg, (struct task_struct *)bpf_get_current_task());
 	e->ret = ret;
 	e->mode = 0;
 	const char *path;
@@ -159,7 +159,7 @@ static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __
 	e->dir_state = VIGIL_DIR_NONE;
 	if (e->path[0] != '/' && e->path[0] != 0) {
 		if (e->dirfd == AT_FDCWD) {
-			struct task_struct *t = bpf_get_current_task_btf();
+			struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 			e->dir_state = dir_path(BPF_CORE_READ(t, fs, pwd.dentry), BPF_CORE_READ(t, fs, pwd.mnt), e->dir);
 		} else {
 			struct file *f = fd_file(e->dirfd);
@@ -229,7 +229,7 @@ static __always_inline int emit_net(long nr, struct pt_regs *regs, long ret, __u
 	struct vigil_net *e = reserve(sizeof(*e), VIGIL_NET);
 	if (!e)
 		return 0;
-	fill_hdr(&e->h, VIGIL_NET, cg, bpf_get_current_task_btf());
+	fill_hdr(&e->h, VIGIL_NET, cg, (struct task_struct *)bpf_get_current_task());
 	e->ret = ret;
 	e->fd = (__s32)regs->di;
 	e->addr_len = 0;
@@ -275,11 +275,12 @@ static __always_inline int emit_net(long nr, struct pt_regs *regs, long ret, __u
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(vigil_sys_exit, struct pt_regs *regs, long ret)
+SEC("raw_tp/sys_exit")
+int BPF_PROG(vigil_sys_exit, struct pt_regs *uregs, long ret)
 {
-	/* The syscall number first: one compare is the whole cost for every other syscall. */
-	long nr = regs->orig_ax;
+	/* The syscall number first: one read and a compare is the whole cost for every other
+	 * syscall. */
+	long nr = BPF_CORE_READ(uregs, orig_ax);
 	int open;
 	switch (nr) {
 	case NR_OPEN:
@@ -302,7 +303,11 @@ int BPF_PROG(vigil_sys_exit, struct pt_regs *regs, long ret)
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
+	/* The arguments, copied once (raw_tp arguments are plain pointers, not BTF ones). */
+	struct pt_regs regs;
+	if (bpf_probe_read_kernel(&regs, sizeof(regs), uregs))
+		return 0;
 	if (open)
-		return emit_open(nr, regs, ret, cg);
-	return emit_net(nr, regs, ret, cg);
+		return emit_open(nr, &regs, ret, cg);
+	return emit_net(nr, &regs, ret, cg);
 }

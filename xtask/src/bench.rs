@@ -11,22 +11,22 @@ use serde_json::Value;
 
 use crate::{cargo, require_root, root};
 
-struct Row {
-    name: &'static str,
-    baseline: String,
-    vigil: String,
-    figure: String,
-    target: &'static str,
-    ok: bool,
+pub(crate) struct Row {
+    pub name: &'static str,
+    pub baseline: String,
+    pub vigil: String,
+    pub figure: String,
+    pub target: &'static str,
+    pub ok: bool,
 }
 
-struct Env {
-    vigil: PathBuf,
-    fixture: PathBuf,
-    out: PathBuf,
+pub(crate) struct Env {
+    pub vigil: PathBuf,
+    pub fixture: PathBuf,
+    pub out: PathBuf,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
@@ -40,7 +40,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Wall time of one command in ms, stdout and stderr discarded.
-fn time_ms(cmd: &mut Command) -> Result<f64> {
+pub(crate) fn time_ms(cmd: &mut Command) -> Result<f64> {
     let start = Instant::now();
     let st = cmd
         .stdin(Stdio::null())
@@ -57,7 +57,7 @@ fn time_ms(cmd: &mut Command) -> Result<f64> {
 }
 
 impl Env {
-    fn vigil_run(&self, flags: &[&str], argv: &[&str]) -> Command {
+    pub fn vigil_run(&self, flags: &[&str], argv: &[&str]) -> Command {
         let mut c = Command::new(&self.vigil);
         c.arg("run")
             .arg("--out")
@@ -78,14 +78,14 @@ impl Env {
     }
 }
 
-fn sh(script: &str) -> Command {
+pub(crate) fn sh(script: &str) -> Command {
     let mut c = Command::new("sh");
     c.args(["-c", script]);
     c
 }
 
 /// Alternate baseline and vigil runs `n` times; return (median baseline, median vigil) in ms.
-fn paired(
+pub(crate) fn paired(
     n: usize,
     mut base: impl FnMut() -> Command,
     mut under: impl FnMut() -> Command,
@@ -123,6 +123,12 @@ pub fn bench(args: &[String]) -> Result<()> {
     };
     let reps = |full: usize, q: usize| if quick { q } else { full };
     let mut rows = Vec::new();
+    if args.iter().any(|a| a == "--kernel-only") {
+        rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
 
     // 1. Added wall time of `vigil run -- true`: the supervisor alone (kernel layer off), and
     //    with the kernel layer, which loads and attaches the eBPF sensor for the run.
@@ -303,12 +309,16 @@ pub fn bench(args: &[String]) -> Result<()> {
         });
     }
 
+    if !args.iter().any(|a| a == "--no-kernel") {
+        rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
+    }
+
     let _ = std::fs::remove_dir_all(&tmp);
     print_table(&rows, quick);
     Ok(())
 }
 
-fn ratio_row(
+pub(crate) fn ratio_row(
     name: &'static str,
     b: f64,
     v: f64,

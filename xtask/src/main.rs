@@ -7,6 +7,7 @@
 //!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
 
 mod bench;
+mod bench_kernel;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +23,9 @@ fn main() -> Result<()> {
         Some("lint") => lint(),
         Some("codegen") => codegen(),
         _ => {
-            eprintln!("usage: cargo xtask test | run [-- CMD…] | bench [--quick] | lint | codegen");
+            eprintln!(
+                "usage: cargo xtask test | run [-- CMD…] | bench [--quick] [--no-kernel|--kernel-only] | lint | codegen"
+            );
             std::process::exit(2);
         }
     }

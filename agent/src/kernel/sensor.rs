@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::programs::RawTracePoint;
+use aya::{Ebpf, EbpfLoader};
 
 use super::event::{KIND_MAX, kind_name};
 
@@ -15,7 +15,7 @@ use super::event::{KIND_MAX, kind_name};
 pub static SENSOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigil.bpf.o"));
 
-/// The sensor's programs: (program, tp_btf tracepoint, the probes health reports it as).
+/// The sensor's programs: (program, raw tracepoint, the probes health reports it as).
 const PROGRAMS: [(&str, &str, &[&str]); 8] = [
     (
         "vigil_fork",
@@ -80,32 +80,26 @@ pub struct KernelSensor {
 impl KernelSensor {
     /// Load the object with the host's BTF (CO-RE relocations) and attach every program.
     pub fn load() -> Result<Self, SensorError> {
-        // aya 0.14's EbpfLoader::new() parses the kernel's BTF (for CO-RE) and cannot lend it
-        // out, and attaching by BTF id needs a parsed copy too. Parsing dominates start-up
-        // (~60 ms), so the two copies are parsed in parallel.
-        let loader = std::thread::Builder::new()
-            .name("vigil-btf".into())
-            .spawn(EbpfLoader::new)
-            .map_err(|e| SensorError::Load(e.to_string()))?;
-        let btf = Btf::from_sys_fs().map_err(|e| SensorError::NoBtf(e.to_string()))?;
-        let mut loader = loader
-            .join()
-            .map_err(|_| SensorError::Load("BTF parsing thread panicked".into()))?;
-        let mut ebpf = loader
+        // EbpfLoader::new() parses the kernel's BTF for CO-RE: the one parse of a run (~60 ms,
+        // most of start-up). raw_tp programs attach by name, so nothing else needs it.
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(SensorError::NoBtf("/sys/kernel/btf/vmlinux missing".into()));
+        }
+        let mut ebpf = EbpfLoader::new()
             .load(SENSOR_OBJECT)
             .map_err(|e| SensorError::Load(e.to_string()))?;
         let mut probes = BTreeMap::new();
         for (name, tracepoint, names) in PROGRAMS {
             let status = match ebpf.program_mut(name) {
                 None => ProbeStatus::Failed(format!("program {name} missing from the object")),
-                Some(p) => match <&mut BtfTracePoint>::try_from(p) {
+                Some(p) => match <&mut RawTracePoint>::try_from(p) {
                     Err(e) => ProbeStatus::Failed(e.to_string()),
                     Ok(prog) => match prog
-                        .load(tracepoint, &btf)
-                        .and_then(|()| prog.attach().map(|_| ()))
+                        .load()
+                        .and_then(|()| prog.attach(tracepoint).map(|_| ()))
                     {
                         Ok(()) => ProbeStatus::Attached,
-                        Err(e) => ProbeStatus::Failed(format!("tp_btf/{tracepoint}: {e}")),
+                        Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
                     },
                 },
             };

@@ -17,6 +17,7 @@
 //!                          when not
 //!   udp-send ADDR          send one 5-byte datagram to ADDR; exit 0 when sent
 //!   open-storm N PATH      open (and close, if it opened) PATH N times as fast as it can
+//!   open-paced N RATE PATH the same N opens at RATE per second (on average)
 //!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
 //!                          (under a memory limit the OOM killer ends it first)
 
@@ -100,6 +101,20 @@ fn main() {
                 drop(std::fs::File::open(&path));
             }
         }
+        Some("open-paced") => {
+            let n: u64 = arg(1).parse().unwrap_or_else(|_| usage());
+            let rate: f64 = arg(2).parse().unwrap_or_else(|_| usage());
+            let path = arg(3);
+            let start = Instant::now();
+            for i in 0..n {
+                // The i-th open is due at i/rate seconds; sleep only when ahead of that.
+                let due = Duration::from_secs_f64(i as f64 / rate);
+                if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+                drop(std::fs::File::open(&path));
+            }
+        }
         Some("alloc") => {
             let mb: usize = arg(1).parse().unwrap_or_else(|_| usage());
             let mut held = Vec::with_capacity(mb);
@@ -120,7 +135,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|alloc MB"
+        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|alloc MB"
     );
     std::process::exit(2)
 }
