@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 const BATCH_LINES: usize = 256;
 /// Longest a line waits in the buffer.
 const BATCH_AGE: Duration = Duration::from_millis(200);
+/// Buffered bytes written out (not yet fsync'd) so that memory stays bounded when lines arrive
+/// in large batches (the kernel layer hands over up to a thousand at a time).
+const BUFFER_BYTES: usize = 1 << 20;
 
 struct NdjsonAppender {
     file: File,
@@ -43,6 +46,10 @@ impl NdjsonAppender {
         self.oldest.get_or_insert_with(Instant::now);
         if urgent || self.lines >= BATCH_LINES {
             self.flush()?;
+        } else if self.buf.len() >= BUFFER_BYTES {
+            // Out of memory, into the page cache; the fsync still comes with the batch.
+            self.file.write_all(&self.buf)?;
+            self.buf.clear();
         }
         Ok(())
     }
@@ -57,7 +64,7 @@ impl NdjsonAppender {
 
     /// Write the batch and fsync it.
     pub fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.oldest.is_none() {
             return Ok(());
         }
         self.file.write_all(&self.buf)?;
@@ -243,5 +250,15 @@ mod tests {
             std::fs::read_to_string(&path).expect("read"),
             "{\"n\":1}\n{\"n\":2}\n"
         );
+        // A large batch goes out of memory at once, fsync or not.
+        let mut big = vec![b'x'; BUFFER_BYTES];
+        big.push(b'\n');
+        a.append_line(&big, false).expect("append");
+        assert_eq!(a.buf.len(), 0, "the buffer is bounded");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len() as usize,
+            16 + BUFFER_BYTES + 1
+        );
+        a.flush().expect("flush");
     }
 }

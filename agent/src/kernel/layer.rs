@@ -110,7 +110,9 @@ impl KernelLayer {
     /// Drain what is left (call once the cgroup is empty: every event of the run is committed
     /// by then), handing it to `seen`, flush the layer and report.
     pub fn finish(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> KernelReport {
-        self.drain(redactor, seen);
+        if let Some(r) = self.reader.as_mut() {
+            r.drain_all(redactor, seen);
+        }
         let ring_lost_by_kind: BTreeMap<String, u64> = self
             .sensor
             .as_ref()

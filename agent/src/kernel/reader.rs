@@ -17,8 +17,10 @@ use crate::evidence::ndjson::{Lane, NdjsonWriter};
 use crate::evidence::redact::Redactor;
 use crate::evidence::schema;
 
-/// Lines the kernel layer's writer may have queued.
-const QUEUE_LINES: usize = 65_536;
+/// Batches the kernel layer's writer may have queued: with BATCH_EVENTS lines each, at most
+/// ~5 MiB of JSON waits for the disk. Past that the reader waits, the ring buffer fills, and the
+/// kernel counts what it cannot reserve — memory stays bounded in an event storm.
+const QUEUE_BATCHES: usize = 8;
 
 pub struct KernelReader {
     /// Registration of the ring buffer's fd; declared before `map` so it is dropped first.
@@ -29,7 +31,13 @@ pub struct KernelReader {
     /// Wall clock minus boot clock, to turn bpf_ktime_get_boot_ns() into Unix time.
     boot_to_wall_ns: i128,
     decode_errors: u64,
+    /// The last drain stopped at DRAIN_MAX with events left in the ring.
+    more: bool,
 }
+
+/// Events handled per drain: the supervisor's loop gets its turn between drains, and `seen`
+/// stays small, however fast the kernel produces.
+const DRAIN_MAX: usize = 4 * BATCH_EVENTS;
 
 /// include/trace/events/signal.h: what became of a generated signal.
 fn signal_result(r: i32) -> &'static str {
@@ -53,28 +61,45 @@ impl KernelReader {
         Ok(KernelReader {
             ready,
             map,
-            out: NdjsonWriter::spawn(layer, QUEUE_LINES)?,
+            out: NdjsonWriter::spawn(layer, QUEUE_BATCHES)?,
             seq: 0,
             boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
             decode_errors: 0,
+            more: false,
         })
     }
 
-    /// Wait until the kernel signals new events (cancel-safe).
+    /// Wait until the kernel signals new events, or return at once when the last drain left
+    /// some (cancel-safe).
     pub async fn readable(&self) {
+        if self.more {
+            return;
+        }
         match self.ready.readable().await {
             Ok(mut guard) => guard.clear_ready(),
             Err(_) => std::future::pending().await,
         }
     }
 
-    /// Write every event now in the ring buffer to the writer, in batches of at most
-    /// BATCH_EVENTS lines, and hand the decoded events to `seen`.
+    /// Write up to DRAIN_MAX events now in the ring buffer to the writer, in batches of at
+    /// most BATCH_EVENTS lines, and hand the decoded events to `seen`.
     pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
+        self.drain_up_to(DRAIN_MAX, redactor, seen);
+    }
+
+    /// Drain until the ring buffer is empty (at the end of a run).
+    pub fn drain_all(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
+        self.drain_up_to(usize::MAX, redactor, seen);
+    }
+
+    fn drain_up_to(&mut self, max: usize, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
         let mut batch = Vec::new();
         let mut lines = 0;
         let mut urgent = false;
+        let mut handled = 0;
+        self.more = false;
         while let Some(item) = self.map.next() {
+            handled += 1;
             match decode(&item) {
                 Ok(ev) => {
                     let record = record(self.seq, self.boot_to_wall_ns, &ev, redactor);
@@ -98,6 +123,10 @@ impl KernelReader {
                     .send(std::mem::take(&mut batch), Lane::Control, urgent);
                 lines = 0;
             }
+            if handled == max {
+                self.more = true;
+                break;
+            }
         }
         // Kernel evidence is control evidence: it waits for room in the writer's queue, never
         // dropped there. A reader that falls behind shows up as ring-buffer losses, counted in
@@ -109,7 +138,7 @@ impl KernelReader {
 }
 
 /// Lines per batch handed to the writer: bounds the reader's memory in an event storm.
-const BATCH_EVENTS: usize = 4096;
+const BATCH_EVENTS: usize = 1024;
 
 fn errno_name(result: i64) -> Option<String> {
     (result < 0).then(|| {
