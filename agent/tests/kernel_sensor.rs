@@ -97,7 +97,7 @@ fn rust_event_layout_matches_the_object() {
 #[test]
 fn exec_exit_and_nesting_are_seen_only_inside_the_watched_cgroup() {
     require_root();
-    let mut sensor = KernelSensor::load().expect("load sensor");
+    let mut sensor = KernelSensor::load(vigil::kernel::sensor::Scope::Full).expect("load sensor");
     for (probe, status) in sensor.probes() {
         assert_eq!(status, &ProbeStatus::Attached, "{probe}");
     }

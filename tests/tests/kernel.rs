@@ -282,3 +282,36 @@ fn an_open_storm_is_recorded_or_exactly_counted() {
     eprintln!("storm: {seen} recorded, {lost} lost");
     assert_valid_bundle(&f.bundle);
 }
+
+#[test]
+fn process_scope_leaves_out_the_syscall_probes_and_says_so() {
+    let (f, _dir) = VigilRun::new("process_scope")
+        .args([
+            "--kernel-layer",
+            "process",
+            "--",
+            "cat",
+            "/nonexistent/vigil-scope",
+        ])
+        .run();
+    assert_eq!(f.code(), 1, "{}", f.stderr());
+    let h = f.health();
+    assert_eq!(h["kernel_layer"], "partial", "a lower claim: {h:#}");
+    for p in ["file.open", "network.socket"] {
+        assert_eq!(h["probes"][p]["status"], "unavailable", "{p}");
+        assert!(
+            h["probes"][p]["reason"]
+                .as_str()
+                .expect("reason")
+                .contains("--kernel-layer process")
+        );
+    }
+    assert_eq!(
+        h["probes"]["process.sched_process_exec"]["status"],
+        "attached"
+    );
+    let k = kernel_events(&f.bundle);
+    assert!(of_kind(&k, "file.open").is_empty());
+    assert_eq!(of_kind(&k, "process.exec").len(), 1, "{k:#?}");
+    assert_valid_bundle(&f.bundle);
+}

@@ -59,10 +59,10 @@ fn generate_c_project(dir: &Path, files: usize) -> Result<()> {
 struct Watcher(Child);
 
 impl Watcher {
-    fn start(env: &Env) -> Result<Self> {
+    fn start(env: &Env, kernel_layer: &str) -> Result<Self> {
         let mut child = env
             .vigil_run(
-                &["--liveness-level", "off"],
+                &["--liveness-level", "off", "--kernel-layer", kernel_layer],
                 &["sh", "-c", "echo ready; exec sleep 3600"],
             )
             .stdin(Stdio::null())
@@ -173,31 +173,52 @@ pub fn bench(env: &Env, tmp: &Path, quick: bool) -> Result<Vec<Row>> {
             row.figure += &format!(" ({lost} events lost, counted)");
         }
         rows.push(row);
+        if target != "(report)" {
+            let (b, p) = paired(reps(5, 1), bare, || {
+                env.vigil_run(&["--kernel-layer", "process"], &argv)
+            })?;
+            rows.push(ratio_row(
+                "  … the same with `--kernel-layer process` (no syscall probes)",
+                b,
+                p,
+                target,
+                |r| r <= 1.05,
+            ));
+        }
         let (b, s) = paired(reps(3, 1), bare, || strace(&argv))?;
         rows.push(ratio_row(strace_name, b, s, "(reference)", |_| true));
     }
 
     // 2. The rest of the host: the same workloads outside, while vigil watches another run.
-    for (name, script) in [
+    let storm = format!("{fixture} open-storm {opens} /etc/hostname");
+    for (name, script, scope) in [
         (
             "host cost: 5,000 `sh -c true` spawns outside, while vigil watches a run",
-            SPAWNS.to_string(),
+            SPAWNS,
+            "auto",
         ),
         (
             "host cost: `make -j2` outside, while vigil watches a run",
-            make.clone(),
+            make.as_str(),
+            "auto",
         ),
         (
             "host cost: 200,000 open/close outside, while vigil watches a run",
-            format!("{fixture} open-storm {opens} /etc/hostname"),
+            storm.as_str(),
+            "auto",
+        ),
+        (
+            "host cost: 200,000 open/close outside, while vigil watches with `--kernel-layer process`",
+            storm.as_str(),
+            "process",
         ),
     ] {
         let (mut b, mut v) = (Vec::new(), Vec::new());
-        time_ms(&mut sh(&script))?;
+        time_ms(&mut sh(script))?;
         for _ in 0..reps(5, 1) {
-            b.push(time_ms(&mut sh(&script))?);
-            let watcher = Watcher::start(env)?;
-            v.push(time_ms(&mut sh(&script))?);
+            b.push(time_ms(&mut sh(script))?);
+            let watcher = Watcher::start(env, scope)?;
+            v.push(time_ms(&mut sh(script))?);
             drop(watcher);
         }
         rows.push(ratio_row(name, median(b), median(v), "≤ 1.02", |r| {

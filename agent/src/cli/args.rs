@@ -93,7 +93,8 @@ pub struct RunArgs {
     pub user: Option<UserSpec>,
 
     /// Kernel layer: `auto` loads the eBPF sensor when the host allows (else health says why
-    /// it is absent); `off` does not load it.
+    /// it is absent); `process` loads it without the syscall probes (no file opens or network
+    /// calls; the rest of the host keeps its fast syscall path); `off` does not load it.
     #[arg(long, env = "VIGIL_KERNEL_LAYER", value_enum, default_value = "auto")]
     pub kernel_layer: KernelLayerMode,
 
@@ -133,6 +134,7 @@ pub enum ProfileOnFail {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KernelLayerMode {
     Auto,
+    Process,
     Off,
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::event::KernelEvent;
 use super::reader::KernelReader;
-use super::sensor::{KernelSensor, ProbeStatus};
+use super::sensor::{KernelSensor, ProbeStatus, Scope};
 use crate::evidence::health::ProbeHealth;
 use crate::evidence::redact::Redactor;
 
@@ -39,21 +39,21 @@ fn probe(status: &str, reason: Option<String>) -> ProbeHealth {
 }
 
 impl KernelLayer {
-    /// Load and attach (unless `enabled` is false) and watch `cgroup_id`. Never fails: a missing
-    /// feature lowers the claim and is recorded.
-    pub fn start(enabled: bool, cgroup_id: u64, layer: &Path) -> Self {
+    /// Load and attach the programs of `scope` (none when None) and watch `cgroup_id`. Never
+    /// fails: a missing feature lowers the claim and is recorded.
+    pub fn start(scope: Option<Scope>, cgroup_id: u64, layer: &Path) -> Self {
         let mut me = KernelLayer {
             sensor: None,
             reader: None,
             probes: BTreeMap::new(),
             notes: Vec::new(),
         };
-        if !enabled {
+        let Some(scope) = scope else {
             me.notes
                 .push("kernel layer disabled (--kernel-layer off)".into());
             return me;
-        }
-        let mut sensor = match KernelSensor::load() {
+        };
+        let mut sensor = match KernelSensor::load(scope) {
             Ok(s) => s,
             Err(e) => {
                 me.notes.push(format!("kernel layer unavailable: {e}"));

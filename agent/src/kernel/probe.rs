@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::sensor::{KernelSensor, ProbeStatus};
+use super::sensor::{KernelSensor, ProbeStatus, Scope};
 use crate::run::cgroup;
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,7 +131,7 @@ pub fn probe_host() -> HostReport {
     features.extend(attach_types());
 
     let start = Instant::now();
-    let (probes, sensor_load_ms) = match KernelSensor::load() {
+    let (probes, sensor_load_ms) = match KernelSensor::load(Scope::Full) {
         Ok(s) => {
             let ms = start.elapsed().as_secs_f64() * 1000.0;
             let probes = s

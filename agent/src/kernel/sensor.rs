@@ -55,6 +55,19 @@ const PROGRAMS: [(&str, &str, &[&str]); 8] = [
     ),
 ];
 
+/// Which of the sensor's programs to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything.
+    Full,
+    /// All but the syscall program: while it is attached every task of the host takes the
+    /// slow syscall path, which a host full of syscall-heavy neighbours may not want to pay.
+    Process,
+}
+
+/// The program behind file.open and network.socket.
+const SYSCALL_PROGRAM: &str = "vigil_sys_exit";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeStatus {
     Attached,
@@ -79,7 +92,7 @@ pub struct KernelSensor {
 
 impl KernelSensor {
     /// Load the object with the host's BTF (CO-RE relocations) and attach every program.
-    pub fn load() -> Result<Self, SensorError> {
+    pub fn load(scope: Scope) -> Result<Self, SensorError> {
         // EbpfLoader::new() parses the kernel's BTF for CO-RE: the one parse of a run (~60 ms,
         // most of start-up). raw_tp programs attach by name, so nothing else needs it.
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -91,6 +104,11 @@ impl KernelSensor {
         let mut probes = BTreeMap::new();
         for (name, tracepoint, names) in PROGRAMS {
             let status = match ebpf.program_mut(name) {
+                Some(_) if scope == Scope::Process && name == SYSCALL_PROGRAM => {
+                    ProbeStatus::Unavailable(
+                        "not attached: --kernel-layer process (syscall probes put every task of the host on the slow syscall path)".into(),
+                    )
+                }
                 None => ProbeStatus::Failed(format!("program {name} missing from the object")),
                 Some(p) => match <&mut RawTracePoint>::try_from(p) {
                     Err(e) => ProbeStatus::Failed(e.to_string()),

@@ -34,6 +34,7 @@ use crate::evidence::trace::{
     RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
 };
 use crate::evidence::{files, schema};
+use crate::kernel::sensor::Scope;
 use crate::kernel::tree::{KernelTree, ProcessLife};
 use crate::kernel::{KernelEvent, KernelLayer, KernelReport};
 
@@ -286,7 +287,11 @@ impl Supervisor<'_> {
     ) -> Supervised {
         // The sensor watches the run's cgroup before the child exists: its first exec is seen.
         let mut kernel = KernelLayer::start(
-            self.spec.kernel_layer == KernelLayerMode::Auto,
+            match self.spec.kernel_layer {
+                KernelLayerMode::Auto => Some(Scope::Full),
+                KernelLayerMode::Process => Some(Scope::Process),
+                KernelLayerMode::Off => None,
+            },
             self.cg.id(),
             &bundle.path(files::KERNEL_LAYER),
         );
