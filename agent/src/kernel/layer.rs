@@ -140,7 +140,8 @@ impl KernelLayer {
         let mut notes = self.notes.clone();
         if self.reader.is_some() {
             notes.push(format!(
-                "kernel layer: process lifecycle (fork, exec, exit), signals, write progress, OOM kills, file opens and network calls from tp_btf probes filtered by cgroup id; {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable"
+                "kernel layer: {attached} of {} probes attached (raw tracepoints filtered by cgroup id); {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable",
+                probes.len()
             ));
         }
         KernelReport {
