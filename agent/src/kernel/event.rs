@@ -2,8 +2,6 @@
 //! `vigil.kernel_event.v1` records. The structs are checked against the layout table the C
 //! compiler wrote into the object (`vigil_layout`), so the two sides cannot drift silently.
 
-use serde::Serialize;
-
 pub const EVENT_VERSION: u32 = 1;
 pub const COMM_LEN: usize = 16;
 pub const PATH_LEN: usize = 256;
@@ -207,18 +205,16 @@ pub fn rust_layout() -> Vec<u32> {
     ]
 }
 
-/// One decoded kernel event (before seq, wall-clock time and redaction are added).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind")]
+/// One decoded kernel event (before seq, wall-clock time and redaction are added; the reader's
+/// `Record` is its `vigil.kernel_event.v1` form).
+#[derive(Debug, Clone, PartialEq)]
 pub enum KernelEvent {
-    #[serde(rename = "process.fork")]
     Fork {
         hdr: Header,
         child_pid: u32,
         child_tid: u32,
         is_thread: bool,
     },
-    #[serde(rename = "process.exec")]
     Exec {
         hdr: Header,
         filename: String,
@@ -229,7 +225,6 @@ pub enum KernelEvent {
         /// The new image runs with other effective ids than real ones (setuid/setgid binary).
         cred_changed: bool,
     },
-    #[serde(rename = "process.exit")]
     Exit {
         hdr: Header,
         exit_code: Option<i32>,
@@ -237,12 +232,10 @@ pub enum KernelEvent {
         core_dumped: bool,
         group_dead: bool,
     },
-    /// `hdr` is the sender; `hdr.cgroup_id` the target's cgroup.
     /// File-write progress since this process's last report: newly dirtied page-cache pages ×
     /// 4 KiB, a lower bound on bytes written (rate-limited in the kernel).
-    #[serde(rename = "io.write")]
     Write { hdr: Header, bytes: u64, pages: u32 },
-    #[serde(rename = "signal.generate")]
+    /// `hdr` is the sender; `hdr.cgroup_id` the target's cgroup.
     Signal {
         hdr: Header,
         target_pid: u32,
@@ -253,7 +246,6 @@ pub enum KernelEvent {
     },
     /// An open at syscall exit; `path` as passed, `resolved_path` absolute when the kernel
     /// could walk the directory a relative path starts from.
-    #[serde(rename = "file.open")]
     Open {
         hdr: Header,
         result: i64,
@@ -264,7 +256,6 @@ pub enum KernelEvent {
         path_truncated: bool,
         resolved_path: Option<String>,
     },
-    #[serde(rename = "network")]
     Net {
         hdr: Header,
         op: NetOp,
@@ -275,7 +266,6 @@ pub enum KernelEvent {
         endpoint_source: &'static str,
     },
     /// The OOM killer chose `hdr.pid`; `trigger_pid` is the task whose allocation ran it.
-    #[serde(rename = "oom.kill")]
     Oom {
         hdr: Header,
         trigger_pid: u32,
@@ -283,8 +273,7 @@ pub enum KernelEvent {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetOp {
     Connect,
     Bind,
@@ -304,7 +293,7 @@ impl NetOp {
 }
 
 /// A decoded `struct sockaddr`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// `inet`, `inet6`, `unix`, or `af_<n>` for other families.
     pub family: String,
@@ -362,7 +351,7 @@ pub fn decode_sockaddr(a: &[u8]) -> Option<Endpoint> {
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Header {
     pub version: u32,
     pub boot_ns: u64,

@@ -407,3 +407,84 @@ impl KernelReader {
         self.out.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::event::{Endpoint, Header};
+
+    fn hdr() -> Header {
+        Header {
+            version: 1,
+            boot_ns: 1_000,
+            cgroup_id: 7,
+            pid: 10,
+            tid: 10,
+            ppid: 1,
+            comm: "cat".into(),
+        }
+    }
+
+    fn json_of(ev: &KernelEvent) -> serde_json::Value {
+        let r = Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]);
+        serde_json::to_value(record(3, 0, ev, &r)).expect("serialize")
+    }
+
+    #[test]
+    fn open_records_decode_flags_errno_and_mask_secrets() {
+        let ev = KernelEvent::Open {
+            hdr: hdr(),
+            result: -2,
+            dirfd: -100,
+            flags: 0o1101, // O_WRONLY | O_CREAT | O_TRUNC
+            mode: 0o644,
+            path: "out/hunter22.txt".into(),
+            path_truncated: false,
+            resolved_path: Some("/w/out/hunter22.txt".into()),
+        };
+        let v = json_of(&ev);
+        assert_eq!(v["kind"], "file.open");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["access"], "write");
+        assert_eq!(
+            (v["create"].clone(), v["truncate"].clone()),
+            (true.into(), true.into())
+        );
+        assert_eq!(v["errno"], "ENOENT");
+        assert!(!v.to_string().contains("hunter22"), "{v}");
+    }
+
+    #[test]
+    fn network_records_carry_the_op_as_kind() {
+        let ev = KernelEvent::Net {
+            hdr: hdr(),
+            op: NetOp::Connect,
+            result: -111,
+            fd: 3,
+            endpoint: Some(Endpoint {
+                family: "inet".into(),
+                address: Some("127.0.0.1".into()),
+                port: Some(9),
+            }),
+            endpoint_source: "argument",
+        };
+        let v = json_of(&ev);
+        assert_eq!(v["kind"], "network.connect");
+        assert_eq!(v["errno"], "ECONNREFUSED");
+        assert_eq!(
+            (v["address"].clone(), v["port"].clone()),
+            ("127.0.0.1".into(), 9.into())
+        );
+        let ok = KernelEvent::Net {
+            hdr: hdr(),
+            op: NetOp::Send,
+            result: 5,
+            fd: 3,
+            endpoint: None,
+            endpoint_source: "none",
+        };
+        let v = json_of(&ok);
+        assert_eq!(v["kind"], "network.send");
+        assert!(v["errno"].is_null() && v["family"].is_null());
+    }
+}
