@@ -800,6 +800,14 @@ fn kernel_layer_records_the_run_and_nothing_else() {
         serde_json::json!(["/bin/sh", "-c", "/bin/true; exit 3", marker])
     );
     let pid = execs[0]["pid"].clone();
+    // Its parent is vigil, as vigil's own spawn record says.
+    let spawn = f
+        .events()
+        .into_iter()
+        .find(|e| e["kind"] == "subprocess_state" && e["data"]["source"] == "spawn")
+        .expect("spawn record");
+    assert_eq!(spawn["data"]["pid"], pid);
+    assert_eq!(execs[0]["ppid"], spawn["data"]["ppid"], "the exec's parent");
     let cg = h["cgroup"]["id"].clone();
     assert!(
         k.iter().all(|e| e["cgroup_id"] == cg),
