@@ -23,6 +23,32 @@
 #define NR_ACCEPT4 288
 #define NR_OPENAT2 437
 
+/* User-space ABI structs, fixed by the syscall ABI: plain copies, so they cost no CO-RE
+ * relocation (each relocated type costs vigil a scan of the kernel's BTF at load). */
+struct abi_open_how {
+	__u64 flags;
+	__u64 mode;
+	__u64 resolve;
+};
+
+struct abi_msghdr {
+	void *msg_name;
+	int msg_namelen;
+};
+
+struct abi_sockaddr_in {
+	__u16 family;
+	__be16 port;
+	__be32 addr;
+};
+
+struct abi_sockaddr_in6 {
+	__u16 family;
+	__be16 port;
+	__u32 flowinfo;
+	__u8 addr[16];
+};
+
 #define AT_FDCWD -100
 #define O_WRONLY 01
 #define O_CREAT 0100
@@ -134,7 +160,7 @@ static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __
 			e->flags = (__u32)regs->dx;
 			e->mode = (__u32)regs->r10;
 		} else {
-			struct open_how how = {};
+			struct abi_open_how how = {};
 			bpf_probe_read_user(&how, sizeof(how), (void *)regs->dx);
 			e->flags = (__u32)how.flags;
 			e->mode = (__u32)how.mode;
@@ -158,14 +184,21 @@ static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __
 	e->dir[0] = 0;
 	e->dir_state = VIGIL_DIR_NONE;
 	if (e->path[0] != '/' && e->path[0] != 0) {
+		/* One walk, whichever directory: the verifier checks the loop once, not per branch. */
+		struct dentry *dentry = 0;
+		struct vfsmount *mnt = 0;
 		if (e->dirfd == AT_FDCWD) {
 			struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-			e->dir_state = dir_path(BPF_CORE_READ(t, fs, pwd.dentry), BPF_CORE_READ(t, fs, pwd.mnt), e->dir);
+			dentry = BPF_CORE_READ(t, fs, pwd.dentry);
+			mnt = BPF_CORE_READ(t, fs, pwd.mnt);
 		} else {
 			struct file *f = fd_file(e->dirfd);
-			e->dir_state = f ? dir_path(BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), e->dir)
-					 : VIGIL_DIR_UNAVAILABLE;
+			if (f) {
+				dentry = BPF_CORE_READ(f, f_path.dentry);
+				mnt = BPF_CORE_READ(f, f_path.mnt);
+			}
 		}
+		e->dir_state = dir_path(dentry, mnt, e->dir);
 	}
 	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
@@ -190,16 +223,17 @@ static __always_inline void peer_addr(struct vigil_net *e, long fd)
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->addr_source = VIGIL_ADDR_PEER;
 	if (family == AF_INET) {
-		struct sockaddr_in *sin = (void *)e->addr;
-		sin->sin_family = family;
-		sin->sin_port = BPF_CORE_READ(sk, __sk_common.skc_dport);
-		sin->sin_addr.s_addr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		struct abi_sockaddr_in *sin = (void *)e->addr;
+		sin->family = family;
+		sin->port = BPF_CORE_READ(sk, __sk_common.skc_dport);
+		sin->addr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
 		e->addr_len = sizeof(*sin);
 	} else if (family == AF_INET6) {
-		struct sockaddr_in6 *sin6 = (void *)e->addr;
-		sin6->sin6_family = family;
-		sin6->sin6_port = BPF_CORE_READ(sk, __sk_common.skc_dport);
-		sin6->sin6_addr = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr);
+		struct abi_sockaddr_in6 *sin6 = (void *)e->addr;
+		sin6->family = family;
+		sin6->port = BPF_CORE_READ(sk, __sk_common.skc_dport);
+		sin6->flowinfo = 0;
+		BPF_CORE_READ_INTO(&sin6->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 		e->addr_len = sizeof(*sin6);
 	} else {
 		__builtin_memcpy(e->addr, &family, sizeof(family));
@@ -263,7 +297,7 @@ static __always_inline int emit_net(long nr, struct pt_regs *regs, long ret, __u
 		break;
 	default: { /* NR_SENDMSG */
 		e->op = VIGIL_NET_SEND;
-		struct user_msghdr msg = {};
+		struct abi_msghdr msg = {};
 		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)regs->si) == 0)
 			arg_addr(e, msg.msg_name, msg.msg_namelen);
 		if (e->addr_len == 0)

@@ -27,11 +27,15 @@ fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
     let inside = "/nonexistent/vigil-open-inside-5d1e";
     let outside = "/nonexistent/vigil-open-outside-5d1e";
     let port = closed_port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let open_port = listener.local_addr().expect("addr").port();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     let udp_addr = udp.local_addr().expect("udp addr");
+    let udp6 = std::net::UdpSocket::bind("[::1]:0").expect("udp on ::1");
+    let udp6_addr = udp6.local_addr().expect("udp6 addr");
     let fixture = fixture_bin();
     let script = format!(
-        "cat {inside}; cd /etc && cat ./vigil-relative-5d1e; {f} connect 127.0.0.1:{port}; exec {f} udp-send {udp_addr}",
+        "cat {inside}; cd /etc && cat ./vigil-relative-5d1e; {f} connect 127.0.0.1:{port}; {f} connect 127.0.0.1:{open_port} && {f} udp-send {udp6_addr} && exec {f} udp-send {udp_addr}",
         f = fixture.display()
     );
     // Outside the run, at the same time: the same open and the same connect, in a loop.
@@ -58,6 +62,7 @@ fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
     assert_eq!(f.code(), 0, "{}", f.stderr());
     let mut buf = [0u8; 16];
     assert_eq!(udp.recv(&mut buf).expect("datagram"), 5);
+    drop(listener);
 
     let h = f.health();
     assert_eq!(h["kernel_layer"], "observed", "{h:#}");
@@ -92,13 +97,36 @@ fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
     assert_eq!(refused["result"], -111);
     assert_eq!(refused["errno"], "ECONNREFUSED");
     assert_eq!(refused["endpoint_source"], "argument");
+    let accepted = of_kind(&k, "network.connect")
+        .into_iter()
+        .find(|e| e["port"] == open_port)
+        .expect("connect to the listener");
+    assert_eq!(accepted["result"], 0);
+    assert!(accepted["errno"].is_null());
     let sends = of_kind(&k, "network.send");
+    let on_stream = sends
+        .iter()
+        .find(|e| e["port"] == open_port)
+        .unwrap_or_else(|| panic!("send on the connected socket: {sends:#?}"));
+    assert_eq!(
+        on_stream["endpoint_source"], "peer",
+        "no address argument: the socket's peer"
+    );
+    assert_eq!(on_stream["address"], "127.0.0.1");
+    assert_eq!(on_stream["result"], 5);
     let sent = sends
         .iter()
         .find(|e| e["port"] == udp_addr.port())
         .unwrap_or_else(|| panic!("send to {udp_addr}: {sends:#?}"));
     assert_eq!(sent["result"], 5, "bytes sent");
     assert_eq!(sent["address"], "127.0.0.1");
+    let sent6 = sends
+        .iter()
+        .find(|e| e["port"] == udp6_addr.port())
+        .unwrap_or_else(|| panic!("send to {udp6_addr}: {sends:#?}"));
+    assert_eq!(sent6["family"], "inet6");
+    assert_eq!(sent6["address"], "::1");
+    assert_eq!(udp6.recv(&mut buf).expect("datagram on ::1"), 5);
 
     // None of the outsider's thousands of identical calls leaked in.
     let cg = h["cgroup"]["id"].clone();

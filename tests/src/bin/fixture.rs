@@ -13,8 +13,8 @@
 //!   echo-env VAR           print VAR's value on stdout and stderr
 //!   write-silently PATH MS write 4 KiB to PATH every 20 ms for MS ms; print nothing, spawn
 //!                          nothing (busy, but silent to everything but the kernel)
-//!   connect ADDR           TCP connect to ADDR; exit 0 when connected, 1 (printing the error)
-//!                          when not
+//!   connect ADDR           TCP connect to ADDR and send "hello"; exit 0 when connected, 1
+//!                          (printing the error) when not
 //!   udp-send ADDR          send one 5-byte datagram to ADDR; exit 0 when sent
 //!   open-storm N PATH      open (and close, if it opened) PATH N times as fast as it can
 //!   open-paced N RATE PATH the same N opens at RATE per second (on average)
@@ -82,7 +82,11 @@ fn main() {
             }
         }
         Some("connect") => match std::net::TcpStream::connect(arg(1)) {
-            Ok(_) => {}
+            Ok(mut s) => {
+                // A send on the connected socket (no address: the kernel uses the peer).
+                use std::io::Write as _;
+                s.write_all(b"hello").expect("send");
+            }
             Err(e) => {
                 println!("connect: {e}");
                 std::process::exit(1)
