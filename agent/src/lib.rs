@@ -8,4 +8,5 @@ pub mod cli;
 pub mod clock;
 pub mod evidence;
 pub mod kernel;
+pub mod policy;
 pub mod run;

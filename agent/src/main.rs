@@ -4,7 +4,7 @@
 use std::process::ExitCode as ProcessExit;
 
 use clap::Parser;
-use vigil::cli::{Cli, Command, ExitCode, one_line_usage_error};
+use vigil::cli::{Cli, Command, ExitCode, PolicyCommand, one_line_usage_error};
 use vigil::evidence::{inspect, reader};
 use vigil::run::spec::RunSpec;
 use vigil::run::{guard, supervisor};
@@ -94,6 +94,17 @@ fn dispatch(cli: Cli) -> i32 {
                 0
             } else {
                 ExitCode::HOST_UNSUPPORTED
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::Lint { files },
+        } => {
+            let report = vigil::policy::lint::lint_files(&files);
+            eprint!("{}", report.text);
+            if report.errors > 0 {
+                ExitCode::USAGE
+            } else {
+                0
             }
         }
         Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {

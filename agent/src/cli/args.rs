@@ -42,11 +42,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sandbox policies: `lint` checks policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Internal: kills and removes a run's cgroup when the vigil that spawned it dies.
     #[command(name = "__cgroup-guard", hide = true)]
     CgroupGuard {
         #[arg(long)]
         cgroup: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check policy files: errors (exit 2) and warnings with file:line:column.
+    Lint {
+        /// Policy files (YAML).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
 }
 

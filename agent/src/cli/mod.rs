@@ -5,8 +5,8 @@ mod exit;
 mod usage;
 
 pub use args::{
-    Cli, Command, GateArgs, KernelLayerMode, LivenessArgs, LivenessLevel, ProfileArgs,
-    ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
+    Cli, Command, GateArgs, KernelLayerMode, LivenessArgs, LivenessLevel, PolicyCommand,
+    ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
 };
 pub use exit::ExitCode;
 pub use usage::one_line_usage_error;

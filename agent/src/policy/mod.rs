@@ -1,0 +1,9 @@
+//! Sandbox policies: the model, reading and linting policy files. Enforcement (Landlock, cgroup
+//! sock_addr programs) and the audit oracle build on this model.
+
+pub mod lint;
+pub mod model;
+pub mod parse;
+
+pub use model::{Action, Mode, Policy};
+pub use parse::{Diagnostic, Parsed, Severity, parse};
