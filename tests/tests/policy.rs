@@ -71,3 +71,93 @@ fn a_malformed_policy_exits_2_naming_file_line_and_column() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml: error: cannot read"));
 }
+
+#[test]
+fn audit_records_would_be_denials_grounded_in_kernel_events_and_blocks_nothing() {
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let outside = elsewhere.path().join("outside.txt");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let policy = elsewhere.path().join("audit.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nname: audit-test\nmode: enforce\ndefault: deny\nfilesystem:\n  read:\n    - id: read-all\n      paths: [/]\n  write:\n    - id: ws-write\n      paths: [\"${WORKSPACE}\", /dev/null]\n  exec:\n    - id: exec-all\n      paths: [/]\n",
+    )
+    .expect("policy");
+    let script = format!(
+        "echo a > inside.txt; echo b > {}; {} connect 127.0.0.1:{closed}; exit 0",
+        outside.display(),
+        fixture_bin().display()
+    );
+    // The file says enforce; the flag makes this run an audit.
+    let run = VigilRun::new("audit")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args(["--policy-mode", "audit", "--", "sh", "-c", &script]);
+    let workspace = run.out.path().canonicalize().expect("workspace");
+    let (f, _dir) = run.run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert!(outside.exists(), "audit blocks nothing");
+    let h = f.health();
+    assert_eq!(h["policy_layer"], "audited", "{h:#}");
+    let decisions = read_ndjson(&f.bundle.join("layers/policy.ndjson"));
+    let kernel = read_ndjson(&f.bundle.join("layers/kernel.ndjson"));
+    let find = |decision: &str, subject: &str| {
+        decisions
+            .iter()
+            .find(|d| d["decision"] == decision && d["subject"] == subject)
+            .unwrap_or_else(|| panic!("{decision} {subject}: {decisions:#?}"))
+            .clone()
+    };
+    let allowed = find(
+        "allow:filesystem.write_file",
+        &workspace.join("inside.txt").display().to_string(),
+    );
+    assert_eq!(allowed["rule_id"], "ws-write");
+    let denied = find("deny:filesystem.write_file", &outside.display().to_string());
+    assert_eq!(denied["rule_id"], "default");
+    assert_eq!(
+        (denied["mode"].clone(), denied["lane"].clone()),
+        ("audit".into(), "oracle".into())
+    );
+    // Grounded: the cited kernel event is the open of that file.
+    let ev = kernel
+        .iter()
+        .find(|k| k["seq"] == denied["kernel_event_seq"])
+        .expect("the cited kernel event");
+    assert_eq!(ev["kind"], "file.open");
+    assert_eq!(ev["resolved_path"], denied["subject"]);
+    let net = find("deny:network.connect", &format!("127.0.0.1:{closed}"));
+    assert_eq!(net["rule_id"], "default");
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn a_policy_run_refuses_bad_policies_and_enforce_before_starting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "version: 1\nname: b\nmode: audit\ndefault: perhaps\n").expect("write");
+    let marker = dir.path().join("ran");
+    for (policy, expected) in [
+        (
+            bad.clone(),
+            "bad.yaml:4:10: error: `default` is `perhaps`; accepted: allow, deny",
+        ),
+        (
+            repo_root().join("policies/no-network.yaml"),
+            "mode enforce is not available in this vigil yet",
+        ),
+    ] {
+        let (f, out) = VigilRun::new("refused")
+            .args(["--policy".as_ref(), policy.as_os_str()])
+            .args(["--", "touch", marker.to_str().expect("utf8")])
+            .run();
+        assert_eq!(f.code(), 2, "{}", f.stderr());
+        assert!(f.stderr().contains(expected), "{}", f.stderr());
+        assert_eq!(f.stderr().lines().count(), 1, "one line: {}", f.stderr());
+        assert!(!marker.exists(), "nothing ran");
+        assert!(!out.path().join("refused").exists(), "no bundle");
+    }
+}

@@ -113,6 +113,15 @@ pub struct RunArgs {
     #[arg(long, env = "VIGIL_KERNEL_LAYER", value_enum, default_value = "auto")]
     pub kernel_layer: KernelLayerMode,
 
+    /// Sandbox policy (YAML; see `vigil policy lint`). Checked before anything starts.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Override the policy's mode. `audit` records what the policy would decide and blocks
+    /// nothing; `enforce` is refused until this vigil can enforce (issue 4).
+    #[arg(long, value_enum, requires = "policy")]
+    pub policy_mode: Option<PolicyMode>,
+
     /// Cap on each of output/stdout.log and output/stderr.log; truncation is recorded.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub output_cap_bytes: u64,
@@ -129,6 +138,12 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyMode {
+    Audit,
+    Enforce,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]

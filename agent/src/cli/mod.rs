@@ -6,7 +6,7 @@ mod usage;
 
 pub use args::{
     Cli, Command, GateArgs, KernelLayerMode, LivenessArgs, LivenessLevel, PolicyCommand,
-    ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
+    PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
 };
 pub use exit::ExitCode;
 pub use usage::one_line_usage_error;

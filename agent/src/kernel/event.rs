@@ -351,6 +351,14 @@ pub fn decode_sockaddr(a: &[u8]) -> Option<Endpoint> {
     })
 }
 
+/// A decoded event and the `seq` it was written under in layers/kernel.ndjson (what policy
+/// decisions cite as their evidence).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub seq: u64,
+    pub event: KernelEvent,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {
     pub version: u32,

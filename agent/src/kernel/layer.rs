@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::event::KernelEvent;
+use super::event::Observed;
 use super::reader::KernelReader;
 use super::sensor::{KernelSensor, ProbeStatus, Scope};
 use crate::evidence::health::ProbeHealth;
@@ -101,7 +101,7 @@ impl KernelLayer {
     }
 
     /// Write what is in the ring buffer now, handing decoded events to `seen`.
-    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
+    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<Observed>) {
         if let Some(r) = self.reader.as_mut() {
             r.drain(redactor, seen);
         }
@@ -109,7 +109,7 @@ impl KernelLayer {
 
     /// Drain what is left (call once the cgroup is empty: every event of the run is committed
     /// by then), handing it to `seen`, flush the layer and report.
-    pub fn finish(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) -> KernelReport {
+    pub fn finish(&mut self, redactor: &Redactor, seen: &mut Vec<Observed>) -> KernelReport {
         if let Some(r) = self.reader.as_mut() {
             r.drain_all(redactor, seen);
         }

@@ -11,7 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use super::event::{KernelEvent, NetOp, decode};
+use super::event::{KernelEvent, NetOp, Observed, decode};
 use crate::clock;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
 use crate::evidence::redact::Redactor;
@@ -83,16 +83,16 @@ impl KernelReader {
 
     /// Write up to DRAIN_MAX events now in the ring buffer to the writer, in batches of at
     /// most BATCH_EVENTS lines, and hand the decoded events to `seen`.
-    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
+    pub fn drain(&mut self, redactor: &Redactor, seen: &mut Vec<Observed>) {
         self.drain_up_to(DRAIN_MAX, redactor, seen);
     }
 
     /// Drain until the ring buffer is empty (at the end of a run).
-    pub fn drain_all(&mut self, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
+    pub fn drain_all(&mut self, redactor: &Redactor, seen: &mut Vec<Observed>) {
         self.drain_up_to(usize::MAX, redactor, seen);
     }
 
-    fn drain_up_to(&mut self, max: usize, redactor: &Redactor, seen: &mut Vec<KernelEvent>) {
+    fn drain_up_to(&mut self, max: usize, redactor: &Redactor, seen: &mut Vec<Observed>) {
         let mut batch = Vec::new();
         let mut lines = 0;
         let mut urgent = false;
@@ -102,7 +102,8 @@ impl KernelReader {
             handled += 1;
             match decode(&item) {
                 Ok(ev) => {
-                    let record = record(self.seq, self.boot_to_wall_ns, &ev, redactor);
+                    let seq = self.seq;
+                    let record = record(seq, self.boot_to_wall_ns, &ev, redactor);
                     if serde_json::to_writer(&mut batch, &record).is_ok() {
                         batch.push(b'\n');
                         self.seq += 1;
@@ -113,7 +114,7 @@ impl KernelReader {
                         urgent |=
                             matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
                     }
-                    seen.push(ev);
+                    seen.push(Observed { seq, event: ev });
                 }
                 Err(_) => self.decode_errors += 1,
             }

@@ -1,8 +1,10 @@
 //! Sandbox policies: the model, reading and linting policy files. Enforcement (Landlock, cgroup
 //! sock_addr programs) and the audit oracle build on this model.
 
+pub mod layer;
 pub mod lint;
 pub mod model;
+pub mod oracle;
 pub mod parse;
 
 pub use model::{Action, Mode, Policy};

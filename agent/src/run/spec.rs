@@ -3,11 +3,15 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::cli::{KernelLayerMode, LivenessLevel, ProfileLevel, ProfileOnFail, RunArgs};
+use crate::cli::{
+    KernelLayerMode, LivenessLevel, PolicyMode, ProfileLevel, ProfileOnFail, RunArgs,
+};
+use crate::policy::layer::PolicySpec;
+use crate::policy::{Mode, Severity, parse as parse_policy};
 
 /// A run id: non-empty, ASCII letters, digits, `_` and `-` only (CONTRACT.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,16 +117,64 @@ pub struct RunSpec {
     pub profile: ProfileConfig,
     pub liveness: LivenessConfig,
     pub fail_fast: bool,
+    pub policy: Option<PolicySpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    #[error("--policy {file}: cannot read: {error}")]
+    PolicyUnreadable { file: String, error: std::io::Error },
+    #[error("--policy {first} ({errors} error(s); `vigil policy lint {file}` lists them all)")]
+    PolicyInvalid {
+        file: String,
+        first: String,
+        errors: usize,
+    },
+    #[error(
+        "--policy {file}: mode enforce is not available in this vigil yet (Landlock and cgroup sock_addr enforcement are being built); accepted: --policy-mode audit"
+    )]
+    EnforceUnavailable { file: String },
     #[error("no command given; usage: vigil run [FLAGS] -- CMD [ARGS…]")]
     EmptyCommand,
     #[error(
         "--cgroup-parent {0:?} must not contain '..'; accepted: a path under the cgroup2 mount"
     )]
     CgroupParent(PathBuf),
+}
+
+/// Read and check a policy; the mode flag overrides the file's mode.
+fn load_policy(file: &Path, mode: Option<PolicyMode>) -> Result<PolicySpec, SpecError> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|error| SpecError::PolicyUnreadable {
+        file: name.clone(),
+        error,
+    })?;
+    let parsed = parse_policy(&text);
+    let Some(mut policy) = parsed.policy else {
+        let first = parsed
+            .diagnostics
+            .iter()
+            .find(|d| d.severity == Severity::Error)
+            .map(|d| d.render(&name))
+            .unwrap_or_default();
+        return Err(SpecError::PolicyInvalid {
+            file: name,
+            first,
+            errors: parsed.errors(),
+        });
+    };
+    match mode {
+        Some(PolicyMode::Audit) => policy.mode = Mode::Audit,
+        Some(PolicyMode::Enforce) => policy.mode = Mode::Enforce,
+        None => {}
+    }
+    if policy.mode == Mode::Enforce {
+        return Err(SpecError::EnforceUnavailable { file: name });
+    }
+    Ok(PolicySpec {
+        file: file.to_path_buf(),
+        policy,
+    })
 }
 
 impl RunSpec {
@@ -139,6 +191,10 @@ impl RunSpec {
         {
             return Err(SpecError::CgroupParent(args.cgroup_parent));
         }
+        let policy = match &args.policy {
+            None => None,
+            Some(file) => Some(load_policy(file, args.policy_mode)?),
+        };
         let ms = Duration::from_millis;
         Ok(RunSpec {
             run_id: args.run_id.unwrap_or_else(RunId::generate),
@@ -165,6 +221,7 @@ impl RunSpec {
                 kill_grace: ms(args.liveness.liveness_kill_grace_ms),
             },
             fail_fast: args.gate.fail_fast_enabled(),
+            policy,
         })
     }
 

@@ -34,9 +34,12 @@ use crate::evidence::trace::{
     RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
 };
 use crate::evidence::{files, schema};
+use crate::kernel::event::Observed;
 use crate::kernel::sensor::Scope;
 use crate::kernel::tree::{KernelTree, ProcessLife};
-use crate::kernel::{KernelEvent, KernelLayer, KernelReport};
+use crate::kernel::{KernelLayer, KernelReport};
+use crate::policy::layer::PolicyLayer;
+use crate::policy::oracle::Vars;
 
 /// How often the procfs process tree is sampled.
 pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
@@ -239,6 +242,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         escalation: None,
         stall: None,
         cpu_samples: VecDeque::new(),
+        policy: None,
     };
     let outcome = sup
         .supervise(&bundle, &mut spans, &mut sigint, &mut sigterm)
@@ -262,6 +266,8 @@ struct Supervisor<'a> {
     /// Stall detected: (phase, snapshot taken).
     stall: Option<String>,
     cpu_samples: VecDeque<(Instant, u64)>,
+    /// The audit oracle, when the run has a policy and kernel evidence to judge.
+    policy: Option<PolicyLayer>,
 }
 
 /// The main child's (exit code, signal) from waitid.
@@ -295,6 +301,7 @@ impl Supervisor<'_> {
             self.cg.id(),
             &bundle.path(files::KERNEL_LAYER),
         );
+        self.start_policy(bundle, kernel.active());
         let check = spans.rec.open(span::CHECK_EXECUTE, Some(spans.case));
         let exec_span = spans.rec.open(span::SUBPROCESS_EXEC, Some(check));
         let spawned = match spawn::spawn(self.spec, self.cg.path()) {
@@ -450,6 +457,9 @@ impl Supervisor<'_> {
                         self.progress.record(clock::now_ns());
                     }
                     self.emit_kernel_states(&mut ktree, &seen);
+                    if let Some(p) = self.policy.as_mut() {
+                        p.observe(&seen, &self.redactor);
+                    }
                 }
                 _ = sleep_until_opt(kill_at) => self.escalate_to_kill(),
                 _ = sleep_until_opt(sleep_to) => {
@@ -505,6 +515,9 @@ impl Supervisor<'_> {
         let mut seen = Vec::new();
         let kernel = kernel.finish(&self.redactor, &mut seen);
         self.emit_kernel_states(&mut ktree, &seen);
+        if let Some(p) = self.policy.as_mut() {
+            p.observe(&seen, &self.redactor);
+        }
         record_process_spans(&mut spans.rec, wait_span, &ktree.lives());
         // Without the kernel layer, everything the sampler still knows has exited.
         if !kernel_tree {
@@ -530,9 +543,38 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Start the audit oracle for the run's policy. Without kernel events there is nothing to
+    /// judge, and health says so instead of claiming an audit.
+    fn start_policy(&mut self, bundle: &Bundle, kernel_active: bool) {
+        let Some(spec) = &self.spec.policy else {
+            return;
+        };
+        if !kernel_active {
+            self.notes.push(format!(
+                "policy {}: not audited: the kernel layer is not active, so there are no events to judge",
+                spec.policy.name
+            ));
+            return;
+        }
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        let vars = Vars {
+            workspace: std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "/".into()),
+            home: env("HOME", "/root"),
+            tmpdir: env("TMPDIR", "/tmp"),
+        };
+        match PolicyLayer::start(spec, &vars, &bundle.path(files::POLICY_LAYER)) {
+            Ok(layer) => self.policy = Some(layer),
+            Err(e) => self
+                .notes
+                .push(format!("policy {}: not audited: {e}", spec.policy.name)),
+        }
+    }
+
     /// The `subprocess_state` records that kernel events imply.
-    fn emit_kernel_states(&mut self, tree: &mut KernelTree, seen: &[KernelEvent]) {
-        for ev in seen {
+    fn emit_kernel_states(&mut self, tree: &mut KernelTree, seen: &[Observed]) {
+        for ev in seen.iter().map(|o| &o.event) {
             for state in tree.apply(ev, &self.redactor) {
                 self.events.emit(EventKind::SubprocessState, None, state);
             }
@@ -804,6 +846,30 @@ impl Supervisor<'_> {
         };
         trace.events = self.events.trace_events().to_vec();
 
+        // The oracle saw every kernel event (the last drain came before this).
+        let policy = self.policy.take().map(PolicyLayer::finish);
+        let (policy_layer, policy_mechanisms) = match &policy {
+            Some(p) if p.write_error.is_none() => {
+                self.notes.push(format!(
+                    "policy {}: audited: {} decisions, {} would-deny (layers/policy.ndjson); nothing was blocked",
+                    p.name, p.decisions, p.would_deny
+                ));
+                let mut m =
+                    vec!["oracle: kernel events judged against the policy (audit)".to_string()];
+                if sup.kernel.kernel_layer != "observed" {
+                    m.push(
+                        "partial evidence: the kernel layer was not fully observed (see probes)"
+                            .into(),
+                    );
+                }
+                ("audited", m)
+            }
+            _ => ("absent", Vec::new()),
+        };
+        if let Some(e) = policy.as_ref().and_then(|p| p.write_error.clone()) {
+            self.notes.push(format!("policy layer not written: {e}"));
+        }
+
         let mut output = std::collections::BTreeMap::new();
         if sup.process_tree {
             output.insert("stdout".to_string(), sup.streams[0].health.clone());
@@ -814,8 +880,8 @@ impl Supervisor<'_> {
             run_id: trace.run_id.clone(),
             kernel_layer: sup.kernel.kernel_layer.into(),
             cgroup_correlation: "full".into(),
-            policy_layer: "absent".into(),
-            policy_mechanisms: Vec::new(),
+            policy_layer: policy_layer.into(),
+            policy_mechanisms,
             sdk_layer: "absent".into(),
             process_tree_source: sup.process_tree_source.into(),
             process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,

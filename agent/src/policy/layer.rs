@@ -1,0 +1,119 @@
+//! The policy layer of one run in audit mode: every kernel event the policy speaks about goes
+//! through the oracle, and each decision is a `vigil.policy_decision.v1` line in
+//! layers/policy.ndjson (lane `oracle`, mode `audit`), citing the kernel event's `seq`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::model::{Action, Policy};
+use super::oracle::{Oracle, Vars};
+use crate::clock;
+use crate::evidence::ndjson::{Lane, NdjsonWriter};
+use crate::evidence::redact::Redactor;
+use crate::evidence::schema;
+use crate::kernel::event::Observed;
+
+/// A policy chosen for a run, as read and checked before anything started.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    pub file: PathBuf,
+    pub policy: Policy,
+}
+
+#[derive(Serialize)]
+struct DecisionRecord<'a> {
+    schema: &'static str,
+    seq: u64,
+    ts: String,
+    decision: String,
+    rule_id: &'a str,
+    mode: &'static str,
+    lane: &'static str,
+    kernel_event_seq: Option<u64>,
+    policy: &'a str,
+    subject: String,
+    pid: u32,
+    comm: &'a str,
+}
+
+pub struct PolicyLayer {
+    name: String,
+    oracle: Oracle,
+    out: NdjsonWriter,
+    seq: u64,
+    denied: u64,
+    boot_to_wall_ns: i128,
+}
+
+/// What health says about the policy layer.
+pub struct PolicyReport {
+    pub decisions: u64,
+    pub would_deny: u64,
+    pub write_error: Option<String>,
+    pub name: String,
+}
+
+/// Lines the writer may have queued (decisions arrive in kernel drains of ≤ 4,096 events).
+const QUEUE: usize = 8;
+
+impl PolicyLayer {
+    pub fn start(spec: &PolicySpec, vars: &Vars, layer: &Path) -> std::io::Result<Self> {
+        Ok(PolicyLayer {
+            name: spec.policy.name.clone(),
+            oracle: Oracle::new(&spec.policy, vars),
+            out: NdjsonWriter::spawn(layer, QUEUE)?,
+            seq: 0,
+            denied: 0,
+            boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
+        })
+    }
+
+    /// Judge a batch of kernel events and write the decisions.
+    pub fn observe(&mut self, seen: &[Observed], redactor: &Redactor) {
+        let mut batch = Vec::new();
+        for o in seen {
+            let Some(d) = self.oracle.evaluate(&o.event) else {
+                continue;
+            };
+            let verdict = match d.action {
+                Action::Allow => "allow",
+                Action::Deny => {
+                    self.denied += 1;
+                    "deny"
+                }
+            };
+            let h = o.event.header();
+            let rec = DecisionRecord {
+                schema: schema::POLICY_DECISION,
+                seq: self.seq,
+                ts: clock::rfc3339(clock::boot_to_wall(h.boot_ns, self.boot_to_wall_ns)),
+                decision: format!("{verdict}:{}", d.op.as_str()),
+                rule_id: &d.rule_id,
+                mode: "audit",
+                lane: "oracle",
+                kernel_event_seq: Some(o.seq),
+                policy: &self.name,
+                subject: redactor.mask_str(&d.subject),
+                pid: h.pid,
+                comm: &h.comm,
+            };
+            if serde_json::to_writer(&mut batch, &rec).is_ok() {
+                batch.push(b'\n');
+                self.seq += 1;
+            }
+        }
+        if !batch.is_empty() {
+            self.out.send(batch, Lane::Control, false);
+        }
+    }
+
+    pub fn finish(mut self) -> PolicyReport {
+        PolicyReport {
+            decisions: self.seq,
+            would_deny: self.denied,
+            write_error: self.out.finish().err(),
+            name: self.name,
+        }
+    }
+}
