@@ -307,6 +307,26 @@ impl Checker {
         }
     }
 
+    /// A required, non-empty list of values, each checked (and each error reported).
+    fn list<T>(
+        &mut self,
+        values: &Option<Vec<Spanned<String>>>,
+        field: &str,
+        one: &str,
+        rule_at: Loc,
+        check: impl Fn(&mut Self, &Spanned<String>) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let values = self.required(values, field, rule_at)?;
+        if values.is_empty() {
+            self.error(
+                rule_at,
+                format!("`{field}` is empty; a rule needs at least one {one}"),
+            );
+            return None;
+        }
+        all(values.iter().map(|v| check(self, v)).collect())
+    }
+
     fn path_rules(
         &mut self,
         list: &str,
@@ -318,17 +338,7 @@ impl Checker {
             let rule_at = at(r);
             let id = self.rule_id(&r.id, rule_at, ids);
             let action = self.action(&r.action);
-            let paths = match self.required(&r.paths, "paths", rule_at) {
-                Some(p) if p.is_empty() => {
-                    self.error(
-                        rule_at,
-                        "`paths` is empty; a rule needs at least one path".into(),
-                    );
-                    None
-                }
-                Some(p) => all(p.iter().map(|p| self.path(p)).collect()),
-                None => None,
-            };
+            let paths = self.list(&r.paths, "paths", "path", rule_at, Self::path);
             if let (Some(id), Some(action), Some(paths)) = (id, action, paths) {
                 rules.push(PathRule {
                     id,
@@ -362,17 +372,7 @@ impl Checker {
             let rule_at = at(r);
             let id = self.rule_id(&r.id, rule_at, ids);
             let action = self.action(&r.action);
-            let cidrs = match self.required(&r.cidrs, "cidrs", rule_at) {
-                Some(c) if c.is_empty() => {
-                    self.error(
-                        rule_at,
-                        "`cidrs` is empty; a rule needs at least one network".into(),
-                    );
-                    None
-                }
-                Some(c) => all(c.iter().map(|c| self.cidr(c)).collect()),
-                None => None,
-            };
+            let cidrs = self.list(&r.cidrs, "cidrs", "network", rule_at, Self::cidr);
             let ports = match &r.ports {
                 None => Some(Vec::new()),
                 Some(p) => all(p.iter().map(|p| self.ports(p)).collect()),
