@@ -132,6 +132,16 @@ fn audit_records_would_be_denials_grounded_in_kernel_events_and_blocks_nothing()
     let net = find("deny:network.connect", &format!("127.0.0.1:{closed}"));
     assert_eq!(net["rule_id"], "default");
     assert_valid_bundle(&f.bundle);
+    // `vigil inspect` lists the would-be denials.
+    let shown = vigil_ok(&["inspect".as_ref(), f.bundle.as_os_str()]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains(&format!(
+            "deny:filesystem.write_file {}  rule default",
+            outside.display()
+        )),
+        "{text}"
+    );
 }
 
 #[test]

@@ -130,6 +130,7 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
     if !any {
         let _ = writeln!(out, "  none");
     }
+    write_decisions(&mut out, &dir.join(files::POLICY_LAYER));
     let _ = writeln!(
         out,
         "\nhealth: kernel_layer {}  cgroup_correlation {}  policy_layer {}  sdk_layer {}",
@@ -147,6 +148,57 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
         let _ = writeln!(out, "  note: {note}");
     }
     Ok(out)
+}
+
+/// Policy decisions: a count per decision, then the denials (at most ten).
+fn write_decisions(out: &mut String, layer: &Path) {
+    let text = std::fs::read_to_string(layer).unwrap_or_default();
+    let decisions: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if decisions.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\npolicy decisions:");
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for d in &decisions {
+        let key = format!(
+            "{} ({})",
+            d["decision"].as_str().unwrap_or("?"),
+            d["mode"].as_str().unwrap_or("?")
+        );
+        *counts.entry(key).or_default() += 1;
+    }
+    for (k, n) in &counts {
+        let _ = writeln!(out, "  {n:>6}  {k}");
+    }
+    let denials: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| {
+            d["decision"]
+                .as_str()
+                .is_some_and(|x| x.starts_with("deny:"))
+        })
+        .collect();
+    for d in denials.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "  {} {}  rule {}  pid {} {}",
+            d["decision"].as_str().unwrap_or("?"),
+            d["subject"].as_str().unwrap_or("?"),
+            d["rule_id"].as_str().unwrap_or("?"),
+            d["pid"],
+            d["comm"].as_str().unwrap_or("")
+        );
+    }
+    if denials.len() > 10 {
+        let _ = writeln!(
+            out,
+            "  … {} more denials in layers/policy.ndjson",
+            denials.len() - 10
+        );
+    }
 }
 
 fn print_tree(
