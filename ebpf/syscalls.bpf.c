@@ -22,6 +22,8 @@
 #define NR_OPENAT 257
 #define NR_ACCEPT4 288
 #define NR_OPENAT2 437
+#define NR_EXECVE 59
+#define NR_EXECVEAT 322
 
 /* User-space ABI structs, fixed by the syscall ABI: plain copies, so they cost no CO-RE
  * relocation (each relocated type costs vigil a scan of the kernel's BTF at load). */
@@ -144,16 +146,27 @@ static __always_inline struct file *fd_file(long fd)
 	return f;
 }
 
+/* An open, or a failed execve/execveat (a successful one is sched_process_exec): the same
+ * layout, a path with the directory it is relative to. */
 static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __u64 cg)
 {
-	struct vigil_open *e = reserve(sizeof(*e), VIGIL_OPEN);
+	__u32 kind = (nr == NR_EXECVE || nr == NR_EXECVEAT) ? VIGIL_EXEC_FAILED : VIGIL_OPEN;
+	struct vigil_open *e = reserve(sizeof(*e), kind);
 	if (!e)
 		return 0;
-	fill_hdr(&e->h, VIGIL_OPEN, cg, (struct task_struct *)bpf_get_current_task());
+	fill_hdr(&e->h, kind, cg, (struct task_struct *)bpf_get_current_task());
 	e->ret = ret;
 	e->mode = 0;
 	const char *path;
-	if (nr == NR_OPENAT || nr == NR_OPENAT2) {
+	if (nr == NR_EXECVE) {
+		e->dirfd = AT_FDCWD;
+		e->flags = 0;
+		path = (const char *)regs->di;
+	} else if (nr == NR_EXECVEAT) {
+		e->dirfd = (__s32)regs->di;
+		e->flags = 0;
+		path = (const char *)regs->si;
+	} else if (nr == NR_OPENAT || nr == NR_OPENAT2) {
 		e->dirfd = (__s32)regs->di;
 		path = (const char *)regs->si;
 		if (nr == NR_OPENAT) {
@@ -321,6 +334,14 @@ int BPF_PROG(vigil_sys_exit, struct pt_regs *uregs, long ret)
 	case NR_CREAT:
 	case NR_OPENAT:
 	case NR_OPENAT2:
+		open = 1;
+		break;
+	case NR_EXECVE:
+	case NR_EXECVEAT:
+		/* Only failures: a successful exec is reported by sched_process_exec (and its
+		 * pt_regs no longer hold the arguments). */
+		if (ret >= 0)
+			return 0;
 		open = 1;
 		break;
 	case NR_CONNECT:

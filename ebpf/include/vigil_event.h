@@ -19,6 +19,7 @@ enum vigil_kind {
 	VIGIL_OPEN = 6,
 	VIGIL_NET = 7,
 	VIGIL_OOM = 8,
+	VIGIL_EXEC_FAILED = 9, /* struct vigil_open: execve/execveat that returned an error */
 	VIGIL_KIND_MAX = 16, /* size of the per-kind loss counters */
 };
 

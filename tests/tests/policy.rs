@@ -157,7 +157,7 @@ fn a_policy_run_refuses_bad_policies_and_enforce_before_starting() {
         ),
         (
             repo_root().join("policies/no-network.yaml"),
-            "mode enforce is not available in this vigil yet",
+            "network rules cannot be enforced by this vigil yet",
         ),
     ] {
         let (f, out) = VigilRun::new("refused")
@@ -170,4 +170,82 @@ fn a_policy_run_refuses_bad_policies_and_enforce_before_starting() {
         assert!(!marker.exists(), "nothing ran");
         assert!(!out.path().join("refused").exists(), "no bundle");
     }
+}
+
+/// A policy that holds the filesystem and leaves the network open (the part this vigil can
+/// enforce today).
+fn fs_only_policy(dir: &std::path::Path, exec_dirs: &str) -> std::path::PathBuf {
+    let policy = dir.join("enforce.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nname: fs-only\nmode: enforce\ndefault: deny\nfilesystem:\n  read:\n    - id: read-all\n      paths: [/]\n  write:\n    - id: ws\n      paths: [\"${{WORKSPACE}}\", /dev/null]\n  exec:\n    - id: bins\n      paths: [{exec_dirs}]\nnetwork:\n  connect:\n    - id: any-connect\n      cidrs: [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/8\", \"::1/128\"]\n  send:\n    - id: any-send\n      cidrs: [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/8\", \"::1/128\"]\n"
+        ),
+    )
+    .expect("policy");
+    policy
+}
+
+#[test]
+fn enforce_denies_writes_and_execs_outside_the_policy_with_kernel_evidence() {
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let outside = elsewhere.path().join("outside.txt");
+    // A copy of a system binary where the policy allows no exec.
+    let stray = elsewhere.path().join("stray-true");
+    std::fs::copy("/bin/true", &stray).expect("copy");
+    let policy = fs_only_policy(elsewhere.path(), "/usr, /bin, /lib, /lib64");
+    let script = format!(
+        "echo a > inside.txt || exit 10; echo b > {} && exit 11; {} && exit 12; exit 0",
+        outside.display(),
+        stray.display()
+    );
+    let run = VigilRun::new("enforce")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args(["--", "sh", "-c", &script]);
+    let workspace = run.out.path().canonicalize().expect("workspace");
+    let (f, _dir) = run.run();
+    assert_eq!(
+        f.code(),
+        0,
+        "inside allowed, outside and stray exec denied: {}",
+        f.stderr()
+    );
+    assert!(workspace.join("inside.txt").exists());
+    assert!(!outside.exists(), "the write outside was blocked");
+    let h = f.health();
+    assert_eq!(h["policy_layer"], "enforced", "{h:#}");
+    assert!(
+        h["policy_mechanisms"][0]
+            .as_str()
+            .expect("mechanism")
+            .starts_with("landlock ABI "),
+        "{h:#}"
+    );
+    let decisions = read_ndjson(&f.bundle.join("layers/policy.ndjson"));
+    let kernel = read_ndjson(&f.bundle.join("layers/kernel.ndjson"));
+    for (decision, subject) in [
+        ("deny:filesystem.write_file", outside.display().to_string()),
+        ("deny:process.exec", stray.display().to_string()),
+    ] {
+        let d = decisions
+            .iter()
+            .find(|d| d["decision"] == decision && d["subject"] == subject.as_str())
+            .unwrap_or_else(|| panic!("{decision} {subject}: {decisions:#?}"));
+        assert_eq!(
+            (d["mode"].clone(), d["lane"].clone()),
+            ("enforce".into(), "scenario".into())
+        );
+        assert_eq!(d["enforcement_evidence"], "EACCES", "{d}");
+        let ev = kernel
+            .iter()
+            .find(|k| k["seq"] == d["kernel_event_seq"])
+            .expect("the cited kernel event");
+        assert_eq!(
+            ev["result"], -13,
+            "the syscall in the run's cgroup returned EACCES: {ev}"
+        );
+    }
+    // Only the run was restricted: this process, outside it, writes there freely.
+    std::fs::write(&outside, "fine").expect("outside the run, nothing is enforced");
+    assert_valid_bundle(&f.bundle);
 }

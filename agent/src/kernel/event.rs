@@ -16,6 +16,7 @@ pub const KIND_WRITE: u32 = 5;
 pub const KIND_OPEN: u32 = 6;
 pub const KIND_NET: u32 = 7;
 pub const KIND_OOM: u32 = 8;
+pub const KIND_EXEC_FAILED: u32 = 9;
 /// Size of the kernel's per-kind loss counters (`lost` map).
 pub const KIND_MAX: u32 = 16;
 
@@ -30,6 +31,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         KIND_OPEN => "file.open",
         KIND_NET => "network",
         KIND_OOM => "oom.kill",
+        KIND_EXEC_FAILED => "process.exec_failed",
         _ => "unknown",
     }
 }
@@ -265,6 +267,13 @@ pub enum KernelEvent {
         /// Where the endpoint came from: the call's argument or the socket's peer.
         endpoint_source: &'static str,
     },
+    /// An execve/execveat that failed (`result` is -errno); `path` as passed.
+    ExecFailed {
+        hdr: Header,
+        result: i64,
+        path: String,
+        resolved_path: Option<String>,
+    },
     /// The OOM killer chose `hdr.pid`; `trigger_pid` is the task whose allocation ran it.
     Oom {
         hdr: Header,
@@ -380,6 +389,7 @@ impl KernelEvent {
             | KernelEvent::Write { hdr, .. }
             | KernelEvent::Open { hdr, .. }
             | KernelEvent::Net { hdr, .. }
+            | KernelEvent::ExecFailed { hdr, .. }
             | KernelEvent::Oom { hdr, .. } => hdr,
         }
     }
@@ -503,7 +513,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 pages: e.pages,
             })
         }
-        KIND_OPEN => {
+        KIND_OPEN | KIND_EXEC_FAILED => {
             let e: Open = read(bytes, h.kind)?;
             let path = cstr(&e.path);
             let resolved_path = match e.dir_state {
@@ -511,6 +521,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 DIR_OK => Some(join_dir(&cstr(&e.dir), &path)),
                 _ => None,
             };
+            if h.kind == KIND_EXEC_FAILED {
+                return Ok(KernelEvent::ExecFailed {
+                    hdr,
+                    result: e.ret,
+                    path,
+                    resolved_path,
+                });
+            }
             Ok(KernelEvent::Open {
                 hdr,
                 result: e.ret,

@@ -235,6 +235,13 @@ enum Body<'a> {
     Accept(Net<'a>),
     #[serde(rename = "network.send")]
     Send(Net<'a>),
+    #[serde(rename = "process.exec_failed")]
+    ExecFailed {
+        path: String,
+        resolved_path: Option<String>,
+        result: i64,
+        errno: Option<String>,
+    },
     #[serde(rename = "oom.kill")]
     Oom {
         trigger_pid: u32,
@@ -368,6 +375,17 @@ fn record<'a>(
                 NetOp::Send => Body::Send(net),
             }
         }
+        KernelEvent::ExecFailed {
+            result,
+            path,
+            resolved_path,
+            ..
+        } => Body::ExecFailed {
+            path: redactor.mask_str(path),
+            resolved_path: resolved_path.as_deref().map(|p| redactor.mask_str(p)),
+            result: *result,
+            errno: errno_name(*result),
+        },
         KernelEvent::Oom {
             trigger_pid,
             trigger_comm,

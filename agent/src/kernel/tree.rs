@@ -150,6 +150,7 @@ impl KernelTree {
             KernelEvent::Signal { .. }
             | KernelEvent::Write { .. }
             | KernelEvent::Open { .. }
+            | KernelEvent::ExecFailed { .. }
             | KernelEvent::Net { .. } => vec![],
             KernelEvent::Exit {
                 group_dead: false, ..

@@ -1,13 +1,15 @@
-//! The policy layer of one run in audit mode: every kernel event the policy speaks about goes
-//! through the oracle, and each decision is a `vigil.policy_decision.v1` line in
-//! layers/policy.ndjson (lane `oracle`, mode `audit`), citing the kernel event's `seq`.
+//! The policy layer of one run: every kernel event the policy speaks about goes through the
+//! oracle, and each decision is a `vigil.policy_decision.v1` line in layers/policy.ndjson,
+//! citing the kernel event's `seq` — lane `oracle`/mode `audit` when nothing was applied, lane
+//! `scenario`/mode `enforce` when it was, with the kernel's error as evidence of each enforced
+//! denial (or `none`).
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::model::{Action, Policy};
-use super::oracle::{Oracle, Vars};
+use super::model::{Action, Mode, Policy};
+use super::oracle::{Oracle, Vars, result_of};
 use crate::clock;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
 use crate::evidence::redact::Redactor;
@@ -19,6 +21,8 @@ use crate::kernel::event::Observed;
 pub struct PolicySpec {
     pub file: PathBuf,
     pub policy: Policy,
+    /// Enforce mode: the Landlock ruleset for the child (built before anything started).
+    pub landlock: Option<std::sync::Arc<super::landlock::LandlockPlan>>,
 }
 
 #[derive(Serialize)]
@@ -31,6 +35,10 @@ struct DecisionRecord<'a> {
     mode: &'static str,
     lane: &'static str,
     kernel_event_seq: Option<u64>,
+    /// For an enforced denial: the error the kernel returned (`EACCES`, `EPERM`), or `none`
+    /// when the operation went through (not enforceable by the mechanism that ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enforcement_evidence: Option<String>,
     policy: &'a str,
     subject: String,
     pid: u32,
@@ -39,6 +47,7 @@ struct DecisionRecord<'a> {
 
 pub struct PolicyLayer {
     name: String,
+    mode: Mode,
     oracle: Oracle,
     out: NdjsonWriter,
     seq: u64,
@@ -61,6 +70,7 @@ impl PolicyLayer {
     pub fn start(spec: &PolicySpec, vars: &Vars, layer: &Path) -> std::io::Result<Self> {
         Ok(PolicyLayer {
             name: spec.policy.name.clone(),
+            mode: spec.policy.mode,
             oracle: Oracle::new(&spec.policy, vars),
             out: NdjsonWriter::spawn(layer, QUEUE)?,
             seq: 0,
@@ -84,15 +94,26 @@ impl PolicyLayer {
                 }
             };
             let h = o.event.header();
+            let (mode, lane) = match self.mode {
+                Mode::Audit => ("audit", "oracle"),
+                Mode::Enforce => ("enforce", "scenario"),
+            };
+            let enforcement_evidence = (self.mode == Mode::Enforce && d.action == Action::Deny)
+                .then(|| match result_of(&o.event) {
+                    Some(-13) => "EACCES".to_string(),
+                    Some(-1) => "EPERM".to_string(),
+                    _ => "none".to_string(),
+                });
             let rec = DecisionRecord {
                 schema: schema::POLICY_DECISION,
                 seq: self.seq,
                 ts: clock::rfc3339(clock::boot_to_wall(h.boot_ns, self.boot_to_wall_ns)),
                 decision: format!("{verdict}:{}", d.op.as_str()),
                 rule_id: &d.rule_id,
-                mode: "audit",
-                lane: "oracle",
+                mode,
+                lane,
                 kernel_event_seq: Some(o.seq),
+                enforcement_evidence,
                 policy: &self.name,
                 subject: redactor.mask_str(&d.subject),
                 pid: h.pid,

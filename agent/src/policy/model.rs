@@ -72,6 +72,30 @@ pub struct Policy {
     pub send: Vec<NetRule>,
 }
 
+impl Policy {
+    /// Whether the network rules leave every connect and send allowed (so a policy can be
+    /// enforced on a host, or by a vigil, that holds only its filesystem rules).
+    pub fn network_unrestricted(&self) -> bool {
+        let everything: [Cidr; 4] = [("0.0.0.0", 0), ("::", 0), ("127.0.0.0", 8), ("::1", 128)]
+            .map(|(a, prefix)| Cidr {
+                addr: a.parse().unwrap_or(IpAddr::from([0u8; 4])),
+                prefix,
+            });
+        [&self.connect, &self.send]
+            .into_iter()
+            .all(|rules| match self.default {
+                Action::Allow => rules.iter().all(|r| r.action == Action::Allow),
+                Action::Deny => rules.first().is_some_and(|r| {
+                    r.action == Action::Allow
+                        && r.ports.is_empty()
+                        && everything
+                            .iter()
+                            .all(|e| r.cidrs.iter().any(|c| c.covers(e) && c.admits(e.addr)))
+                }),
+            })
+    }
+}
+
 /// Variables a path may start with, expanded per run.
 pub const VARIABLES: [&str; 3] = ["WORKSPACE", "HOME", "TMPDIR"];
 
@@ -79,6 +103,13 @@ impl Cidr {
     /// Whether `self` contains all of `other`.
     pub fn covers(&self, other: &Cidr) -> bool {
         self.prefix <= other.prefix && self.contains(other.addr)
+    }
+
+    /// Whether a rule with this network reaches `ip`. Loopback is only reached through a
+    /// network that names it: 0.0.0.0/0 means "anywhere out there", not the host's own
+    /// services.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.contains(ip) && (!ip.is_loopback() || self.addr.is_loopback() && self.prefix > 0)
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -135,5 +166,21 @@ mod tests {
         assert!(path_covers("/", "/etc"));
         assert!(!path_covers("/usr", "/usrlocal"));
         assert!(path_covers("${WORKSPACE}", "${WORKSPACE}/src"));
+    }
+
+    #[test]
+    fn network_is_unrestricted_only_when_every_address_is_allowed() {
+        let parse = |body: &str| {
+            crate::policy::parse(&format!("version: 1\nname: t\nmode: enforce\n{body}"))
+                .policy
+                .expect("policy")
+        };
+        assert!(parse("default: allow\n").network_unrestricted());
+        assert!(!parse("default: deny\n").network_unrestricted());
+        let open = "default: deny\nnetwork:\n  connect:\n    - id: c\n      cidrs: [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/8\", \"::1/128\"]\n  send:\n    - id: s\n      cidrs: [\"0.0.0.0/0\", \"::/0\", \"127.0.0.0/8\", \"::1/128\"]\n";
+        assert!(parse(open).network_unrestricted());
+        // Without loopback named, loopback stays closed.
+        let no_loop = open.replace(", \"127.0.0.0/8\", \"::1/128\"", "");
+        assert!(!parse(&no_loop).network_unrestricted());
     }
 }

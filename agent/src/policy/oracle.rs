@@ -37,6 +37,21 @@ pub struct Vars {
     pub tmpdir: String,
 }
 
+impl Vars {
+    /// This vigil's: the workspace is the directory it runs in (the child's cwd), HOME and
+    /// TMPDIR come from its environment (default `/root`, `/tmp`).
+    pub fn of_this_process() -> Self {
+        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+        Vars {
+            workspace: std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "/".into()),
+            home: env("HOME", "/root"),
+            tmpdir: env("TMPDIR", "/tmp"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub op: Op,
@@ -97,10 +112,6 @@ pub fn normalize(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.is_loopback()
-}
-
 impl Oracle {
     pub fn new(policy: &Policy, vars: &Vars) -> Self {
         Oracle {
@@ -123,11 +134,7 @@ impl Oracle {
 
     fn decide_net(&self, op: Op, rules: &[NetRule], ip: IpAddr, port: u16) -> Decision {
         let hit = rules.iter().find(|r| {
-            let net = r.cidrs.iter().any(|c| {
-                // Loopback is only reached through a rule that names it: 0.0.0.0/0 means
-                // "anywhere out there", not the host's own services.
-                c.contains(ip) && (!is_loopback(ip) || is_loopback(c.addr) && c.prefix > 0)
-            });
+            let net = r.cidrs.iter().any(|c| c.admits(ip));
             net && (r.ports.is_empty() || r.ports.iter().any(|p| p.lo <= port && port <= p.hi))
         });
         let subject = match ip {
@@ -157,6 +164,13 @@ impl Oracle {
         match ev {
             KernelEvent::Exec { filename, .. } => {
                 Some(self.decide_path(Op::Exec, &self.exec, filename))
+            }
+            KernelEvent::ExecFailed {
+                result,
+                resolved_path: Some(path),
+                ..
+            } if *result != ENOENT && *result != ENOTDIR => {
+                Some(self.decide_path(Op::Exec, &self.exec, path))
             }
             KernelEvent::Open {
                 result,
@@ -188,6 +202,16 @@ impl Oracle {
             }
             _ => None,
         }
+    }
+}
+
+/// The syscall's result, for events that carry one.
+pub fn result_of(ev: &KernelEvent) -> Option<i64> {
+    match ev {
+        KernelEvent::Open { result, .. }
+        | KernelEvent::ExecFailed { result, .. }
+        | KernelEvent::Net { result, .. } => Some(*result),
+        _ => None,
     }
 }
 

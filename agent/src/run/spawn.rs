@@ -48,6 +48,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const STEP_DROP_PRIVS: i32 = 1;
 const STEP_PDEATHSIG: i32 = 2;
 const STEP_EXEC: i32 = 3;
+const STEP_LANDLOCK: i32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -61,6 +62,8 @@ pub enum SpawnError {
     DropPrivileges(io::Error),
     #[error("vigil's parent-death signal could not be armed in the child: {0}")]
     ParentGone(io::Error),
+    #[error("the policy's Landlock ruleset could not be applied to the child: {0}")]
+    Landlock(io::Error),
     #[error("spawning {0}: {1}")]
     Other(String, io::Error),
 }
@@ -124,6 +127,8 @@ struct ChildPlan {
     stderr: RawFd,
     report: RawFd,
     user: Option<UserSpec>,
+    /// The policy's Landlock ruleset, applied just before exec.
+    landlock: Option<RawFd>,
     parent: libc::pid_t,
 }
 
@@ -162,6 +167,11 @@ pub fn spawn(spec: &RunSpec, cgroup_dir: &Path) -> Result<Spawned, SpawnError> {
         stderr: err_w.as_raw_fd(),
         report: report_w.as_raw_fd(),
         user: spec.user,
+        landlock: spec
+            .policy
+            .as_ref()
+            .and_then(|p| p.landlock.as_ref())
+            .map(|l| l.ruleset.as_raw_fd()),
         parent: nix::unistd::getpid().as_raw(),
     };
     plan.argv_ptrs.extend(plan.argv.iter().map(|a| a.as_ptr()));
@@ -212,6 +222,7 @@ pub fn spawn(spec: &RunSpec, cgroup_dir: &Path) -> Result<Spawned, SpawnError> {
         return Err(match step {
             STEP_DROP_PRIVS => SpawnError::DropPrivileges(err),
             STEP_PDEATHSIG => SpawnError::ParentGone(err),
+            STEP_LANDLOCK => SpawnError::Landlock(err),
             _ => classify(&name, err),
         });
     }
@@ -280,6 +291,15 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             {
                 child_fail(plan.report, STEP_DROP_PRIVS);
             }
+        }
+        // Landlock last before exec, so that exec itself is checked against the policy.
+        // no_new_privs is what lets an unprivileged task restrict itself, and keeps a setuid
+        // binary from shedding the restriction.
+        if let Some(ruleset) = plan.landlock
+            && (libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) != 0)
+        {
+            child_fail(plan.report, STEP_LANDLOCK);
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
             || libc::getppid() != plan.parent

@@ -11,6 +11,7 @@ use crate::cli::{
     KernelLayerMode, LivenessLevel, PolicyMode, ProfileLevel, ProfileOnFail, RunArgs,
 };
 use crate::policy::layer::PolicySpec;
+use crate::policy::oracle::Vars;
 use crate::policy::{Mode, Severity, parse as parse_policy};
 
 /// A run id: non-empty, ASCII letters, digits, `_` and `-` only (CONTRACT.md §3).
@@ -131,9 +132,14 @@ pub enum SpecError {
         errors: usize,
     },
     #[error(
-        "--policy {file}: mode enforce is not available in this vigil yet (Landlock and cgroup sock_addr enforcement are being built); accepted: --policy-mode audit"
+        "--policy {file}: network rules cannot be enforced by this vigil yet (cgroup sock_addr enforcement is being built); accepted: --policy-mode audit, or network rules that allow every address"
     )]
-    EnforceUnavailable { file: String },
+    NetworkEnforceUnavailable { file: String },
+    #[error("--policy {file}: cannot enforce: {error}; accepted: --policy-mode audit")]
+    Landlock {
+        file: String,
+        error: crate::policy::landlock::LandlockError,
+    },
     #[error("no command given; usage: vigil run [FLAGS] -- CMD [ARGS…]")]
     EmptyCommand,
     #[error(
@@ -168,12 +174,26 @@ fn load_policy(file: &Path, mode: Option<PolicyMode>) -> Result<PolicySpec, Spec
         Some(PolicyMode::Enforce) => policy.mode = Mode::Enforce,
         None => {}
     }
-    if policy.mode == Mode::Enforce {
-        return Err(SpecError::EnforceUnavailable { file: name });
-    }
+    let landlock = match policy.mode {
+        Mode::Audit => None,
+        Mode::Enforce => {
+            // Never run a policy weaker than written: every part must be held, or none runs.
+            if !policy.network_unrestricted() {
+                return Err(SpecError::NetworkEnforceUnavailable { file: name });
+            }
+            let plan = crate::policy::landlock::plan(&policy, &Vars::of_this_process()).map_err(
+                |error| SpecError::Landlock {
+                    file: name.clone(),
+                    error,
+                },
+            )?;
+            Some(std::sync::Arc::new(plan))
+        }
+    };
     Ok(PolicySpec {
         file: file.to_path_buf(),
         policy,
+        landlock,
     })
 }
 

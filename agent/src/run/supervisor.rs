@@ -556,14 +556,7 @@ impl Supervisor<'_> {
             ));
             return;
         }
-        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-        let vars = Vars {
-            workspace: std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_else(|_| "/".into()),
-            home: env("HOME", "/root"),
-            tmpdir: env("TMPDIR", "/tmp"),
-        };
+        let vars = Vars::of_this_process();
         match PolicyLayer::start(spec, &vars, &bundle.path(files::POLICY_LAYER)) {
             Ok(layer) => self.policy = Some(layer),
             Err(e) => self
@@ -848,27 +841,46 @@ impl Supervisor<'_> {
 
         // The oracle saw every kernel event (the last drain came before this).
         let policy = self.policy.take().map(PolicyLayer::finish);
-        let (policy_layer, policy_mechanisms) = match &policy {
+        let landlock = self.spec.policy.as_ref().and_then(|p| p.landlock.clone());
+        let mut policy_mechanisms = Vec::new();
+        if let Some(l) = &landlock {
+            policy_mechanisms.extend(l.notes.iter().cloned());
+            policy_mechanisms
+                .push("network: every address allowed by the policy (nothing to enforce)".into());
+        }
+        match &policy {
             Some(p) if p.write_error.is_none() => {
                 self.notes.push(format!(
-                    "policy {}: audited: {} decisions, {} would-deny (layers/policy.ndjson); nothing was blocked",
-                    p.name, p.decisions, p.would_deny
+                    "policy {}: {} decisions, {} denials (layers/policy.ndjson){}",
+                    p.name,
+                    p.decisions,
+                    p.would_deny,
+                    if landlock.is_some() {
+                        ""
+                    } else {
+                        "; audit: nothing was blocked"
+                    }
                 ));
-                let mut m =
-                    vec!["oracle: kernel events judged against the policy (audit)".to_string()];
+                policy_mechanisms
+                    .push("oracle: kernel events judged against the policy".to_string());
                 if sup.kernel.kernel_layer != "observed" {
-                    m.push(
+                    policy_mechanisms.push(
                         "partial evidence: the kernel layer was not fully observed (see probes)"
                             .into(),
                     );
                 }
-                ("audited", m)
             }
-            _ => ("absent", Vec::new()),
-        };
-        if let Some(e) = policy.as_ref().and_then(|p| p.write_error.clone()) {
-            self.notes.push(format!("policy layer not written: {e}"));
+            Some(p) => self.notes.push(format!(
+                "policy layer not written: {}",
+                p.write_error.clone().unwrap_or_default()
+            )),
+            None => {}
         }
+        let policy_layer = match (&landlock, &policy) {
+            (Some(_), _) => "enforced",
+            (None, Some(p)) if p.write_error.is_none() => "audited",
+            _ => "absent",
+        };
 
         let mut output = std::collections::BTreeMap::new();
         if sup.process_tree {
