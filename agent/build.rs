@@ -20,8 +20,8 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-changed={}", ebpf.display());
     println!("cargo:rerun-if-env-changed=VIGIL_CLANG");
     // The concern files are included by vigil.bpf.c, not compiled on their own; features.bpf.c
-    // holds the attach-type probes of `vigil doctor`.
-    for name in ["vigil", "features"] {
+    // holds the attach-type probes of `vigil doctor`, netpolicy.bpf.c the network enforcement.
+    for name in ["vigil", "features", "netpolicy"] {
         let path = ebpf.join(format!("{name}.bpf.c"));
         let obj = out.join(format!("{name}.bpf.o"));
         let status = Command::new(&clang)

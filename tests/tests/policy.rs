@@ -150,14 +150,20 @@ fn a_policy_run_refuses_bad_policies_and_enforce_before_starting() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "version: 1\nname: b\nmode: audit\ndefault: perhaps\n").expect("write");
     let marker = dir.path().join("ran");
+    let allow_default = dir.path().join("allow.yaml");
+    std::fs::write(
+        &allow_default,
+        "version: 1\nname: a\nmode: enforce\ndefault: allow\n",
+    )
+    .expect("write");
     for (policy, expected) in [
         (
             bad.clone(),
             "bad.yaml:4:10: error: `default` is `perhaps`; accepted: allow, deny",
         ),
         (
-            repo_root().join("policies/no-network.yaml"),
-            "network rules cannot be enforced by this vigil yet",
+            allow_default.clone(),
+            "cannot enforce: `default: allow` cannot be enforced by Landlock",
         ),
     ] {
         let (f, out) = VigilRun::new("refused")
@@ -172,8 +178,8 @@ fn a_policy_run_refuses_bad_policies_and_enforce_before_starting() {
     }
 }
 
-/// A policy that holds the filesystem and leaves the network open (the part this vigil can
-/// enforce today).
+/// A policy that holds the filesystem and leaves the network open (so no network programs are
+/// attached).
 fn fs_only_policy(dir: &std::path::Path, exec_dirs: &str) -> std::path::PathBuf {
     let policy = dir.join("enforce.yaml");
     std::fs::write(
@@ -247,5 +253,105 @@ fn enforce_denies_writes_and_execs_outside_the_policy_with_kernel_evidence() {
     }
     // Only the run was restricted: this process, outside it, writes there freely.
     std::fs::write(&outside, "fine").expect("outside the run, nothing is enforced");
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn enforce_holds_connect_rules_for_ipv4_and_ipv6_in_the_run_only() {
+    use std::net::TcpListener;
+    let listen = |a: &str| {
+        let l = TcpListener::bind(a).expect("listen");
+        let p = l.local_addr().expect("addr").port();
+        (l, p)
+    };
+    let (_a4, allowed4) = listen("127.0.0.1:0");
+    let (_b4, other4) = listen("127.0.0.1:0");
+    let (_a6, allowed6) = listen("[::1]:0");
+    let (_b6, other6) = listen("[::1]:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("net.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nname: net\nmode: enforce\ndefault: deny\nfilesystem:\n  read:\n    - id: r\n      paths: [/]\n  write:\n    - id: w\n      paths: [\"${{WORKSPACE}}\", /dev/null]\n  exec:\n    - id: x\n      paths: [/]\nnetwork:\n  connect:\n    - id: db4\n      cidrs: [\"127.0.0.1/32\"]\n      ports: [{allowed4}]\n    - id: db6\n      cidrs: [\"::1/128\"]\n      ports: [{allowed6}]\n"
+        ),
+    )
+    .expect("policy");
+    let fifo = dir.path().join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let f = fixture_bin().display().to_string();
+    // Each connect's outcome as a word on stdout; then wait until the test has tried from
+    // outside, while the programs are attached.
+    let script = format!(
+        "for a in 127.0.0.1:{allowed4} 127.0.0.1:{other4} [::1]:{allowed6} [::1]:{other6}; do {f} connect $a >/dev/null && echo ok || echo refused; done; read x < {}",
+        fifo.display()
+    );
+    let run = VigilRun::new("netenforce")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args(["--", "sh", "-c", &script]);
+    let handle = std::thread::spawn(move || run.run());
+    // Opening the fifo for writing waits for the child to open it: the run is live.
+    let mut go = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("fifo");
+    for port in [other4, other6] {
+        let addr = if port == other4 {
+            format!("127.0.0.1:{port}")
+        } else {
+            format!("[::1]:{port}")
+        };
+        std::net::TcpStream::connect(&addr).expect("outside the run, nothing is enforced");
+    }
+    use std::io::Write as _;
+    go.write_all(b"go\n").expect("go");
+    drop(go);
+    let (f, _out) = handle.join().expect("run thread");
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let said: Vec<String> = String::from_utf8_lossy(&f.output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        said,
+        ["ok", "refused", "ok", "refused"],
+        "allowed, other port; v4 then v6"
+    );
+    let h = f.health();
+    assert_eq!(h["policy_layer"], "enforced");
+    assert!(
+        h["policy_mechanisms"]
+            .to_string()
+            .contains("cgroup sock_addr"),
+        "{h:#}"
+    );
+    let decisions = read_ndjson(&f.bundle.join("layers/policy.ndjson"));
+    for (subject, verdict, rule) in [
+        (
+            format!("127.0.0.1:{allowed4}"),
+            "allow:network.connect",
+            "db4",
+        ),
+        (
+            format!("127.0.0.1:{other4}"),
+            "deny:network.connect",
+            "default",
+        ),
+        (format!("[::1]:{allowed6}"), "allow:network.connect", "db6"),
+        (format!("[::1]:{other6}"), "deny:network.connect", "default"),
+    ] {
+        let d = decisions
+            .iter()
+            .find(|d| d["subject"] == subject.as_str())
+            .unwrap_or_else(|| panic!("{subject}: {decisions:#?}"));
+        assert_eq!(
+            (d["decision"].as_str(), d["rule_id"].as_str()),
+            (Some(verdict), Some(rule)),
+            "{d}"
+        );
+        if verdict.starts_with("deny") {
+            assert_eq!(d["enforcement_evidence"], "EPERM", "{d}");
+        }
+    }
     assert_valid_bundle(&f.bundle);
 }

@@ -7,6 +7,7 @@ pub mod lint;
 pub mod model;
 pub mod oracle;
 pub mod parse;
+pub mod sockaddr;
 
 pub use model::{Action, Mode, Policy};
 pub use parse::{Diagnostic, Parsed, Severity, parse};

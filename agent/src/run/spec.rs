@@ -131,10 +131,11 @@ pub enum SpecError {
         first: String,
         errors: usize,
     },
-    #[error(
-        "--policy {file}: network rules cannot be enforced by this vigil yet (cgroup sock_addr enforcement is being built); accepted: --policy-mode audit, or network rules that allow every address"
-    )]
-    NetworkEnforceUnavailable { file: String },
+    #[error("--policy {file}: cannot enforce: {error}; accepted: --policy-mode audit")]
+    Network {
+        file: String,
+        error: crate::policy::sockaddr::SockAddrError,
+    },
     #[error("--policy {file}: cannot enforce: {error}; accepted: --policy-mode audit")]
     Landlock {
         file: String,
@@ -178,8 +179,16 @@ fn load_policy(file: &Path, mode: Option<PolicyMode>) -> Result<PolicySpec, Spec
         Mode::Audit => None,
         Mode::Enforce => {
             // Never run a policy weaker than written: every part must be held, or none runs.
-            if !policy.network_unrestricted() {
-                return Err(SpecError::NetworkEnforceUnavailable { file: name });
+            for (list, rules) in [
+                ("network.connect", &policy.connect),
+                ("network.send", &policy.send),
+            ] {
+                crate::policy::sockaddr::entries(list, rules).map_err(|error| {
+                    SpecError::Network {
+                        file: name.clone(),
+                        error,
+                    }
+                })?;
             }
             let plan = crate::policy::landlock::plan(&policy, &Vars::of_this_process()).map_err(
                 |error| SpecError::Landlock {

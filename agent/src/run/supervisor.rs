@@ -40,6 +40,7 @@ use crate::kernel::tree::{KernelTree, ProcessLife};
 use crate::kernel::{KernelLayer, KernelReport};
 use crate::policy::layer::PolicyLayer;
 use crate::policy::oracle::Vars;
+use crate::policy::sockaddr::{self, SockAddrEnforcer};
 
 /// How often the procfs process tree is sampled.
 pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
@@ -243,6 +244,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         stall: None,
         cpu_samples: VecDeque::new(),
         policy: None,
+        network_mechanism: None,
     };
     let outcome = sup
         .supervise(&bundle, &mut spans, &mut sigint, &mut sigterm)
@@ -268,6 +270,19 @@ struct Supervisor<'a> {
     cpu_samples: VecDeque<(Instant, u64)>,
     /// The audit oracle, when the run has a policy and kernel evidence to judge.
     policy: Option<PolicyLayer>,
+    /// Enforce mode: what holds the network rules (health names it).
+    network_mechanism: Option<String>,
+}
+
+/// Why the child was not started.
+#[derive(Debug, thiserror::Error)]
+enum NotStarted {
+    #[error("{0}")]
+    Spawn(SpawnError),
+    #[error(
+        "the policy's network rules could not be enforced, so the command was not started: {0}"
+    )]
+    Network(String),
 }
 
 /// The main child's (exit code, signal) from waitid.
@@ -302,15 +317,26 @@ impl Supervisor<'_> {
             &bundle.path(files::KERNEL_LAYER),
         );
         self.start_policy(bundle, kernel.active());
+        // Held until the run ends: dropping it detaches the network programs.
+        let network = self.enforce_network();
         let check = spans.rec.open(span::CHECK_EXECUTE, Some(spans.case));
         let exec_span = spans.rec.open(span::SUBPROCESS_EXEC, Some(check));
-        let spawned = match spawn::spawn(self.spec, self.cg.path()) {
+        let started = network.and_then(|n| {
+            spawn::spawn(self.spec, self.cg.path())
+                .map(|s| (s, n))
+                .map_err(NotStarted::Spawn)
+        });
+        let (spawned, _network) = match started {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("vigil: {e}");
                 let outcome = match e {
-                    SpawnError::NotFound(_) => Outcome::NotStarted(ExitCode::NOT_FOUND),
-                    SpawnError::NotExecutable(..) => Outcome::NotStarted(ExitCode::NOT_EXECUTABLE),
+                    NotStarted::Spawn(SpawnError::NotFound(_)) => {
+                        Outcome::NotStarted(ExitCode::NOT_FOUND)
+                    }
+                    NotStarted::Spawn(SpawnError::NotExecutable(..)) => {
+                        Outcome::NotStarted(ExitCode::NOT_EXECUTABLE)
+                    }
                     _ => Outcome::VigilFailed,
                 };
                 self.notes.push(format!("child not started: {e}"));
@@ -541,6 +567,27 @@ impl Supervisor<'_> {
             process_tree_source: if kernel_tree { "kernel" } else { "procfs" },
             kernel,
         }
+    }
+
+    /// Enforce mode: attach the policy's network rules to the run's cgroup (not when the
+    /// policy leaves every address open: nothing to hold). An error means the child must not
+    /// start — it would run beyond its policy.
+    fn enforce_network(&mut self) -> Result<Option<SockAddrEnforcer>, NotStarted> {
+        let Some(spec) = self.spec.policy.as_ref().filter(|p| p.landlock.is_some()) else {
+            return Ok(None);
+        };
+        if spec.policy.network_unrestricted() {
+            self.network_mechanism =
+                Some("network: every address allowed by the policy (nothing to enforce)".into());
+            return Ok(None);
+        }
+        let enforcer = sockaddr::attach(&spec.policy, self.cg.path())
+            .map_err(|e| NotStarted::Network(e.to_string()))?;
+        self.network_mechanism = Some(format!(
+            "cgroup sock_addr: connect4/6 and sendmsg4/6 on the run's cgroup only ({} connect, {} send entries; denied calls fail with EPERM)",
+            enforcer.connect_entries, enforcer.send_entries
+        ));
+        Ok(Some(enforcer))
     }
 
     /// Start the audit oracle for the run's policy. Without kernel events there is nothing to
@@ -845,9 +892,8 @@ impl Supervisor<'_> {
         let mut policy_mechanisms = Vec::new();
         if let Some(l) = &landlock {
             policy_mechanisms.extend(l.notes.iter().cloned());
-            policy_mechanisms
-                .push("network: every address allowed by the policy (nothing to enforce)".into());
         }
+        policy_mechanisms.extend(self.network_mechanism.take());
         match &policy {
             Some(p) if p.write_error.is_none() => {
                 self.notes.push(format!(
