@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_kernel;
+mod bench_policy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +25,7 @@ fn main() -> Result<()> {
         Some("codegen") => codegen(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [-- CMD…] | bench [--quick] [--no-kernel|--kernel-only] | lint | codegen"
+                "usage: cargo xtask test | run [-- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only] | lint | codegen"
             );
             std::process::exit(2);
         }

@@ -18,6 +18,7 @@
 //!   udp-send ADDR          send one 5-byte datagram to ADDR; exit 0 when sent
 //!   open-storm N PATH      open (and close, if it opened) PATH N times as fast as it can
 //!   open-paced N RATE PATH the same N opens at RATE per second (on average)
+//!   connect-storm N ADDR   N TCP connects to ADDR as fast as it can (refusals are fine)
 //!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
 //!                          (under a memory limit the OOM killer ends it first)
 
@@ -119,6 +120,13 @@ fn main() {
                 drop(std::fs::File::open(&path));
             }
         }
+        Some("connect-storm") => {
+            let n: u64 = arg(1).parse().unwrap_or_else(|_| usage());
+            let to: std::net::SocketAddr = arg(2).parse().unwrap_or_else(|_| usage());
+            for _ in 0..n {
+                drop(std::net::TcpStream::connect(to));
+            }
+        }
         Some("alloc") => {
             let mb: usize = arg(1).parse().unwrap_or_else(|_| usage());
             let mut held = Vec::with_capacity(mb);
@@ -139,7 +147,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|alloc MB"
+        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|connect-storm N ADDR|alloc MB"
     );
     std::process::exit(2)
 }
