@@ -355,3 +355,69 @@ fn enforce_holds_connect_rules_for_ipv4_and_ipv6_in_the_run_only() {
     }
     assert_valid_bundle(&f.bundle);
 }
+
+/// Each shipped policy on a small workload, showing what it is for.
+#[test]
+fn each_shipped_policy_does_what_it_says() {
+    let policies = repo_root().join("policies");
+    let arg = |name: &str| policies.join(format!("{name}.yaml"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let f = fixture_bin().display().to_string();
+    let blocked_connect = format!("127.0.0.1:{closed}");
+    // (policy, script, expected stdout, a decision that must be there)
+    let cases = [
+        (
+            "ci-default",
+            format!("echo a > built.txt && echo wrote; {f} udp-send 192.0.2.1:9 && echo sent"),
+            vec!["wrote", "sent"],
+            ("deny:network.send", "192.0.2.1:9"),
+        ),
+        (
+            "no-network",
+            format!("echo a > built.txt && echo wrote; {f} connect 127.0.0.1:{closed} || echo blocked"),
+            vec!["wrote", "blocked"],
+            ("deny:network.connect", blocked_connect.as_str()),
+        ),
+        (
+            "readonly-workspace",
+            "echo a > built.txt || echo blocked; cat /etc/hostname > /dev/null && echo read".into(),
+            vec!["blocked", "read"],
+            ("deny:filesystem.write_file", "built.txt"),
+        ),
+        (
+            "strict-example",
+            "mkdir -p target 2>/dev/null; echo a > target/out && echo wrote; echo b > elsewhere.txt || echo blocked".into(),
+            vec!["blocked"],
+            ("deny:filesystem.write_file", "elsewhere.txt"),
+        ),
+    ];
+    // The workspaces of these runs live under /tmp; a TMPDIR elsewhere keeps
+    // readonly-workspace's `${TMPDIR}` rule from covering them.
+    let scratch = tempfile::tempdir_in("/var/tmp").expect("scratch");
+    for (name, script, said, (decision, subject)) in cases {
+        let (run, _out) = VigilRun::new(name)
+            .env("TMPDIR", scratch.path().to_str().expect("utf8"))
+            .args(["--policy".as_ref(), arg(name).as_os_str()])
+            .args(["--", "sh", "-c", &script])
+            .run();
+        let stdout = String::from_utf8_lossy(&run.output.stdout).into_owned();
+        for word in said {
+            assert!(
+                stdout.lines().any(|l| l == word),
+                "{name}: `{word}` missing: {stdout} {}",
+                run.stderr()
+            );
+        }
+        let decisions = read_ndjson(&run.bundle.join("layers/policy.ndjson"));
+        assert!(
+            decisions.iter().any(|d| d["decision"] == decision
+                && d["subject"].as_str().is_some_and(|s| s.ends_with(subject))),
+            "{name}: {decision} {subject}: {decisions:#?}"
+        );
+        assert_valid_bundle(&run.bundle);
+    }
+}
