@@ -107,6 +107,27 @@ fn dispatch(cli: Cli) -> i32 {
                 0
             }
         }
+        Command::Policy {
+            command: PolicyCommand::Suggest { bundles, out },
+        } => match vigil::policy::suggest::suggest(&bundles) {
+            Ok(yaml) => match out {
+                None => {
+                    print!("{yaml}");
+                    0
+                }
+                Some(path) => match std::fs::write(&path, yaml) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("vigil: policy suggest: {}: {e}", path.display());
+                        ExitCode::VIGIL_FAILED
+                    }
+                },
+            },
+            Err(e) => {
+                eprintln!("vigil: policy suggest: {e}");
+                ExitCode::INVALID_BUNDLE
+            }
+        },
         Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {
             Ok(()) => 0,
             Err(e) => {

@@ -421,3 +421,86 @@ fn each_shipped_policy_does_what_it_says() {
         assert_valid_bundle(&run.bundle);
     }
 }
+
+/// `vigil policy suggest` round trip: a policy derived from a run lints clean, lets the same
+/// workload pass under enforcement, and denies anything new.
+#[test]
+fn a_suggested_policy_passes_the_same_workload_and_denies_a_new_action() {
+    let (_listener, port) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let p = l.local_addr().expect("addr").port();
+        (l, p)
+    };
+    let (_other, other) = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let p = l.local_addr().expect("addr").port();
+        (l, p)
+    };
+    let f = fixture_bin().display().to_string();
+    let workload =
+        format!("cat /etc/hostname > copy.txt && {f} connect 127.0.0.1:{port} && echo done");
+    let (observed, _o) = VigilRun::new("observed")
+        .args(["--", "sh", "-c", &workload])
+        .run();
+    assert_eq!(observed.code(), 0, "{}", observed.stderr());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("suggested.yaml");
+    vigil_ok(&[
+        "policy".as_ref(),
+        "suggest".as_ref(),
+        observed.bundle.as_os_str(),
+        "--out".as_ref(),
+        policy.as_os_str(),
+    ]);
+    let lint = Command::new(vigil_bin())
+        .args(["policy", "lint"])
+        .arg(&policy)
+        .output()
+        .expect("lint");
+    let lint_text = String::from_utf8_lossy(&lint.stderr);
+    assert_eq!(lint.status.code(), Some(0), "{lint_text}");
+    assert!(
+        lint_text.trim_end().ends_with(": ok"),
+        "no warnings either: {lint_text}"
+    );
+
+    // The same workload, enforced, in a fresh workspace: it passes.
+    let (same, _s) = VigilRun::new("same")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args(["--", "sh", "-c", &workload])
+        .run();
+    assert_eq!(
+        same.code(),
+        0,
+        "{}\n{}",
+        same.stderr(),
+        std::fs::read_to_string(&policy).unwrap_or_default()
+    );
+    assert_eq!(same.health()["policy_layer"], "enforced");
+
+    // Something new — another port, a write elsewhere — is denied.
+    let elsewhere = tempfile::tempdir_in("/var/tmp").expect("elsewhere");
+    let stray = elsewhere.path().join("stray.txt");
+    let new = format!(
+        "{workload}; {f} connect 127.0.0.1:{other} && echo connected-other; echo x > {} && echo wrote-stray; exit 0",
+        stray.display()
+    );
+    let (more, _m) = VigilRun::new("more")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args(["--", "sh", "-c", &new])
+        .run();
+    let said = String::from_utf8_lossy(&more.output.stdout).into_owned();
+    assert!(said.contains("done"), "the known part still works: {said}");
+    assert!(!said.contains("connected-other"), "{said}");
+    assert!(!said.contains("wrote-stray") && !stray.exists(), "{said}");
+    let decisions = read_ndjson(&more.bundle.join("layers/policy.ndjson"));
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["decision"] == "deny:network.connect"
+                && d["subject"] == format!("127.0.0.1:{other}").as_str()
+                && d["enforcement_evidence"] == "EPERM")
+    );
+    assert_valid_bundle(&more.bundle);
+}

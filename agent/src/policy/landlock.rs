@@ -105,7 +105,9 @@ pub fn plan(policy: &Policy, vars: &Vars) -> Result<LandlockPlan, LandlockError>
     let handled = AccessFs::from_all(abi);
     let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
     let write = AccessFs::from_write(abi);
-    let exec: BitFlags<AccessFs> = AccessFs::Execute.into();
+    // The kernel opens a program (and its ELF interpreter) for reading to execute it, and
+    // Landlock checks ReadFile there too: "may be executed" needs both.
+    let exec: BitFlags<AccessFs> = AccessFs::Execute | AccessFs::ReadFile;
     let mut ruleset = Ruleset::default()
         .handle_access(handled)
         .map_err(err)?

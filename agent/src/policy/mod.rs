@@ -8,6 +8,7 @@ pub mod model;
 pub mod oracle;
 pub mod parse;
 pub mod sockaddr;
+pub mod suggest;
 
 pub use model::{Action, Mode, Policy};
 pub use parse::{Diagnostic, Parsed, Severity, parse};

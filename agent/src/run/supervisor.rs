@@ -228,7 +228,9 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
     events.emit(
         EventKind::RunStarted,
         None,
-        json!({"command": trace.command, "args": trace.args, "cgroup": trace.cgroup, "vigil_pid": std::process::id()}),
+        json!({"command": trace.command, "args": trace.args, "cgroup": trace.cgroup, "vigil_pid": std::process::id(),
+               // What ${WORKSPACE}, ${HOME} and ${TMPDIR} meant for this run (for `vigil policy suggest`).
+               "policy_vars": policy_vars_json()}),
     );
 
     let mut sup = Supervisor {
@@ -272,6 +274,11 @@ struct Supervisor<'a> {
     policy: Option<PolicyLayer>,
     /// Enforce mode: what holds the network rules (health names it).
     network_mechanism: Option<String>,
+}
+
+fn policy_vars_json() -> serde_json::Value {
+    let v = Vars::of_this_process();
+    json!({"workspace": v.workspace, "home": v.home, "tmpdir": v.tmpdir})
 }
 
 /// Why the child was not started.
