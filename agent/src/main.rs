@@ -128,6 +128,18 @@ fn dispatch(cli: Cli) -> i32 {
                 ExitCode::INVALID_BUNDLE
             }
         },
+        Command::Compare { baseline, scenario } => {
+            match vigil::policy::compare::compare(&baseline, &scenario) {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("vigil: compare: {e}");
+                    ExitCode::INVALID_BUNDLE
+                }
+            }
+        }
         Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {
             Ok(()) => 0,
             Err(e) => {

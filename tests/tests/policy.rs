@@ -504,3 +504,81 @@ fn a_suggested_policy_passes_the_same_workload_and_denies_a_new_action() {
     );
     assert_valid_bundle(&more.bundle);
 }
+
+/// Lanes and `vigil compare`: a difference the policy made is attributed to it, one it did not
+/// make is put down to the environment.
+#[test]
+fn compare_attributes_outcome_differences_to_the_policy_or_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = fs_only_policy(dir.path(), "/");
+    let elsewhere = tempfile::tempdir_in("/var/tmp").expect("elsewhere");
+    let outside = elsewhere.path().join("out.txt");
+    let marker = elsewhere.path().join("marker");
+    let run = |id: &str, lane: &str, script: &str| {
+        let (f, out) = VigilRun::new(id)
+            .args(["--policy".as_ref(), policy.as_os_str()])
+            .args(["--lane", lane, "--", "sh", "-c", script])
+            .run();
+        (f, out)
+    };
+    let compare = |b: &std::path::Path, s: &std::path::Path| {
+        let out = vigil_ok(&["compare".as_ref(), b.as_os_str(), s.as_os_str()]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // The policy's doing: the write outside the workspace.
+    let write = format!("echo x > {} || exit 1", outside.display());
+    let (base, _b) = run("base", "baseline", &write);
+    assert_eq!(base.code(), 0, "baseline: not applied: {}", base.stderr());
+    assert!(outside.exists());
+    std::fs::remove_file(&outside).expect("rm");
+    let (scen, _s) = run("scen", "scenario", &write);
+    assert_eq!(scen.code(), 1, "scenario: applied: {}", scen.stderr());
+    let decisions = read_ndjson(&base.bundle.join("layers/policy.ndjson"));
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d["lane"] == "baseline" && d["mode"] == "audit")
+    );
+    let text = compare(&base.bundle, &scen.bundle);
+    assert!(
+        text.contains("outcome differs: attributed to the policy"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "filesystem.write_file {} (rule default)",
+            outside.display()
+        )),
+        "{text}"
+    );
+
+    // The environment's: a file that was there for the baseline only.
+    std::fs::write(&marker, "").expect("marker");
+    let check = format!("test -e {}", marker.display());
+    let (base2, _b2) = run("base2", "baseline", &check);
+    std::fs::remove_file(&marker).expect("rm marker");
+    let (scen2, _s2) = run("scen2", "scenario", &check);
+    assert_eq!((base2.code(), scen2.code()), (0, 1));
+    let text = compare(&base2.bundle, &scen2.bundle);
+    assert!(text.contains("not attributable to the policy"), "{text}");
+
+    // A lane and a mode that contradict each other are a usage error.
+    let (bad, _x) = VigilRun::new("conflict")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args([
+            "--lane",
+            "baseline",
+            "--policy-mode",
+            "enforce",
+            "--",
+            "true",
+        ])
+        .run();
+    assert_eq!(bad.code(), 2);
+    assert!(
+        bad.stderr().contains("--lane and --policy-mode disagree"),
+        "{}",
+        bad.stderr()
+    );
+}

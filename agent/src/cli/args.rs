@@ -42,7 +42,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Sandbox policies: `lint` checks policy files.
+    /// Did the policy change the outcome? Compares a `--lane baseline` run with a
+    /// `--lane scenario` run of the same workload.
+    Compare {
+        /// The bundle of the baseline run (policy not applied).
+        baseline: PathBuf,
+        /// The bundle of the scenario run (policy applied).
+        scenario: PathBuf,
+    },
+    /// Sandbox policies: `lint` checks policy files, `suggest` derives one from runs.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -127,9 +135,14 @@ pub struct RunArgs {
     pub policy: Option<PathBuf>,
 
     /// Override the policy's mode. `audit` records what the policy would decide and blocks
-    /// nothing; `enforce` is refused until this vigil can enforce (issue 4).
+    /// nothing; `enforce` applies it (Landlock, cgroup sock_addr).
     #[arg(long, value_enum, requires = "policy")]
     pub policy_mode: Option<PolicyMode>,
+
+    /// Label the run for `vigil compare`: `baseline` runs with the policy not applied (its
+    /// decisions recorded as would-be), `scenario` with it applied (enforce).
+    #[arg(long, value_enum, requires = "policy")]
+    pub lane: Option<LaneArg>,
 
     /// Cap on each of output/stdout.log and output/stderr.log; truncation is recorded.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
@@ -147,6 +160,12 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LaneArg {
+    Baseline,
+    Scenario,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

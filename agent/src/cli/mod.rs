@@ -5,7 +5,7 @@ mod exit;
 mod usage;
 
 pub use args::{
-    Cli, Command, GateArgs, KernelLayerMode, LivenessArgs, LivenessLevel, PolicyCommand,
+    Cli, Command, GateArgs, KernelLayerMode, LaneArg, LivenessArgs, LivenessLevel, PolicyCommand,
     PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
 };
 pub use exit::ExitCode;

@@ -23,6 +23,28 @@ pub struct PolicySpec {
     pub policy: Policy,
     /// Enforce mode: the Landlock ruleset for the child (built before anything started).
     pub landlock: Option<std::sync::Arc<super::landlock::LandlockPlan>>,
+    pub lane: DecisionLane,
+}
+
+/// The lane of CONTRACT.md's policy decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLane {
+    /// Audit: the policy judged, not applied.
+    Oracle,
+    /// `--lane baseline`: not applied, for comparison with a scenario run.
+    Baseline,
+    /// Applied (enforce).
+    Scenario,
+}
+
+impl DecisionLane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLane::Oracle => "oracle",
+            DecisionLane::Baseline => "baseline",
+            DecisionLane::Scenario => "scenario",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -48,6 +70,7 @@ struct DecisionRecord<'a> {
 pub struct PolicyLayer {
     name: String,
     mode: Mode,
+    lane: DecisionLane,
     oracle: Oracle,
     out: NdjsonWriter,
     seq: u64,
@@ -71,6 +94,7 @@ impl PolicyLayer {
         Ok(PolicyLayer {
             name: spec.policy.name.clone(),
             mode: spec.policy.mode,
+            lane: spec.lane,
             oracle: Oracle::new(&spec.policy, vars),
             out: NdjsonWriter::spawn(layer, QUEUE)?,
             seq: 0,
@@ -94,10 +118,11 @@ impl PolicyLayer {
                 }
             };
             let h = o.event.header();
-            let (mode, lane) = match self.mode {
-                Mode::Audit => ("audit", "oracle"),
-                Mode::Enforce => ("enforce", "scenario"),
+            let mode = match self.mode {
+                Mode::Audit => "audit",
+                Mode::Enforce => "enforce",
             };
+            let lane = self.lane.as_str();
             let enforcement_evidence = (self.mode == Mode::Enforce && d.action == Action::Deny)
                 .then(|| match result_of(&o.event) {
                     Some(-13) => "EACCES".to_string(),

@@ -1,6 +1,7 @@
 //! Sandbox policies: the model, reading and linting policy files. Enforcement (Landlock, cgroup
 //! sock_addr programs) and the audit oracle build on this model.
 
+pub mod compare;
 pub mod landlock;
 pub mod layer;
 pub mod lint;

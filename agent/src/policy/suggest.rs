@@ -32,7 +32,7 @@ struct Seen {
 }
 
 /// (value, variable) pairs, most specific first.
-fn variables(events: &str) -> Vec<(String, &'static str)> {
+pub(crate) fn variables(events: &str) -> Vec<(String, &'static str)> {
     let started = events
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

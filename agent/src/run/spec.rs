@@ -8,9 +8,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::cli::{
-    KernelLayerMode, LivenessLevel, PolicyMode, ProfileLevel, ProfileOnFail, RunArgs,
+    KernelLayerMode, LaneArg, LivenessLevel, PolicyMode, ProfileLevel, ProfileOnFail, RunArgs,
 };
-use crate::policy::layer::PolicySpec;
+use crate::policy::layer::{DecisionLane, PolicySpec};
 use crate::policy::oracle::Vars;
 use crate::policy::{Mode, Severity, parse as parse_policy};
 
@@ -123,6 +123,10 @@ pub struct RunSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    #[error(
+        "--policy {file}: --lane and --policy-mode disagree; accepted: --lane baseline (not applied, audit) or --lane scenario (applied, enforce)"
+    )]
+    LaneConflict { file: String },
     #[error("--policy {file}: cannot read: {error}")]
     PolicyUnreadable { file: String, error: std::io::Error },
     #[error("--policy {first} ({errors} error(s); `vigil policy lint {file}` lists them all)")]
@@ -150,7 +154,11 @@ pub enum SpecError {
 }
 
 /// Read and check a policy; the mode flag overrides the file's mode.
-fn load_policy(file: &Path, mode: Option<PolicyMode>) -> Result<PolicySpec, SpecError> {
+fn load_policy(
+    file: &Path,
+    mode: Option<PolicyMode>,
+    lane: Option<LaneArg>,
+) -> Result<PolicySpec, SpecError> {
     let name = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|error| SpecError::PolicyUnreadable {
         file: name.clone(),
@@ -175,6 +183,23 @@ fn load_policy(file: &Path, mode: Option<PolicyMode>) -> Result<PolicySpec, Spec
         Some(PolicyMode::Enforce) => policy.mode = Mode::Enforce,
         None => {}
     }
+    // A lane fixes whether the policy is applied: baseline never, scenario always.
+    let lane = match (lane, mode) {
+        (Some(LaneArg::Baseline), Some(PolicyMode::Enforce))
+        | (Some(LaneArg::Scenario), Some(PolicyMode::Audit)) => {
+            return Err(SpecError::LaneConflict { file: name });
+        }
+        (Some(LaneArg::Baseline), _) => {
+            policy.mode = Mode::Audit;
+            DecisionLane::Baseline
+        }
+        (Some(LaneArg::Scenario), _) => {
+            policy.mode = Mode::Enforce;
+            DecisionLane::Scenario
+        }
+        (None, _) if policy.mode == Mode::Enforce => DecisionLane::Scenario,
+        (None, _) => DecisionLane::Oracle,
+    };
     let landlock = match policy.mode {
         Mode::Audit => None,
         Mode::Enforce => {
@@ -203,6 +228,7 @@ fn load_policy(file: &Path, mode: Option<PolicyMode>) -> Result<PolicySpec, Spec
         file: file.to_path_buf(),
         policy,
         landlock,
+        lane,
     })
 }
 
@@ -222,7 +248,7 @@ impl RunSpec {
         }
         let policy = match &args.policy {
             None => None,
-            Some(file) => Some(load_policy(file, args.policy_mode)?),
+            Some(file) => Some(load_policy(file, args.policy_mode, args.lane)?),
         };
         let ms = Duration::from_millis;
         Ok(RunSpec {
