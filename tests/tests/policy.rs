@@ -582,3 +582,87 @@ fn compare_attributes_outcome_differences_to_the_policy_or_the_environment() {
         bad.stderr()
     );
 }
+
+/// Ten kinds of malformed policy, each given to `vigil run`: its exact error, exit 2, no
+/// bundle, and the command never ran.
+#[test]
+fn malformed_policies_stop_a_run_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head = "version: 1\nname: m\nmode: audit\ndefault: deny\n";
+    let cases: [(&str, String, &str); 10] = [
+        (
+            "syntax",
+            "version: 1\nname: [x\n".into(),
+            ":3:1: error: YAML syntax",
+        ),
+        (
+            "unknown key",
+            format!("{head}rules: []\n"),
+            ":5:1: error: unknown key `rules` in the policy",
+        ),
+        (
+            "duplicate key",
+            format!("{head}name: n\n"),
+            ":5:1: error: duplicate key `name` (first at line 2)",
+        ),
+        (
+            "missing default",
+            "version: 1\nname: m\nmode: audit\n".into(),
+            ":1:1: error: missing `default`",
+        ),
+        (
+            "bad mode",
+            "version: 1\nname: m\nmode: strict\ndefault: deny\n".into(),
+            ":3:7: error: `mode` is `strict`; accepted: audit, enforce",
+        ),
+        (
+            "bad version",
+            "version: 3\nname: m\nmode: audit\ndefault: deny\n".into(),
+            ":1:10: error: `version` is `3`; accepted: 1",
+        ),
+        (
+            "relative path",
+            format!("{head}filesystem:\n  read:\n    - id: r\n      paths: [etc]\n"),
+            ":8:15: error: path `etc` is relative",
+        ),
+        (
+            "unknown variable",
+            format!("{head}filesystem:\n  read:\n    - id: r\n      paths: [\"${{SRC}}\"]\n"),
+            ":8:15: error: path `${SRC}`: unknown variable `${SRC}`",
+        ),
+        (
+            "bad cidr",
+            format!("{head}network:\n  connect:\n    - id: c\n      cidrs: [\"10.0.0.256/8\"]\n"),
+            ":8:15: error: `10.0.0.256/8` is not a CIDR",
+        ),
+        (
+            "bad port",
+            format!(
+                "{head}network:\n  send:\n    - id: s\n      cidrs: [\"::1\"]\n      ports: [\"65536\"]\n"
+            ),
+            ":9:15: error: `65536` is not a port or port range",
+        ),
+    ];
+    let marker = dir.path().join("ran");
+    for (what, yaml, expected) in cases {
+        let file = dir.path().join(format!("{}.yaml", what.replace(' ', "-")));
+        std::fs::write(&file, yaml).expect("write");
+        let (f, out) = VigilRun::new("malformed")
+            .args(["--policy".as_ref(), file.as_os_str()])
+            .args(["--", "touch", marker.to_str().expect("utf8")])
+            .run();
+        let want = format!("{}{expected}", file.display());
+        assert_eq!(f.code(), 2, "{what}: {}", f.stderr());
+        assert!(
+            f.stderr().contains(&want),
+            "{what}: expected `{want}` in {}",
+            f.stderr()
+        );
+        assert_eq!(f.stderr().lines().count(), 1, "{what}: one line");
+        assert!(!marker.exists(), "{what}: the command ran");
+        assert!(
+            !out.path().join("malformed").exists(),
+            "{what}: a bundle was made"
+        );
+    }
+}

@@ -148,6 +148,20 @@ pub fn plan(policy: &Policy, vars: &Vars) -> Result<LandlockPlan, LandlockError>
             .collect::<Vec<_>>()
             .join(", ")
     )];
+    // Rights this vigil would handle on a current kernel that this one's ABI cannot: what the
+    // host could not enforce (e.g. Truncate before ABI 3, IoctlDev before ABI 5).
+    let missing: Vec<String> = (AccessFs::from_all(ABI::V5) & !handled)
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    notes.push(if missing.is_empty() {
+        format!("landlock: every filesystem right is enforceable at ABI {raw_abi}")
+    } else {
+        format!(
+            "landlock ABI {raw_abi} cannot enforce: {} (allowed to everything)",
+            missing.join(", ")
+        )
+    });
     if !skipped.is_empty() {
         notes.push(format!(
             "landlock: paths that do not exist were left out (nothing beneath them is allowed): {}",
@@ -215,8 +229,9 @@ mod tests {
         let plan = plan(&p, &vars()).expect("plan");
         assert!(plan.abi >= 1);
         assert!(plan.notes[0].starts_with(&format!("landlock ABI {}: ", plan.abi)));
+        assert!(plan.notes[1].starts_with("landlock"), "{:?}", plan.notes);
         assert!(
-            plan.notes[1].contains("/nonexistent-vigil-dir"),
+            plan.notes[2].contains("/nonexistent-vigil-dir"),
             "{:?}",
             plan.notes
         );
