@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod contracts;
 pub mod evidence;
 pub mod kernel;
 pub mod policy;

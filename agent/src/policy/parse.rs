@@ -105,7 +105,7 @@ fn all<T>(items: Vec<Option<T>>) -> Option<Vec<T>> {
     items.into_iter().collect()
 }
 
-fn loc(m: Option<&Marker>) -> Loc {
+pub(crate) fn loc(m: Option<&Marker>) -> Loc {
     m.map_or(Loc { line: 1, column: 1 }, |m| Loc {
         line: m.line(),
         column: m.column(),
@@ -448,26 +448,30 @@ const NET_KEYS: [&str; 2] = ["connect", "send"];
 const PATH_RULE_KEYS: [&str; 3] = ["id", "action", "paths"];
 const NET_RULE_KEYS: [&str; 4] = ["id", "action", "cidrs", "ports"];
 
+/// Every key of a mapping that is not accepted, as errors at the key. (serde's unknown-field
+/// errors carry no position with marked-yaml and stop at the first one.)
+pub(crate) fn unknown_keys(node: &Node, what: &str, accepted: &[&str]) -> Vec<Diagnostic> {
+    let Some(map) = node.as_mapping() else {
+        return Vec::new();
+    };
+    let list: Vec<String> = accepted.iter().map(|k| format!("`{k}`")).collect();
+    map.keys()
+        .filter(|key| !accepted.contains(&key.as_str()))
+        .map(|key| Diagnostic {
+            severity: Severity::Error,
+            at: loc(key.span().start()),
+            message: format!(
+                "unknown key `{}` in {what}; accepted: {}",
+                key.as_str(),
+                list.join(", ")
+            ),
+        })
+        .collect()
+}
+
 impl Checker {
-    /// Report every key a mapping does not accept, at the key. (serde's unknown-field errors
-    /// carry no position here and stop at the first one.)
     fn keys(&mut self, node: &Node, what: &str, accepted: &[&str]) {
-        let Some(map) = node.as_mapping() else {
-            return;
-        };
-        for key in map.keys() {
-            if !accepted.contains(&key.as_str()) {
-                let list: Vec<String> = accepted.iter().map(|k| format!("`{k}`")).collect();
-                self.error(
-                    loc(key.span().start()),
-                    format!(
-                        "unknown key `{}` in {what}; accepted: {}",
-                        key.as_str(),
-                        list.join(", ")
-                    ),
-                );
-            }
-        }
+        self.out.extend(unknown_keys(node, what, accepted));
     }
 
     fn rule_list_keys(&mut self, node: Option<&Node>, what: &str, accepted: &[&str]) {
@@ -588,7 +592,7 @@ pub fn parse(text: &str) -> Parsed {
     }
 }
 
-fn yaml_error(e: &marked_yaml::FromYamlError) -> Diagnostic {
+pub(crate) fn yaml_error(e: &marked_yaml::FromYamlError) -> Diagnostic {
     use marked_yaml::LoadError;
     let (mark, message) = match e {
         marked_yaml::FromYamlError::ParseYaml(l) => match l {
