@@ -123,6 +123,12 @@ pub fn bench(args: &[String]) -> Result<()> {
     };
     let reps = |full: usize, q: usize| if quick { q } else { full };
     let mut rows = Vec::new();
+    if args.iter().any(|a| a == "--contracts-only") {
+        rows.extend(crate::bench_contracts::bench()?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--policy-only") {
         rows.extend(crate::bench_policy::bench(&env, &tmp, quick)?);
         let _ = std::fs::remove_dir_all(&tmp);
@@ -319,6 +325,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
         rows.extend(crate::bench_policy::bench(&env, &tmp, quick)?);
     }
+    rows.extend(crate::bench_contracts::bench()?);
 
     let _ = std::fs::remove_dir_all(&tmp);
     print_table(&rows, quick);

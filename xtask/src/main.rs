@@ -7,6 +7,7 @@
 //!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
 
 mod bench;
+mod bench_contracts;
 mod bench_kernel;
 mod bench_policy;
 
@@ -25,7 +26,7 @@ fn main() -> Result<()> {
         Some("codegen") => codegen(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [-- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only] | lint | codegen"
+                "usage: cargo xtask test | run [-- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | codegen"
             );
             std::process::exit(2);
         }
