@@ -251,6 +251,13 @@ fn enforce_denies_writes_and_execs_outside_the_policy_with_kernel_evidence() {
             "the syscall in the run's cgroup returned EACCES: {ev}"
         );
     }
+    // The bundle sits in the workspace the policy lets the run write: health says so.
+    assert!(
+        h["notes"]
+            .to_string()
+            .contains("is writable by the run (write rule `ws`)"),
+        "{h:#}"
+    );
     // Only the run was restricted: this process, outside it, writes there freely.
     std::fs::write(&outside, "fine").expect("outside the run, nothing is enforced");
     assert_valid_bundle(&f.bundle);

@@ -13,7 +13,7 @@ use landlock::{
 };
 
 use super::model::{Action, PathRule, Policy, path_covers};
-use super::oracle::{Vars, normalize};
+use super::oracle::{Vars, expand_path};
 
 /// A ruleset ready for `landlock_restrict_self`, and what health says about it.
 #[derive(Debug)]
@@ -79,15 +79,6 @@ fn check_denies(rules: &[PathRule]) -> Result<(), LandlockError> {
     Ok(())
 }
 
-fn expand(path: &str, vars: &Vars) -> String {
-    normalize(
-        &path
-            .replace("${WORKSPACE}", &vars.workspace)
-            .replace("${HOME}", &vars.home)
-            .replace("${TMPDIR}", &vars.tmpdir),
-    )
-}
-
 /// Build the ruleset for a policy's filesystem rules.
 pub fn plan(policy: &Policy, vars: &Vars) -> Result<LandlockPlan, LandlockError> {
     let raw_abi = kernel_abi();
@@ -121,7 +112,7 @@ pub fn plan(policy: &Policy, vars: &Vars) -> Result<LandlockPlan, LandlockError>
     ] {
         for rule in rules.iter().filter(|r| r.action == Action::Allow) {
             for path in &rule.paths {
-                let path = expand(path, vars);
+                let path = expand_path(path, vars);
                 let Ok(fd) = PathFd::new(&path) else {
                     skipped.push(path);
                     continue;

@@ -77,21 +77,21 @@ const O_ACCMODE: u32 = 0o3;
 const ENOENT: i64 = -2;
 const ENOTDIR: i64 = -20;
 
+/// A rule path with its variable expanded and dots collapsed.
+pub fn expand_path(path: &str, vars: &Vars) -> String {
+    normalize(
+        &path
+            .replace("${WORKSPACE}", &vars.workspace)
+            .replace("${HOME}", &vars.home)
+            .replace("${TMPDIR}", &vars.tmpdir),
+    )
+}
+
 fn expand(rules: &[PathRule], vars: &Vars) -> Vec<PathRule> {
     rules
         .iter()
         .map(|r| PathRule {
-            paths: r
-                .paths
-                .iter()
-                .map(|p| {
-                    normalize(
-                        &p.replace("${WORKSPACE}", &vars.workspace)
-                            .replace("${HOME}", &vars.home)
-                            .replace("${TMPDIR}", &vars.tmpdir),
-                    )
-                })
-                .collect(),
+            paths: r.paths.iter().map(|p| expand_path(p, vars)).collect(),
             ..r.clone()
         })
         .collect()

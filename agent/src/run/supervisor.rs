@@ -603,6 +603,29 @@ impl Supervisor<'_> {
         let Some(spec) = &self.spec.policy else {
             return;
         };
+        // Landlock cannot carve the bundle out of a writable tree: say so, so that an operator
+        // who needs the evidence out of the run's reach puts --out elsewhere.
+        if spec.landlock.is_some() {
+            let vars = Vars::of_this_process();
+            let dir = std::fs::canonicalize(bundle.dir())
+                .unwrap_or_else(|_| bundle.dir().to_path_buf())
+                .display()
+                .to_string();
+            if let Some(rule) = spec.policy.write.iter().find(|r| {
+                r.action == crate::policy::Action::Allow
+                    && r.paths.iter().any(|p| {
+                        crate::policy::model::path_covers(
+                            &crate::policy::oracle::expand_path(p, &vars),
+                            &dir,
+                        )
+                    })
+            }) {
+                self.notes.push(format!(
+                    "policy {}: the bundle directory {dir} is writable by the run (write rule `{}`); use --out outside it to keep the evidence out of the run's reach",
+                    spec.policy.name, rule.id
+                ));
+            }
+        }
         if !kernel_active {
             self.notes.push(format!(
                 "policy {}: not audited: the kernel layer is not active, so there are no events to judge",
