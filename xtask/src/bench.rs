@@ -68,10 +68,15 @@ impl Env {
         c
     }
 
-    fn latest_events(&self) -> Result<Vec<Value>> {
+    /// A file of the newest bundle under `out`.
+    pub fn latest_file(&self, rel: &str) -> Result<String> {
         let id = std::fs::read_to_string(self.out.join("LATEST"))?;
-        let text = std::fs::read_to_string(self.out.join(id.trim()).join("events.ndjson"))?;
-        Ok(text
+        Ok(std::fs::read_to_string(self.out.join(id.trim()).join(rel))?)
+    }
+
+    fn latest_events(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .latest_file("events.ndjson")?
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect())

@@ -107,14 +107,9 @@ fn peak_rss_mib(mut cmd: Command) -> Result<(i32, f64)> {
     Ok((libc::WEXITSTATUS(status), usage.ru_maxrss as f64 / 1024.0))
 }
 
-fn latest_health(env: &Env) -> Result<Value> {
-    let id = std::fs::read_to_string(env.out.join("LATEST"))?;
-    let text = std::fs::read_to_string(env.out.join(id.trim()).join("observation-health.json"))?;
-    Ok(serde_json::from_str(&text)?)
-}
-
 fn lost(env: &Env) -> Result<u64> {
-    latest_health(env)?["lost_events"]["kernel_ring_buffer"]
+    let health: Value = serde_json::from_str(&env.latest_file("observation-health.json")?)?;
+    health["lost_events"]["kernel_ring_buffer"]
         .as_u64()
         .context("lost_events")
 }

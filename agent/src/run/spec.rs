@@ -119,6 +119,8 @@ pub struct RunSpec {
     pub liveness: LivenessConfig,
     pub fail_fast: bool,
     pub policy: Option<PolicySpec>,
+    /// What `${WORKSPACE}`, `${HOME}` and `${TMPDIR}` mean for this run, read once.
+    pub vars: Vars,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +160,7 @@ fn load_policy(
     file: &Path,
     mode: Option<PolicyMode>,
     lane: Option<LaneArg>,
+    vars: &Vars,
 ) -> Result<PolicySpec, SpecError> {
     let name = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|error| SpecError::PolicyUnreadable {
@@ -215,12 +218,12 @@ fn load_policy(
                     }
                 })?;
             }
-            let plan = crate::policy::landlock::plan(&policy, &Vars::of_this_process()).map_err(
-                |error| SpecError::Landlock {
+            let plan = crate::policy::landlock::plan(&policy, vars).map_err(|error| {
+                SpecError::Landlock {
                     file: name.clone(),
                     error,
-                },
-            )?;
+                }
+            })?;
             Some(std::sync::Arc::new(plan))
         }
     };
@@ -246,9 +249,10 @@ impl RunSpec {
         {
             return Err(SpecError::CgroupParent(args.cgroup_parent));
         }
+        let vars = Vars::of_this_process();
         let policy = match &args.policy {
             None => None,
-            Some(file) => Some(load_policy(file, args.policy_mode, args.lane)?),
+            Some(file) => Some(load_policy(file, args.policy_mode, args.lane, &vars)?),
         };
         let ms = Duration::from_millis;
         Ok(RunSpec {
@@ -277,6 +281,7 @@ impl RunSpec {
             },
             fail_fast: args.gate.fail_fast_enabled(),
             policy,
+            vars,
         })
     }
 

@@ -39,7 +39,6 @@ use crate::kernel::sensor::Scope;
 use crate::kernel::tree::{KernelTree, ProcessLife};
 use crate::kernel::{KernelLayer, KernelReport};
 use crate::policy::layer::PolicyLayer;
-use crate::policy::oracle::Vars;
 use crate::policy::sockaddr::{self, SockAddrEnforcer};
 
 /// How often the procfs process tree is sampled.
@@ -230,7 +229,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         None,
         json!({"command": trace.command, "args": trace.args, "cgroup": trace.cgroup, "vigil_pid": std::process::id(),
                // What ${WORKSPACE}, ${HOME} and ${TMPDIR} meant for this run (for `vigil policy suggest`).
-               "policy_vars": policy_vars_json()}),
+               "policy_vars": spec.vars}),
     );
 
     let mut sup = Supervisor {
@@ -274,11 +273,6 @@ struct Supervisor<'a> {
     policy: Option<PolicyLayer>,
     /// Enforce mode: what holds the network rules (health names it).
     network_mechanism: Option<String>,
-}
-
-fn policy_vars_json() -> serde_json::Value {
-    let v = Vars::of_this_process();
-    json!({"workspace": v.workspace, "home": v.home, "tmpdir": v.tmpdir})
 }
 
 /// Why the child was not started.
@@ -605,8 +599,8 @@ impl Supervisor<'_> {
         };
         // Landlock cannot carve the bundle out of a writable tree: say so, so that an operator
         // who needs the evidence out of the run's reach puts --out elsewhere.
+        let vars = &self.spec.vars;
         if spec.landlock.is_some() {
-            let vars = Vars::of_this_process();
             let dir = std::fs::canonicalize(bundle.dir())
                 .unwrap_or_else(|_| bundle.dir().to_path_buf())
                 .display()
@@ -615,7 +609,7 @@ impl Supervisor<'_> {
                 r.action == crate::policy::Action::Allow
                     && r.paths.iter().any(|p| {
                         crate::policy::model::path_covers(
-                            &crate::policy::oracle::expand_path(p, &vars),
+                            &crate::policy::oracle::expand_path(p, vars),
                             &dir,
                         )
                     })
@@ -633,8 +627,7 @@ impl Supervisor<'_> {
             ));
             return;
         }
-        let vars = Vars::of_this_process();
-        match PolicyLayer::start(spec, &vars, &bundle.path(files::POLICY_LAYER)) {
+        match PolicyLayer::start(spec, vars, &bundle.path(files::POLICY_LAYER)) {
             Ok(layer) => self.policy = Some(layer),
             Err(e) => self
                 .notes
