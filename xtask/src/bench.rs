@@ -129,7 +129,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     let reps = |full: usize, q: usize| if quick { q } else { full };
     let mut rows = Vec::new();
     if args.iter().any(|a| a == "--contracts-only") {
-        rows.extend(crate::bench_contracts::bench()?);
+        rows.extend(crate::bench_contracts::bench(quick)?);
         let _ = std::fs::remove_dir_all(&tmp);
         print_table(&rows, quick);
         return Ok(());
@@ -330,7 +330,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
         rows.extend(crate::bench_policy::bench(&env, &tmp, quick)?);
     }
-    rows.extend(crate::bench_contracts::bench()?);
+    rows.extend(crate::bench_contracts::bench(quick)?);
 
     let _ = std::fs::remove_dir_all(&tmp);
     print_table(&rows, quick);

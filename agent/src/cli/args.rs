@@ -148,6 +148,25 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub output_cap_bytes: u64,
 
+    /// Contracts directory: every `*.yaml` in it is loaded (a missing directory loads none).
+    #[arg(
+        long,
+        env = "VIGIL_CONTRACTS",
+        default_value = "policies/contracts",
+        value_name = "DIR"
+    )]
+    pub contracts: PathBuf,
+
+    /// A violated contract fails the run: exit 3 when the command itself succeeded.
+    #[arg(long)]
+    pub contracts_strict: bool,
+
+    /// The command's timeout, as in timeout(1) (`90s`, `1500ms`, `2m`): then SIGTERM to the
+    /// run's cgroup, SIGKILL after the kill grace, exit 124. Default: the contracts' budget for
+    /// `check.execute` (or `subprocess.wait`), else none.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
     #[command(flatten)]
     pub profile: ProfileArgs,
 
@@ -320,6 +339,16 @@ fn parse_whole(s: &str, unit: &str) -> Result<u64, String> {
         Ok(0) => Err(format!("expected a whole number of {unit} ≥ 1, got 0")),
         Ok(v) => Ok(v),
         Err(_) => Err(format!("expected a whole number of {unit} ≥ 1 (too large)")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("expected a duration > 0 such as 90s, 1500ms or 2m".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{e}; expected a duration such as 90s, 1500ms or 2m"
+        )),
     }
 }
 

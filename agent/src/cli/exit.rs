@@ -12,6 +12,9 @@ impl ExitCode {
     pub const INVALID_BUNDLE: i32 = 1;
     /// `vigil doctor`: this host cannot supervise runs at all (no cgroup v2).
     pub const HOST_UNSUPPORTED: i32 = 1;
+    /// `--contracts-strict`: a contract was violated while the command itself succeeded (when
+    /// it failed, its own code stands).
+    pub const CONTRACT_VIOLATED: i32 = 3;
     /// vigil's watchdog or a timeout ended the run.
     pub const TIMEOUT: i32 = 124;
     /// vigil itself failed (cgroup, bundle).

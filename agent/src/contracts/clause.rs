@@ -1,8 +1,10 @@
 //! One postcondition clause, `FIELD OP VALUE`, over the facts of a closed span: parsed once
-//! when a contract loads, then checked with a match and a comparison — no allocation, no
-//! lookup by name on the hot path except for kernel operation counts.
+//! when a contract loads (counter names resolved to indexes), then checked with a match and a
+//! comparison — no allocation and no lookup by name when a span closes.
 
 use std::fmt;
+
+use super::counts::{CounterId, Counts, counter_id, counter_names};
 
 /// The facts of a closed span that clauses speak about.
 #[derive(Debug, Clone, Default)]
@@ -13,8 +15,8 @@ pub struct SpanFacts {
     pub status: String,
     pub output_bytes: u64,
     pub lost_events: u64,
-    /// Kernel operation counts by name, e.g. `process.exec.count`, `network.connect.denied`.
-    pub counts: Vec<(String, u64)>,
+    /// Kernel operation counts while the span was open, by [`CounterId`].
+    pub counts: Counts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +27,8 @@ pub enum Field {
     Status,
     OutputBytes,
     LostEvents,
-    /// A kernel operation count: `<kind>.count` or `<op>.denied` / `<op>.allowed`.
-    Count(String),
+    /// A kernel operation count: `<op>.count`, `<op>.allowed` or `<op>.denied`.
+    Count(CounterId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +87,12 @@ impl Clause {
             "output_bytes" => Field::OutputBytes,
             "lost_events" => Field::LostEvents,
             f if f.ends_with(".count") || f.ends_with(".denied") || f.ends_with(".allowed") => {
-                Field::Count(f.to_string())
+                Field::Count(counter_id(f).ok_or_else(|| {
+                    err(format!(
+                        "unknown kernel count `{f}`; accepted: {}",
+                        counter_names()
+                    ))
+                })?)
             }
             f => return Err(err(format!("unknown field `{f}`; accepted: {FIELDS}"))),
         };
@@ -138,7 +145,7 @@ impl Clause {
             Field::ExitCode => f.exit_code.map(|c| c.to_string()),
             Field::Signal => f.signal.map(|c| c.to_string()),
             Field::Status => Some(f.status.clone()),
-            Field::Count(name) => n(count(f, name)),
+            Field::Count(id) => n(f.counts[*id]),
         }
     }
 
@@ -153,7 +160,7 @@ impl Clause {
             Field::DurationMs => int(saturating(f.duration_ms)),
             Field::OutputBytes => int(saturating(f.output_bytes)),
             Field::LostEvents => int(saturating(f.lost_events)),
-            Field::Count(name) => int(saturating(count(f, name))),
+            Field::Count(id) => int(saturating(f.counts[*id])),
             Field::ExitCode | Field::Signal => {
                 let v = if self.field == Field::ExitCode {
                     f.exit_code
@@ -175,13 +182,6 @@ impl Clause {
             },
         }
     }
-}
-
-fn count(f: &SpanFacts, name: &str) -> u64 {
-    f.counts
-        .iter()
-        .find(|(n, _)| n == name)
-        .map_or(0, |(_, c)| *c)
 }
 
 fn saturating(v: u64) -> i64 {
@@ -217,11 +217,16 @@ mod tests {
             status: "passed".into(),
             output_bytes: 10,
             lost_events: 0,
-            counts: vec![
-                ("process.exec.count".into(), 12),
-                ("network.connect.denied".into(), 1),
-            ],
+            counts: counts(&[("process.exec.count", 12), ("network.connect.denied", 1)]),
         }
+    }
+
+    pub(crate) fn counts(named: &[(&str, u64)]) -> Counts {
+        let mut c = [0; super::super::counts::COUNTERS];
+        for (name, n) in named {
+            c[counter_id(name).expect(name)] = *n;
+        }
+        c
     }
 
     #[test]
@@ -256,5 +261,6 @@ mod tests {
         assert!(e("exit_code => 0").contains("unknown operator `=>`"));
         assert!(e("duration_ms < soon").contains("`soon` is not a whole number"));
         assert!(e("status < passed").contains("== or != only"));
+        assert!(e("process.exe.count < 5").contains("unknown kernel count `process.exe.count`"));
     }
 }

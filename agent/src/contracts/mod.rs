@@ -1,9 +1,13 @@
-//! Run contracts: postconditions over closed spans and time budgets, loaded from YAML.
-//! This holds the registry and the clause checker; the `tracing` layer that checks contracts
-//! as spans close, and `--contracts`/`--contracts-strict`, build on it (issue 6, in progress).
+//! Run contracts: postconditions over closed spans and time budgets, loaded from YAML
+//! (`policies/contracts/` or `--contracts DIR`). The registry parses them; a `tracing` layer
+//! checks them as the run's spans close, against run-wide counters snapshotted at open and close.
 
 pub mod clause;
+pub mod counts;
+pub mod layer;
 pub mod registry;
 
 pub use clause::{Clause, SpanFacts};
+pub use counts::RunCounters;
+pub use layer::{ContractLayer, Violation, Violations};
 pub use registry::{Contract, Registry, RegistryError};

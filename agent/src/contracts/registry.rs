@@ -33,6 +33,9 @@ pub struct Contract {
 #[derive(Debug, Default)]
 pub struct Registry {
     contracts: BTreeMap<(String, String), Contract>,
+    /// The same contracts by span name (index into [`SPANS`]), for the layer's lookup when a
+    /// span opens or closes.
+    by_span: [Vec<Contract>; SPANS.len()],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,8 @@ struct RawContract {
 
 const FILE_KEYS: [&str; 1] = ["contracts"];
 const CONTRACT_KEYS: [&str; 4] = ["id", "span", "postconditions", "budget_ms"];
-const SPANS: [&str; 8] = [
+/// The span names contracts may speak about: the run's own taxonomy.
+pub const SPANS: [&str; 8] = [
     span::RUN_TOTAL,
     span::RUNNER_DISPATCH,
     span::CASE_RUN,
@@ -175,16 +179,17 @@ impl Registry {
                     ),
                 ));
             }
-            self.contracts.insert(
-                key.clone(),
-                Contract {
-                    id: key.0,
-                    span: key.1,
-                    postconditions,
-                    budget_ms,
-                    origin: format!("{file}:{}", at.line),
-                },
-            );
+            let contract = Contract {
+                id: key.0.clone(),
+                span: key.1.clone(),
+                postconditions,
+                budget_ms,
+                origin: format!("{file}:{}", at.line),
+            };
+            if let Some(slot) = span_slot(&contract.span) {
+                self.by_span[slot].push(contract.clone());
+            }
+            self.contracts.insert(key, contract);
         }
         Ok(())
     }
@@ -198,14 +203,19 @@ impl Registry {
     }
 
     /// The contracts about one span name.
-    pub fn for_span<'a>(&'a self, span: &'a str) -> impl Iterator<Item = &'a Contract> + 'a {
-        self.contracts.values().filter(move |c| c.span == span)
+    pub fn for_span(&self, span: &str) -> &[Contract] {
+        span_slot(span).map_or(&[], |slot| &self.by_span[slot])
     }
 
     /// The time budget for a span name, the smallest when several contracts give one.
     pub fn budget_ms(&self, span: &str) -> Option<u64> {
-        self.for_span(span).filter_map(|c| c.budget_ms).min()
+        self.for_span(span).iter().filter_map(|c| c.budget_ms).min()
     }
+}
+
+/// A span name's index in [`SPANS`].
+pub fn span_slot(name: &str) -> Option<usize> {
+    SPANS.iter().position(|s| *s == name)
 }
 
 #[cfg(test)]
@@ -221,7 +231,7 @@ mod tests {
         assert_eq!(r.len(), 2, "same id, two spans: two contracts");
         assert_eq!(
             r.for_span("subprocess.wait")
-                .next()
+                .first()
                 .map(|c| c.postconditions.len()),
             Some(2)
         );

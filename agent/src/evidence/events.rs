@@ -20,6 +20,7 @@ pub enum EventKind {
     Watchdog,
     SubprocessState,
     Checkpoint,
+    ContractViolation,
     Note,
     RunFinished,
 }
@@ -33,6 +34,7 @@ impl EventKind {
             EventKind::Watchdog => "watchdog",
             EventKind::SubprocessState => "subprocess_state",
             EventKind::Checkpoint => "checkpoint",
+            EventKind::ContractViolation => "contract_violation",
             EventKind::Note => "note",
             EventKind::RunFinished => "run_finished",
         }
@@ -47,6 +49,7 @@ impl EventKind {
                 | EventKind::Watchdog
                 | EventKind::SubprocessState
                 | EventKind::Checkpoint
+                | EventKind::ContractViolation
         )
     }
 

@@ -130,6 +130,24 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
     if !any {
         let _ = writeln!(out, "  none");
     }
+    let violations: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "contract_violation")
+        .collect();
+    if !violations.is_empty() {
+        let _ = writeln!(out, "\ncontract violations:");
+        for e in violations {
+            let _ = writeln!(
+                out,
+                "  {} on {}: `{}` observed {} ({})",
+                s(&e.data, "/contract"),
+                s(&e.data, "/span"),
+                s(&e.data, "/obligation"),
+                s(&e.data, "/observed"),
+                s(&e.data, "/origin")
+            );
+        }
+    }
     write_decisions(&mut out, &dir.join(files::POLICY_LAYER));
     let _ = writeln!(
         out,

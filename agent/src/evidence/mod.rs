@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod ndjson;
 pub mod reader;
 pub mod redact;
+pub mod spans;
 pub mod trace;
 
 /// Schema ids, exactly as CONTRACT.md §3 names them.

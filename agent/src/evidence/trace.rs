@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::events::RunnerEvent;
 use super::redact::EnvProfile;
-use crate::clock;
+use crate::contracts::Violation;
 
 /// Span names of the contract's taxonomy.
 pub mod span {
@@ -50,7 +50,8 @@ impl Span {
     }
 }
 
-/// Records spans as the run goes; an open span has `end_ns == 0` until closed.
+/// The spans of a run as they are recorded (fed by the [`super::spans::SpanWriter`] layer); an
+/// open span has `end_ns == 0` until closed.
 #[derive(Debug, Default)]
 pub struct SpanRecorder {
     spans: Vec<Span>,
@@ -59,10 +60,6 @@ pub struct SpanRecorder {
 pub type SpanId = usize;
 
 impl SpanRecorder {
-    pub fn open(&mut self, name: &str, parent: Option<SpanId>) -> SpanId {
-        self.open_at(name, parent, clock::now_ns())
-    }
-
     pub fn open_at(&mut self, name: &str, parent: Option<SpanId>, start_ns: u64) -> SpanId {
         let id = self.spans.len();
         self.spans.push(Span {
@@ -78,33 +75,42 @@ impl SpanRecorder {
         id
     }
 
-    /// A finished span of the detailed profile only.
-    pub fn record_detail(
-        &mut self,
-        name: &str,
-        parent: Option<SpanId>,
-        (start_ns, end_ns): (u64, u64),
-        status: &str,
-        attrs: serde_json::Value,
-    ) -> SpanId {
-        let id = self.open_at(name, parent, start_ns);
-        self.spans[id].detail = true;
-        self.close_at(id, status, attrs, end_ns);
-        id
-    }
-
-    pub fn close(&mut self, id: SpanId, status: &str, attrs: serde_json::Value) {
-        self.close_at(id, status, attrs, clock::now_ns());
-    }
-
-    pub fn close_at(&mut self, id: SpanId, status: &str, attrs: serde_json::Value, end_ns: u64) {
+    /// Mark a span as one of the detailed profile only.
+    pub fn mark_detail(&mut self, id: SpanId) {
         if let Some(s) = self.spans.get_mut(id) {
-            s.end_ns = end_ns.max(s.start_ns);
+            s.detail = true;
+        }
+    }
+
+    /// Apply what was recorded on a span: its status, end and attributes (merged).
+    pub fn patch(
+        &mut self,
+        id: SpanId,
+        status: Option<&str>,
+        end_ns: Option<u64>,
+        attrs: Option<serde_json::Value>,
+    ) {
+        let Some(s) = self.spans.get_mut(id) else {
+            return;
+        };
+        if let Some(status) = status {
             s.status = status.to_string();
-            if let (Some(into), serde_json::Value::Object(from)) = (s.attrs.as_object_mut(), attrs)
-            {
-                into.extend(from);
-            }
+        }
+        if let Some(end) = end_ns {
+            s.end_ns = end.max(s.start_ns);
+        }
+        if let (Some(into), Some(serde_json::Value::Object(from))) =
+            (s.attrs.as_object_mut(), attrs)
+        {
+            into.extend(from);
+        }
+    }
+
+    /// A span that closes without an end recorded ends at `now_ns`, `unfinished`.
+    pub fn end_if_open(&mut self, id: SpanId, now_ns: u64) {
+        if let Some(s) = self.spans.get_mut(id).filter(|s| s.end_ns == 0) {
+            s.end_ns = now_ns.max(s.start_ns);
+            s.status = "unfinished".into();
         }
     }
 
@@ -165,6 +171,9 @@ pub struct Summary {
     pub aborted_after_step: Option<String>,
     pub skipped_step_count: u64,
     pub steps: Vec<StepRow>,
+    /// Obligations of `--contracts` that a closed span broke (also `contract_violation` events).
+    #[serde(default)]
+    pub contract_violations: Vec<Violation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -242,6 +251,23 @@ pub fn render_summary_md(t: &RunTrace) -> String {
             (s.end_ns - s.start_ns) / 1_000_000
         );
     }
+    if !t.summary.contract_violations.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Contract violations\n\n| contract | span | obligation | observed | defined at |\n|---|---|---|---|---|"
+        );
+        for v in &t.summary.contract_violations {
+            let _ = writeln!(
+                md,
+                "| {} | {} | `{}` | {} | {} |",
+                v.contract,
+                v.span,
+                v.obligation,
+                v.observed.as_deref().unwrap_or("-"),
+                v.origin
+            );
+        }
+    }
     let notable: Vec<_> = t
         .events
         .iter()
@@ -276,8 +302,8 @@ mod tests {
         let total = r.open_at(span::RUN_TOTAL, None, 10);
         let chain = r.open_at(span::CASE_CHAIN, Some(total), 11);
         let case = r.open_at(span::CASE_RUN, Some(chain), 12);
-        r.close_at(case, "passed", serde_json::json!({}), 20);
-        r.close_at(chain, "passed", serde_json::json!({}), 21);
+        r.patch(case, Some("passed"), Some(20), None);
+        r.patch(chain, Some("passed"), Some(21), None);
         let basic = r.export(false, 30);
         assert_eq!(basic.len(), 2);
         assert_eq!(

@@ -368,7 +368,7 @@ pub struct Observed {
     pub event: KernelEvent,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Header {
     pub version: u32,
     pub boot_ns: u64,

@@ -1,9 +1,9 @@
 //! The kernel layer: CO-RE eBPF programs (../ebpf/) loaded with aya, filtered in the kernel by
 //! cgroup id, and the decoder of what they report.
 //!
-//! Status: the process-lifecycle sensor (fork, exec, exit, nested cgroups) feeds
-//! `layers/kernel.ndjson` and liveness; the other probes of issue 3 are not built yet, and health
-//! lists them as unavailable (so `kernel_layer` is `partial`, never `observed`).
+//! One sensor (`ebpf/vigil.bpf.c`) reports process lifecycle, signals, OOM kills, file-write
+//! progress, file opens, network calls and failed execs into `layers/kernel.ndjson`; the
+//! process tree, liveness, the policy oracle and contract counters all consume that stream.
 
 pub mod event;
 pub mod layer;

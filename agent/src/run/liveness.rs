@@ -128,6 +128,17 @@ impl Liveness {
         }
     }
 
+    /// The step and chain timeouts that are set, with their reason tokens. They hold while the
+    /// main child runs; after it exited, the io-drain rules apply.
+    fn timeouts(&self) -> impl Iterator<Item = (Duration, &'static str)> + '_ {
+        [
+            (self.cfg.step_timeout, reason::SUBPROCESS_WAIT),
+            (self.cfg.chain_timeout, reason::CASE_CHAIN),
+        ]
+        .into_iter()
+        .filter_map(|(t, why)| t.map(|t| (t, why)))
+    }
+
     fn silent_since(&self, p: ProgressSnapshot) -> u64 {
         p.last_ns.unwrap_or(self.started_ns).max(self.started_ns)
     }
@@ -150,6 +161,17 @@ impl Liveness {
                 silent_ms,
             });
             return out;
+        }
+        if main_exited_ns.is_none() {
+            for (timeout, why) in self.timeouts() {
+                if now >= self.started_ns.saturating_add(ns(timeout)) {
+                    out.push(Verdict::Kill {
+                        reason: why,
+                        silent_ms,
+                    });
+                    return out;
+                }
+            }
         }
         if let Some(exit) = main_exited_ns {
             if pipes_open && now >= exit.saturating_add(ns(self.cfg.kill_grace)) {
@@ -206,6 +228,9 @@ impl Liveness {
             }
             return next;
         }
+        for (timeout, _) in self.timeouts() {
+            next = next.min(self.started_ns.saturating_add(ns(timeout)));
+        }
         let since = self.silent_since(p);
         if self.warned_for != Some(p.last_ns) {
             next = next.min(since.saturating_add(self.profile_stall_ns));
@@ -241,7 +266,40 @@ mod tests {
             min_events,
             hard_cap: Duration::from_millis(10_000),
             kill_grace: Duration::from_millis(500),
+            step_timeout: None,
+            chain_timeout: None,
         }
+    }
+
+    #[test]
+    fn step_and_chain_timeouts_fire_while_the_child_runs() {
+        let mut c = cfg(LivenessLevel::Off, 1);
+        c.step_timeout = Some(Duration::from_millis(700));
+        c.chain_timeout = Some(Duration::from_millis(400));
+        let mut l = Liveness::new(c, Duration::from_secs(60), 0);
+        let p = snap(Some(100 * MS), 1, Some(100 * MS));
+        assert_eq!(l.next_deadline(p, None, true), 400 * MS);
+        assert_eq!(l.check(399 * MS, p, None, true), vec![]);
+        assert_eq!(
+            l.check(400 * MS, p, None, true),
+            vec![Verdict::Kill {
+                reason: reason::CASE_CHAIN,
+                silent_ms: 300
+            }]
+        );
+        assert_eq!(
+            l.check(700 * MS, p, None, true),
+            vec![Verdict::Kill {
+                reason: reason::SUBPROCESS_WAIT,
+                silent_ms: 600
+            }],
+            "when both have passed, the step's own timeout is named"
+        );
+        assert_eq!(
+            l.check(800 * MS, p, Some(750 * MS), false),
+            vec![],
+            "after the child exited, timeouts no longer apply"
+        );
     }
 
     fn snap(last: Option<u64>, count: u64, kth: Option<u64>) -> ProgressSnapshot {

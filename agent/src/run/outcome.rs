@@ -16,6 +16,8 @@ pub enum Outcome {
     NotStarted(i32),
     /// vigil itself failed.
     VigilFailed,
+    /// The command succeeded but, under `--contracts-strict`, a contract was violated.
+    ContractViolated,
 }
 
 impl Outcome {
@@ -23,7 +25,7 @@ impl Outcome {
     pub fn status(&self) -> &'static str {
         match self {
             Outcome::Exited(0) => "passed",
-            Outcome::Exited(_) => "failed",
+            Outcome::Exited(_) | Outcome::ContractViolated => "failed",
             Outcome::Signaled(_) => "killed",
             Outcome::Watchdog(_) => "timed_out",
             Outcome::Cancelled(_) => "cancelled",
@@ -46,6 +48,7 @@ impl Outcome {
             Outcome::Watchdog(_) => ExitCode::TIMEOUT,
             Outcome::NotStarted(c) => *c,
             Outcome::VigilFailed => ExitCode::VIGIL_FAILED,
+            Outcome::ContractViolated => ExitCode::CONTRACT_VIOLATED,
         }
     }
 
@@ -74,6 +77,8 @@ mod tests {
         assert_eq!(Outcome::Cancelled(2).exit_code(), 130);
         assert_eq!(Outcome::NotStarted(127).exit_code(), 127);
         assert_eq!(Outcome::VigilFailed.exit_code(), 125);
+        assert_eq!(Outcome::ContractViolated.exit_code(), 3);
+        assert_eq!(Outcome::ContractViolated.step_status(), "failed");
         assert_eq!(Outcome::Cancelled(15).step_status(), "killed");
         assert_eq!(
             Outcome::Watchdog(reason::IO_DRAIN).step_status(),

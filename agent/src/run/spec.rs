@@ -5,11 +5,14 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{
     KernelLayerMode, LaneArg, LivenessLevel, PolicyMode, ProfileLevel, ProfileOnFail, RunArgs,
 };
+use crate::contracts::{Registry, RegistryError};
+use crate::evidence::trace::span;
 use crate::policy::layer::{DecisionLane, PolicySpec};
 use crate::policy::oracle::Vars;
 use crate::policy::{Mode, Severity, parse as parse_policy};
@@ -102,6 +105,10 @@ pub struct LivenessConfig {
     pub min_events: u64,
     pub hard_cap: Duration,
     pub kill_grace: Duration,
+    /// The step's own timeout (`--timeout`, else a contract budget): `timeout.subprocess.wait`.
+    pub step_timeout: Option<Duration>,
+    /// The whole chain's timeout (a `case.chain` budget): `timeout.case.chain`.
+    pub chain_timeout: Option<Duration>,
 }
 
 /// Everything needed to run one command.
@@ -121,6 +128,12 @@ pub struct RunSpec {
     pub policy: Option<PolicySpec>,
     /// What `${WORKSPACE}`, `${HOME}` and `${TMPDIR}` mean for this run, read once.
     pub vars: Vars,
+    /// Contracts checked as the run's spans close.
+    pub contracts: Arc<Registry>,
+    /// A violated contract fails the run (exit 3 when the command succeeded).
+    pub contracts_strict: bool,
+    /// Where the step timeout came from, for health notes: `--timeout` or a contract budget.
+    pub timeout_source: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +160,8 @@ pub enum SpecError {
         file: String,
         error: crate::policy::landlock::LandlockError,
     },
+    #[error("--contracts {dir}: {error}")]
+    Contracts { dir: String, error: RegistryError },
     #[error("no command given; usage: vigil run [FLAGS] -- CMD [ARGS…]")]
     EmptyCommand,
     #[error(
@@ -224,7 +239,7 @@ fn load_policy(
                     error,
                 }
             })?;
-            Some(std::sync::Arc::new(plan))
+            Some(Arc::new(plan))
         }
     };
     Ok(PolicySpec {
@@ -254,6 +269,24 @@ impl RunSpec {
             None => None,
             Some(file) => Some(load_policy(file, args.policy_mode, args.lane, &vars)?),
         };
+        let contracts =
+            Registry::load_dir(&args.contracts).map_err(|error| SpecError::Contracts {
+                dir: args.contracts.display().to_string(),
+                error,
+            })?;
+        // A budget is the timeout only where the flags give none.
+        let budget = |name: &str| contracts.budget_ms(name).map(Duration::from_millis);
+        let (step_timeout, timeout_source) = match args.timeout {
+            Some(t) => (Some(t), Some("--timeout".to_string())),
+            None => match [span::CHECK_EXECUTE, span::SUBPROCESS_WAIT]
+                .into_iter()
+                .find_map(|name| budget(name).map(|b| (b, name)))
+            {
+                Some((b, name)) => (Some(b), Some(format!("contract budget for `{name}`"))),
+                None => (None, None),
+            },
+        };
+        let chain_timeout = budget(span::CASE_CHAIN);
         let ms = Duration::from_millis;
         Ok(RunSpec {
             run_id: args.run_id.unwrap_or_else(RunId::generate),
@@ -278,10 +311,15 @@ impl RunSpec {
                 min_events: args.liveness.liveness_min_events,
                 hard_cap: ms(args.liveness.liveness_hard_cap_ms),
                 kill_grace: ms(args.liveness.liveness_kill_grace_ms),
+                step_timeout,
+                chain_timeout,
             },
             fail_fast: args.gate.fail_fast_enabled(),
             policy,
             vars,
+            contracts: Arc::new(contracts),
+            contracts_strict: args.contracts_strict,
+            timeout_source,
         })
     }
 

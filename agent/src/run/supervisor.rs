@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
+use tracing_subscriber::layer::SubscriberExt;
 
 use super::cgroup::{self, CgroupError, RunCgroup};
 use super::guard::Guard;
@@ -26,13 +27,13 @@ use super::tee::{Fence, TeeConfig, TeeReport, spawn_tee};
 use super::triage;
 use crate::cli::{ExitCode, KernelLayerMode, ProfileLevel, ProfileOnFail};
 use crate::clock;
+use crate::contracts::{ContractLayer, RunCounters, Violations};
 use crate::evidence::bundle::{self, Bundle, BundleError};
 use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth};
 use crate::evidence::redact::Redactor;
-use crate::evidence::trace::{
-    RunStatus, RunTrace, SpanId, SpanRecorder, StepRow, Summary, render_summary_md, span,
-};
+use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
+use crate::evidence::trace::{RunStatus, RunTrace, StepRow, Summary, render_summary_md, span};
 use crate::evidence::{files, schema};
 use crate::kernel::event::Observed;
 use crate::kernel::sensor::Scope;
@@ -89,13 +90,18 @@ impl RunResult {
     }
 }
 
-/// Spans of one run, opened in order.
+/// Spans of one run, opened in order, on the run's own `tracing` dispatcher.
 struct RunSpans {
-    rec: SpanRecorder,
-    total: SpanId,
-    dispatch: SpanId,
-    chain: SpanId,
-    case: SpanId,
+    tree: SpanTree,
+    /// The run-trace writer layer, read when the trace is written.
+    writer: SpanWriter,
+    /// What the contract layer found as spans closed.
+    violations: Arc<Violations>,
+    total: RunSpan,
+    /// Closed when the child is spawned (or could not be).
+    dispatch: Option<RunSpan>,
+    chain: RunSpan,
+    case: RunSpan,
 }
 
 /// Where the child's streams end up, and their end-of-stream reports.
@@ -124,10 +130,23 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
     let started_ns = clock::now_ns();
     let run_id = spec.run_id.to_string();
 
-    let mut rec = SpanRecorder::default();
-    let total = rec.open_at(span::RUN_TOTAL, None, started_ns);
-    let dispatch = rec.open_at(span::RUNNER_DISPATCH, Some(total), started_ns);
-    let setup = rec.open_at(span::CASE_HARNESS, Some(total), started_ns);
+    // The run's spans go to its own dispatcher: the run-trace writer and the contract checker
+    // consume the same stream.
+    let counters = Arc::new(RunCounters::default());
+    let violations = Arc::new(Violations::default());
+    let writer = SpanWriter::default();
+    let tree = SpanTree::new(tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(writer.clone())
+            .with(ContractLayer::new(
+                spec.contracts.clone(),
+                counters.clone(),
+                violations.clone(),
+            )),
+    ));
+    let total = tree.open_at(span::RUN_TOTAL, None, started_ns);
+    let dispatch = tree.open_at(span::RUNNER_DISPATCH, Some(&total), started_ns);
+    let setup = tree.open_at(span::CASE_HARNESS, Some(&total), started_ns);
 
     // Bundle first: an unwritable output directory fails here, before anything runs.
     let bundle = Bundle::create(&spec.out_dir, &run_id)?;
@@ -176,6 +195,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
             aborted_after_step: None,
             skipped_step_count: 0,
             steps: Vec::new(),
+            contract_violations: Vec::new(),
         },
     };
     bundle.write_plain(
@@ -184,6 +204,15 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
     )?;
 
     let mut notes = Vec::new();
+    if let (Some(t), Some(src)) = (spec.liveness.step_timeout, &spec.timeout_source) {
+        notes.push(format!("step timeout {} ms ({src})", t.as_millis()));
+    }
+    if let Some(t) = spec.liveness.chain_timeout {
+        notes.push(format!(
+            "chain timeout {} ms (contract budget for `case.chain`)",
+            t.as_millis()
+        ));
+    }
     let mount = cgroup::cgroup2_mount()?;
     let parent = cgroup::resolve_parent(&mount, &spec.cgroup_parent)?;
     for stale in cgroup::sweep_stale(&parent) {
@@ -213,14 +242,16 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         }
     };
     trace.cgroup = Some(json!({"path": cg.path().display().to_string(), "id": cg.id()}));
-    rec.close(setup, "passed", json!({"phase": "setup"}));
+    setup.close_now("passed", json!({"phase": "setup"}));
 
-    let chain = rec.open(span::CASE_CHAIN, Some(total));
-    let case = rec.open(span::CASE_RUN, Some(chain));
+    let chain = tree.open(span::CASE_CHAIN, Some(&total));
+    let case = tree.open(span::CASE_RUN, Some(&chain));
     let mut spans = RunSpans {
-        rec,
+        tree,
+        writer,
+        violations,
         total,
-        dispatch,
+        dispatch: Some(dispatch),
         chain,
         case,
     };
@@ -246,6 +277,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         cpu_samples: VecDeque::new(),
         policy: None,
         network_mechanism: None,
+        counters,
     };
     let outcome = sup
         .supervise(&bundle, &mut spans, &mut sigint, &mut sigterm)
@@ -273,6 +305,8 @@ struct Supervisor<'a> {
     policy: Option<PolicyLayer>,
     /// Enforce mode: what holds the network rules (health names it).
     network_mechanism: Option<String>,
+    /// What contracts count: kernel operations, output bytes, lost events.
+    counters: Arc<RunCounters>,
 }
 
 /// Why the child was not started.
@@ -320,8 +354,8 @@ impl Supervisor<'_> {
         self.start_policy(bundle, kernel.active());
         // Held until the run ends: dropping it detaches the network programs.
         let network = self.enforce_network();
-        let check = spans.rec.open(span::CHECK_EXECUTE, Some(spans.case));
-        let exec_span = spans.rec.open(span::SUBPROCESS_EXEC, Some(check));
+        let check = spans.tree.open(span::CHECK_EXECUTE, Some(&spans.case));
+        let exec_span = spans.tree.open(span::SUBPROCESS_EXEC, Some(&check));
         let started = network.and_then(|n| {
             spawn::spawn(self.spec, self.cg.path())
                 .map(|s| (s, n))
@@ -341,11 +375,11 @@ impl Supervisor<'_> {
                     _ => Outcome::VigilFailed,
                 };
                 self.notes.push(format!("child not started: {e}"));
-                spans
-                    .rec
-                    .close(exec_span, "error", json!({"error": e.to_string()}));
-                spans.rec.close(check, "error", json!({}));
-                spans.rec.close(spans.dispatch, "error", json!({}));
+                exec_span.close_now("error", json!({"error": e.to_string()}));
+                check.close_now("error", json!({}));
+                if let Some(d) = spans.dispatch.take() {
+                    d.close_now("error", json!({}));
+                }
                 return Supervised {
                     outcome,
                     main_exit: None,
@@ -357,18 +391,16 @@ impl Supervisor<'_> {
             }
         };
         let spawned_ns = clock::now_ns();
-        spans.rec.close_at(
-            exec_span,
-            "passed",
-            json!({"pid": spawned.child.pid}),
-            spawned_ns,
-        );
-        spans
-            .rec
-            .close_at(spans.dispatch, "passed", json!({}), spawned_ns);
+        exec_span.close("passed", json!({"pid": spawned.child.pid}), spawned_ns);
+        if let Some(d) = spans.dispatch.take() {
+            d.close("passed", json!({}), spawned_ns);
+        }
         let wait_span = spans
-            .rec
-            .open_at(span::SUBPROCESS_WAIT, Some(check), spawned_ns);
+            .tree
+            .open_at(span::SUBPROCESS_WAIT, Some(&check), spawned_ns);
+        // Closed at the child's exit; the registry ends it for the contract layer only after
+        // `wait_span`, i.e. after the last kernel event was counted.
+        let mut check = Some(check);
         let main_pid = spawned.child.pid;
 
         let mut tracker = ProcTracker::new(main_pid);
@@ -461,7 +493,9 @@ impl Supervisor<'_> {
                     self.events.emit(EventKind::SubprocessState, None, json!({
                         "pid": main_pid, "ppid": std::process::id(), "state": "exited",
                         "exit_code": code, "signal": sig, "source": "waitpid"}));
-                    spans.rec.close_at(check, if code == Some(0) { "passed" } else { "failed" }, json!({"exit_code": code, "signal": sig}), now);
+                    if let Some(c) = check.take() {
+                        c.close(exit_status(code, sig), json!({"exit_code": code, "signal": sig}), now);
+                    }
                     main_outcome = Some(match (code, sig) {
                         (Some(c), _) => Outcome::Exited(c),
                         (None, Some(s)) => Outcome::Signaled(s),
@@ -483,10 +517,7 @@ impl Supervisor<'_> {
                     if !seen.is_empty() {
                         self.progress.record(clock::now_ns());
                     }
-                    self.emit_kernel_states(&mut ktree, &seen);
-                    if let Some(p) = self.policy.as_mut() {
-                        p.observe(&seen, &self.redactor);
-                    }
+                    self.observe_kernel(&mut ktree, &seen);
                 }
                 _ = sleep_until_opt(kill_at) => self.escalate_to_kill(),
                 _ = sleep_until_opt(sleep_to) => {
@@ -541,11 +572,10 @@ impl Supervisor<'_> {
         // The cgroup is empty, so every kernel event of the run is committed: finish drains them.
         let mut seen = Vec::new();
         let kernel = kernel.finish(&self.redactor, &mut seen);
-        self.emit_kernel_states(&mut ktree, &seen);
-        if let Some(p) = self.policy.as_mut() {
-            p.observe(&seen, &self.redactor);
-        }
-        record_process_spans(&mut spans.rec, wait_span, &ktree.lives());
+        self.observe_kernel(&mut ktree, &seen);
+        self.counters
+            .set_lost_events(kernel.ring_lost + kernel.decode_errors);
+        record_process_spans(&spans.tree, &wait_span, &ktree.lives());
         // Without the kernel layer, everything the sampler still knows has exited.
         if !kernel_tree {
             for ch in tracker.update(&[], &self.redactor) {
@@ -553,8 +583,13 @@ impl Supervisor<'_> {
             }
         }
         self.fence.close();
-        spans.rec.close(wait_span, "passed", json!({}));
         let main = main_exit.map(|(_, m)| m);
+        let (code, sig) = main.unwrap_or((None, None));
+        wait_span.close_now(
+            exit_status(code, sig),
+            json!({"exit_code": code, "signal": sig}),
+        );
+        drop(check);
         let outcome = self
             .outcome
             .clone()
@@ -636,6 +671,16 @@ impl Supervisor<'_> {
     }
 
     /// The `subprocess_state` records that kernel events imply.
+    /// One drain's kernel events to their consumers: the process tree, the policy oracle and
+    /// the contract counters.
+    fn observe_kernel(&mut self, tree: &mut KernelTree, seen: &[Observed]) {
+        self.emit_kernel_states(tree, seen);
+        if let Some(p) = self.policy.as_mut() {
+            p.observe(seen, &self.redactor);
+        }
+        self.counters.observe(seen);
+    }
+
     fn emit_kernel_states(&mut self, tree: &mut KernelTree, seen: &[Observed]) {
         for ev in seen.iter().map(|o| &o.event) {
             for state in tree.apply(ev, &self.redactor) {
@@ -688,6 +733,7 @@ impl Supervisor<'_> {
                 cfg,
                 self.redactor.clone(),
                 self.progress.clone(),
+                self.counters.clone(),
                 self.fence.clone(),
                 tx,
             ) {
@@ -850,17 +896,28 @@ impl Supervisor<'_> {
         mut self,
         sup: Supervised,
         bundle: Bundle,
-        mut spans: RunSpans,
+        spans: RunSpans,
         mut trace: RunTrace,
         guard: Guard,
         started_ns: u64,
     ) -> RunResult {
-        let teardown = spans.rec.open(span::CASE_HARNESS, Some(spans.total));
-        let outcome = sup.outcome;
+        let RunSpans {
+            tree,
+            writer,
+            violations,
+            total,
+            chain,
+            case,
+            ..
+        } = spans;
+        let teardown = tree.open(span::CASE_HARNESS, Some(&total));
+        let mut outcome = sup.outcome;
         let ended_ns = clock::now_ns();
         let status = outcome.step_status();
-        spans.rec.close_at(spans.case, status, json!({}), ended_ns);
-        spans.rec.close_at(spans.chain, status, json!({}), ended_ns);
+        let (code, sig) = sup.main_exit.unwrap_or((None, None));
+        let step_attrs = json!({"exit_code": code, "signal": sig});
+        case.close(status, step_attrs.clone(), ended_ns);
+        chain.close(status, step_attrs.clone(), ended_ns);
 
         let kill_mechanism = self
             .escalation
@@ -871,10 +928,44 @@ impl Supervisor<'_> {
             self.notes.push(format!("run cgroup not removed: {e}"));
         }
         guard.release();
-        spans
-            .rec
-            .close(teardown, "passed", json!({"phase": "teardown"}));
-        spans.rec.close(spans.total, outcome.status(), json!({}));
+        teardown.close_now("passed", json!({"phase": "teardown"}));
+        total.close_now(outcome.status(), step_attrs);
+
+        // Every span has closed, so every contract has been checked.
+        let found = violations.take();
+        for v in &found {
+            self.events.emit(
+                EventKind::ContractViolation,
+                None,
+                serde_json::to_value(v).unwrap_or_default(),
+            );
+        }
+        if violations.dropped() > 0 {
+            self.notes.push(format!(
+                "{} further contract violations were counted but not recorded",
+                violations.dropped()
+            ));
+        }
+        if !self.spec.contracts.is_empty() {
+            self.notes.push(format!(
+                "contracts: {} loaded, {} violated obligations{}",
+                self.spec.contracts.len(),
+                found.len(),
+                if self.spec.contracts_strict {
+                    " (--contracts-strict)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if self.spec.contracts_strict && !found.is_empty() && outcome == Outcome::Exited(0) {
+            eprintln!(
+                "vigil: {} contract obligation(s) violated; failing the run (--contracts-strict)",
+                found.len()
+            );
+            outcome = Outcome::ContractViolated;
+        }
+        trace.summary.contract_violations = found;
 
         self.events.emit(
             EventKind::RunFinished,
@@ -884,7 +975,6 @@ impl Supervisor<'_> {
         );
         let events_result = self.events.finish();
 
-        let (code, sig) = sup.main_exit.unwrap_or((None, None));
         let step = StepRow {
             name: "main".into(),
             status: outcome.step_status().into(),
@@ -997,7 +1087,7 @@ impl Supervisor<'_> {
             if let Some(e) = &sup.kernel.write_error {
                 return Err(e.clone());
             }
-            trace.spans = spans.rec.export(detailed, clock::now_ns());
+            trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
             bundle
                 .write_json(files::HEALTH, &health)
                 .map_err(|e| e.to_string())?;
@@ -1025,7 +1115,7 @@ impl Supervisor<'_> {
                 outcome.exit_code()
             );
         } else {
-            self.write_profile_copies(&mut trace, &spans.rec, failed);
+            self.write_profile_copies(&mut trace, &writer, failed);
         }
         if failed {
             eprintln!(
@@ -1049,7 +1139,7 @@ impl Supervisor<'_> {
 
     /// Copies outside the bundle (CONTRACT.md §2): at the profile level, or — for a failing run
     /// with profiling off — at the `--profile-on-fail` level.
-    fn write_profile_copies(&self, trace: &mut RunTrace, rec: &SpanRecorder, failed: bool) {
+    fn write_profile_copies(&self, trace: &mut RunTrace, spans: &SpanWriter, failed: bool) {
         let p = &self.spec.profile;
         let detailed = match (p.level, p.on_fail) {
             (ProfileLevel::Off, ProfileOnFail::Off) => return,
@@ -1057,7 +1147,7 @@ impl Supervisor<'_> {
             (ProfileLevel::Off, _) => return,
             (level, _) => spec_detailed(level),
         };
-        trace.spans = rec.export(detailed, clock::now_ns());
+        trace.spans = spans.with(|r| r.export(detailed, clock::now_ns()));
         let json = serde_json::to_vec_pretty(&*trace).map(|mut v| {
             v.push(b'\n');
             v
@@ -1081,12 +1171,12 @@ impl Supervisor<'_> {
 /// a `subprocess.exec` span (fork → first exec) and a `subprocess.wait` span (exec, or fork when
 /// it never exec'd → exit), nested under its parent's `subprocess.wait` — the main child's for
 /// its own children.
-fn record_process_spans(rec: &mut SpanRecorder, main_wait: SpanId, lives: &[ProcessLife]) {
+fn record_process_spans(tree: &SpanTree, main_wait: &RunSpan, lives: &[ProcessLife]) {
     let offset = clock::boot_to_wall_offset_ns();
     let wall = |boot: u64| clock::boot_to_wall(boot, offset);
-    let mut wait_of: HashMap<u32, SpanId> = HashMap::new();
+    let mut wait_of: HashMap<u32, RunSpan> = HashMap::new();
     for life in lives {
-        let parent = wait_of.get(&life.ppid).copied().unwrap_or(main_wait);
+        let parent = wait_of.get(&life.ppid).unwrap_or(main_wait);
         let start = wall(life.start_boot_ns);
         let attrs =
             json!({"pid": life.pid, "ppid": life.ppid, "comm": life.comm, "source": "kernel"});
@@ -1095,7 +1185,7 @@ fn record_process_spans(rec: &mut SpanRecorder, main_wait: SpanId, lives: &[Proc
                 let mut a = attrs.clone();
                 a["exec_chain"] = json!(life.exec_chain);
                 a["argv"] = json!(life.argv);
-                rec.record_detail(
+                tree.record_detail(
                     span::SUBPROCESS_EXEC,
                     Some(parent),
                     (start, wall(exec)),
@@ -1108,22 +1198,31 @@ fn record_process_spans(rec: &mut SpanRecorder, main_wait: SpanId, lives: &[Proc
         };
         let (end, status) = match (life.end_boot_ns, life.exit_code, life.signal) {
             (None, _, _) => (clock::now_ns(), "unfinished"),
-            (Some(e), Some(0), _) => (wall(e), "passed"),
-            (Some(e), Some(_), _) => (wall(e), "failed"),
-            (Some(e), None, _) => (wall(e), "killed"),
+            (Some(e), code, sig) => (wall(e), exit_status(code, sig)),
         };
         let mut a = attrs;
         a["exit_code"] = json!(life.exit_code);
         a["signal"] = json!(life.signal);
         a["oom_killed"] = json!(life.oom_killed);
-        let id = rec.record_detail(
+        let span = tree.record_detail(
             span::SUBPROCESS_WAIT,
             Some(parent),
             (run_from, end),
             status,
             a,
         );
-        wait_of.insert(life.pid, id);
+        wait_of.insert(life.pid, span);
+    }
+}
+
+/// A span's status from an exit: `passed` for code 0, `failed` for another code, `killed` for
+/// a signal.
+fn exit_status(code: Option<i32>, sig: Option<i32>) -> &'static str {
+    match (code, sig) {
+        (Some(0), _) => "passed",
+        (Some(_), _) => "failed",
+        (None, Some(_)) => "killed",
+        (None, None) => "unfinished",
     }
 }
 

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use super::liveness::ProgressLog;
 use crate::clock;
+use crate::contracts::RunCounters;
 use sha2::{Digest, Sha256};
 
 use crate::evidence::bundle::FileDigest;
@@ -56,13 +57,14 @@ pub fn spawn_tee(
     cfg: TeeConfig,
     redactor: Arc<Redactor>,
     progress: Arc<ProgressLog>,
+    counters: Arc<RunCounters>,
     fence: Arc<Fence>,
     done: tokio::sync::oneshot::Sender<TeeReport>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("vigil-tee".into())
         .spawn(move || {
-            let report = tee_loop(cfg, &redactor, &progress, &fence);
+            let report = tee_loop(cfg, &redactor, &progress, &counters, &fence);
             let _ = done.send(report);
         })
 }
@@ -71,6 +73,7 @@ fn tee_loop(
     mut cfg: TeeConfig,
     redactor: &Redactor,
     progress: &ProgressLog,
+    counters: &RunCounters,
     fence: &Fence,
 ) -> TeeReport {
     let mut report = OutputHealth::default();
@@ -100,6 +103,7 @@ fn tee_loop(
             continue;
         }
         progress.record(clock::now_ns());
+        counters.add_output(n as u64);
         report.bytes_total += n as u64;
         let chunk = &buf[..n];
         if let Some(sink) = cfg.sink.as_mut()

@@ -1,0 +1,212 @@
+//! Run-wide counters that contract clauses speak about: kernel operations of the run's cgroup
+//! (by operation, with how many a permission check refused), output bytes and lost events.
+//! The supervisor and the output threads add to them; the contract layer snapshots them when a
+//! span opens and when it closes, so a span's figure is what happened while it was open.
+//!
+//! Counter names are fixed here, and a clause naming one that does not exist is refused when
+//! the contract loads: a typo must not read as a count that is always zero.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::kernel::event::{KernelEvent, NetOp, Observed};
+
+/// Operations with a permission outcome: `<op>.count`, `<op>.allowed`, `<op>.denied`.
+const JUDGED: [&str; 6] = [
+    "process.exec",
+    "file.open",
+    "network.connect",
+    "network.bind",
+    "network.accept",
+    "network.send",
+];
+/// Operations counted only: `<op>.count`.
+const COUNTED: [&str; 5] = [
+    "process.fork",
+    "process.exit",
+    "signal.generate",
+    "oom.kill",
+    "io.write",
+];
+
+/// How many counters there are: three per judged operation, one per counted one.
+pub const COUNTERS: usize = JUDGED.len() * 3 + COUNTED.len();
+
+/// A clause's counter, resolved once when the contract loads.
+pub type CounterId = usize;
+
+/// Snapshot of every counter, indexed by [`CounterId`].
+pub type Counts = [u64; COUNTERS];
+
+/// The counter a name such as `network.connect.denied` refers to.
+pub fn counter_id(name: &str) -> Option<CounterId> {
+    let (op, outcome) = name.rsplit_once('.')?;
+    if let Some(i) = JUDGED.iter().position(|o| *o == op) {
+        let slot = ["count", "allowed", "denied"]
+            .iter()
+            .position(|s| *s == outcome)?;
+        return Some(i * 3 + slot);
+    }
+    let i = COUNTED.iter().position(|o| *o == op)?;
+    (outcome == "count").then_some(JUDGED.len() * 3 + i)
+}
+
+/// Every accepted counter name, for error messages.
+pub fn counter_names() -> String {
+    let mut names: Vec<String> = JUDGED
+        .iter()
+        .map(|op| format!("{op}.count|allowed|denied"))
+        .collect();
+    names.extend(COUNTED.iter().map(|op| format!("{op}.count")));
+    names.join(", ")
+}
+
+/// `-EPERM` and `-EACCES`: what Landlock, the cgroup socket hooks and file modes answer.
+fn refused(result: i64) -> bool {
+    result == -i64::from(libc::EPERM) || result == -i64::from(libc::EACCES)
+}
+
+/// `-ENOENT` and `-ENOTDIR`: the call found nothing to act on (a shell's PATH search tries
+/// several directories per command). Such a lookup is not an operation and is not counted.
+fn not_found(result: i64) -> bool {
+    result == -i64::from(libc::ENOENT) || result == -i64::from(libc::ENOTDIR)
+}
+
+#[derive(Debug)]
+pub struct RunCounters {
+    ops: [AtomicU64; COUNTERS],
+    output_bytes: AtomicU64,
+    lost_events: AtomicU64,
+}
+
+impl Default for RunCounters {
+    fn default() -> Self {
+        RunCounters {
+            ops: std::array::from_fn(|_| AtomicU64::new(0)),
+            output_bytes: AtomicU64::new(0),
+            lost_events: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RunCounters {
+    fn bump(&self, id: CounterId) {
+        self.ops[id].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count one call: denied when a permission check refused it, allowed otherwise (it passed
+    /// every check, even if it then failed, as a refused connection does).
+    fn judged(&self, op: usize, result: i64) {
+        if not_found(result) {
+            return;
+        }
+        self.bump(op * 3);
+        self.bump(op * 3 + if refused(result) { 2 } else { 1 });
+    }
+
+    /// Count the kernel events of one drain.
+    pub fn observe(&self, seen: &[Observed]) {
+        let counted = |i: usize| JUDGED.len() * 3 + i;
+        for o in seen {
+            match &o.event {
+                KernelEvent::Exec { .. } => self.judged(0, 0),
+                KernelEvent::ExecFailed { result, .. } => self.judged(0, *result),
+                KernelEvent::Open { result, .. } => self.judged(1, *result),
+                KernelEvent::Net { op, result, .. } => {
+                    let i = match op {
+                        NetOp::Connect => 2,
+                        NetOp::Bind => 3,
+                        NetOp::Accept => 4,
+                        NetOp::Send => 5,
+                    };
+                    self.judged(i, *result);
+                }
+                KernelEvent::Fork { is_thread, .. } if !is_thread => self.bump(counted(0)),
+                KernelEvent::Fork { .. } => {}
+                KernelEvent::Exit { group_dead, .. } if *group_dead => self.bump(counted(1)),
+                KernelEvent::Exit { .. } => {}
+                KernelEvent::Signal { .. } => self.bump(counted(2)),
+                KernelEvent::Oom { .. } => self.bump(counted(3)),
+                KernelEvent::Write { .. } => self.bump(counted(4)),
+            }
+        }
+    }
+
+    pub fn add_output(&self, bytes: u64) {
+        self.output_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn set_lost_events(&self, n: u64) {
+        self.lost_events.store(n, Ordering::Relaxed);
+    }
+
+    pub fn ops(&self) -> Counts {
+        std::array::from_fn(|i| self.ops[i].load(Ordering::Relaxed))
+    }
+
+    pub fn output_bytes(&self) -> u64 {
+        self.output_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn lost_events(&self) -> u64 {
+        self.lost_events.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::event::Header;
+
+    #[test]
+    fn names_resolve_to_distinct_counters_and_typos_do_not() {
+        let mut ids: Vec<_> = JUDGED
+            .iter()
+            .flat_map(|op| ["count", "allowed", "denied"].map(|s| format!("{op}.{s}")))
+            .chain(COUNTED.iter().map(|op| format!("{op}.count")))
+            .map(|n| counter_id(&n).expect(&n))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), COUNTERS);
+        for bad in [
+            "process.exec.cnt",
+            "process.fork.denied",
+            "exec.count",
+            "count",
+        ] {
+            assert_eq!(counter_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn permission_refusals_count_as_denied_and_lookups_not_at_all() {
+        let c = RunCounters::default();
+        let open = |result| Observed {
+            seq: 0,
+            event: KernelEvent::Open {
+                hdr: Header::default(),
+                result,
+                dirfd: -100,
+                flags: 0,
+                mode: 0,
+                path: "/x".into(),
+                path_truncated: false,
+                resolved_path: None,
+            },
+        };
+        c.observe(&[
+            open(3),
+            open(-i64::from(libc::EACCES)),
+            open(-i64::from(libc::ENOENT)),
+        ]);
+        let n = |name: &str| c.ops()[counter_id(name).expect(name)];
+        assert_eq!(
+            n("file.open.count"),
+            2,
+            "a lookup that found nothing is not counted"
+        );
+        assert_eq!(n("file.open.denied"), 1);
+        assert_eq!(n("file.open.allowed"), 1);
+        assert_eq!(n("process.exec.count"), 0);
+    }
+}
