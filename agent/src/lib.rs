@@ -2,7 +2,8 @@
 //!
 //! The crate is split the way `../DESIGN.md` draws the system: `cli` holds the clap surface and
 //! exit codes, `run` the supervisor and everything it owns (cgroup, tee, liveness, kill), and
-//! `evidence` the bundle: its models, redaction, writer and reader.
+//! `evidence` the bundle: its models, redaction, writer and reader; `kernel`, `policy`,
+//! `contracts` and `sdk` are the layers of evidence and judgement over a run.
 
 pub mod cli;
 pub mod clock;
@@ -11,3 +12,4 @@ pub mod evidence;
 pub mod kernel;
 pub mod policy;
 pub mod run;
+pub mod sdk;

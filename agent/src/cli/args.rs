@@ -167,6 +167,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
 
+    /// Agent SDK the child uses, exported to it as `VIGIL_AGENT_SHIM` (with
+    /// `VIGIL_SDK_SOCKET`, the socket it reports on) and recorded in health.
+    #[arg(long, value_enum, default_value = "none", value_name = "SHIM")]
+    pub agent_shim: AgentShim,
+
     #[command(flatten)]
     pub profile: ProfileArgs,
 
@@ -179,6 +184,23 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentShim {
+    None,
+    OpenaiAgents,
+    GeminiGoogleGenai,
+}
+
+impl AgentShim {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentShim::None => "none",
+            AgentShim::OpenaiAgents => "openai-agents",
+            AgentShim::GeminiGoogleGenai => "gemini-google-genai",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

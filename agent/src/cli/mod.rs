@@ -5,8 +5,8 @@ mod exit;
 mod usage;
 
 pub use args::{
-    Cli, Command, GateArgs, KernelLayerMode, LaneArg, LivenessArgs, LivenessLevel, PolicyCommand,
-    PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
+    AgentShim, Cli, Command, GateArgs, KernelLayerMode, LaneArg, LivenessArgs, LivenessLevel,
+    PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
 };
 pub use exit::ExitCode;
 pub use usage::one_line_usage_error;

@@ -40,7 +40,25 @@ pub struct ObservationHealth {
     pub probes: BTreeMap<String, ProbeHealth>,
     pub cgroup: Option<CgroupHealth>,
     pub output: BTreeMap<String, OutputHealth>,
+    /// The SDK socket and what it heard (absent when no socket was offered).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sdk: Option<SdkHealth>,
     pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SdkHealth {
+    /// `--agent-shim`.
+    pub shim: String,
+    pub accepted: u64,
+    pub tool_calls: u64,
+    /// Lines rejected, by reason (`not_json`, `unknown_event`, `missing_field`, …).
+    pub rejected: BTreeMap<String, u64>,
+    /// Valid events past the per-run cap, counted and not stored.
+    pub dropped_over_cap: u64,
+    pub connections: u64,
+    /// Connections from outside the run's cgroup, or past the connection cap.
+    pub refused_connections: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -380,6 +380,21 @@ pub struct Header {
 }
 
 impl KernelEvent {
+    /// The record's `kind` in layers/kernel.ndjson.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KernelEvent::Fork { .. } => kind_name(KIND_FORK),
+            KernelEvent::Exec { .. } => kind_name(KIND_EXEC),
+            KernelEvent::Exit { .. } => kind_name(KIND_EXIT),
+            KernelEvent::Signal { .. } => kind_name(KIND_SIGNAL),
+            KernelEvent::Write { .. } => kind_name(KIND_WRITE),
+            KernelEvent::Open { .. } => kind_name(KIND_OPEN),
+            KernelEvent::Net { op, .. } => op.kind(),
+            KernelEvent::ExecFailed { .. } => kind_name(KIND_EXEC_FAILED),
+            KernelEvent::Oom { .. } => kind_name(KIND_OOM),
+        }
+    }
+
     pub fn header(&self) -> &Header {
         match self {
             KernelEvent::Fork { hdr, .. }

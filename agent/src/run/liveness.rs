@@ -132,7 +132,7 @@ impl Liveness {
     /// main child runs; after it exited, the io-drain rules apply.
     fn timeouts(&self) -> impl Iterator<Item = (Duration, &'static str)> + '_ {
         [
-            (self.cfg.step_timeout, reason::SUBPROCESS_WAIT),
+            (self.cfg.step_timeout, self.cfg.step_timeout_reason),
             (self.cfg.chain_timeout, reason::CASE_CHAIN),
         ]
         .into_iter()
@@ -267,6 +267,7 @@ mod tests {
             hard_cap: Duration::from_millis(10_000),
             kill_grace: Duration::from_millis(500),
             step_timeout: None,
+            step_timeout_reason: reason::SUBPROCESS_WAIT,
             chain_timeout: None,
         }
     }

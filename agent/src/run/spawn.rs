@@ -10,11 +10,11 @@
 //! a close-on-exec pipe, so the parent can tell "vigil could not set the child up" (exit 125)
 //! from "the command could not be executed" (126/127).
 
-use std::ffi::{CString, c_char};
+use std::ffi::{CString, OsString, c_char};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 use nix::fcntl::{OFlag, open};
@@ -41,6 +41,11 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+unsafe extern "C" {
+    /// The process environment that execvp reads (POSIX `environ`).
+    static mut environ: *const *const c_char;
+}
+
 /// linux/sched.h: place the child in the cgroup given by `CloneArgs::cgroup` (Linux ≥ 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
@@ -49,6 +54,7 @@ const STEP_DROP_PRIVS: i32 = 1;
 const STEP_PDEATHSIG: i32 = 2;
 const STEP_EXEC: i32 = 3;
 const STEP_LANDLOCK: i32 = 4;
+const STEP_CHDIR: i32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -64,6 +70,8 @@ pub enum SpawnError {
     ParentGone(io::Error),
     #[error("the policy's Landlock ruleset could not be applied to the child: {0}")]
     Landlock(io::Error),
+    #[error("cannot change to the working directory {0}: {1}")]
+    Chdir(String, io::Error),
     #[error("spawning {0}: {1}")]
     Other(String, io::Error),
 }
@@ -130,9 +138,29 @@ struct ChildPlan {
     /// The policy's Landlock ruleset, applied just before exec.
     landlock: Option<RawFd>,
     parent: libc::pid_t,
+    /// Working directory to change to (a plan step's `cwd`).
+    cwd: Option<CString>,
+    /// The child's whole environment, `KEY=VALUE`, null-terminated pointer list.
+    _env: Vec<CString>,
+    env_ptrs: Vec<*const c_char>,
 }
 
-pub fn spawn(spec: &RunSpec, cgroup_dir: &Path) -> Result<Spawned, SpawnError> {
+/// The child's environment: vigil's own, then the spec's variables (a plan step's `env`), then
+/// `extra` (what vigil tells the child, such as `VIGIL_SDK_SOCKET`); later entries win.
+fn child_env(spec: &RunSpec, extra: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for (k, v) in spec.env.iter().chain(extra) {
+        env.retain(|(key, _)| key != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+pub fn spawn(
+    spec: &RunSpec,
+    cgroup_dir: &Path,
+    extra_env: &[(OsString, OsString)],
+) -> Result<Spawned, SpawnError> {
     let name = spec.program.to_string_lossy().into_owned();
     let other = |e: io::Error| SpawnError::Other(name.clone(), e);
     let nul = |_| {
@@ -158,7 +186,30 @@ pub fn spawn(spec: &RunSpec, cgroup_dir: &Path) -> Result<Spawned, SpawnError> {
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<_, _>>()
         .map_err(nul)?;
+    let env: Vec<CString> = child_env(spec, extra_env)
+        .into_iter()
+        .map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.as_bytes());
+            CString::new(kv)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(nul)?;
+    let cwd = spec
+        .cwd
+        .as_ref()
+        .map(|d| CString::new(d.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(nul)?;
     let mut plan = ChildPlan {
+        cwd,
+        env_ptrs: env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain([std::ptr::null()])
+            .collect(),
+        _env: env,
         program,
         argv_ptrs: Vec::with_capacity(argv.len() + 1),
         argv,
@@ -223,6 +274,13 @@ pub fn spawn(spec: &RunSpec, cgroup_dir: &Path) -> Result<Spawned, SpawnError> {
             STEP_DROP_PRIVS => SpawnError::DropPrivileges(err),
             STEP_PDEATHSIG => SpawnError::ParentGone(err),
             STEP_LANDLOCK => SpawnError::Landlock(err),
+            STEP_CHDIR => SpawnError::Chdir(
+                spec.cwd
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                err,
+            ),
             _ => classify(&name, err),
         });
     }
@@ -306,6 +364,14 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
         {
             child_fail(plan.report, STEP_PDEATHSIG);
         }
+        if let Some(dir) = &plan.cwd
+            && libc::chdir(dir.as_ptr()) != 0
+        {
+            child_fail(plan.report, STEP_CHDIR);
+        }
+        // execvp searches the PATH of `environ`, so the child's environment is installed
+        // first (as std's Command does): a step's own PATH is the one searched.
+        environ = plan.env_ptrs.as_ptr();
         libc::execvp(plan.program.as_ptr(), plan.argv_ptrs.as_ptr());
         child_fail(plan.report, STEP_EXEC)
     }

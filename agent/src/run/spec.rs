@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::{
-    KernelLayerMode, LaneArg, LivenessLevel, PolicyMode, ProfileLevel, ProfileOnFail, RunArgs,
+    AgentShim, KernelLayerMode, LaneArg, LivenessLevel, PolicyMode, ProfileLevel, ProfileOnFail,
+    RunArgs,
 };
 use crate::contracts::{Registry, RegistryError};
 use crate::evidence::trace::span;
@@ -105,8 +106,11 @@ pub struct LivenessConfig {
     pub min_events: u64,
     pub hard_cap: Duration,
     pub kill_grace: Duration,
-    /// The step's own timeout (`--timeout`, else a contract budget): `timeout.subprocess.wait`.
+    /// The step's own timeout (`--timeout`, else a contract budget).
     pub step_timeout: Option<Duration>,
+    /// Its reason token: `timeout.subprocess.wait`, or `timeout.case.harness` for a plan
+    /// step's setup and teardown.
+    pub step_timeout_reason: &'static str,
     /// The whole chain's timeout (a `case.chain` budget): `timeout.case.chain`.
     pub chain_timeout: Option<Duration>,
 }
@@ -122,6 +126,10 @@ pub struct RunSpec {
     pub kernel_layer: KernelLayerMode,
     pub program: OsString,
     pub args: Vec<OsString>,
+    /// Working directory of the child (default: vigil's).
+    pub cwd: Option<PathBuf>,
+    /// Variables set for the child on top of vigil's environment.
+    pub env: Vec<(OsString, OsString)>,
     pub profile: ProfileConfig,
     pub liveness: LivenessConfig,
     pub fail_fast: bool,
@@ -134,6 +142,8 @@ pub struct RunSpec {
     pub contracts_strict: bool,
     /// Where the step timeout came from, for health notes: `--timeout` or a contract budget.
     pub timeout_source: Option<String>,
+    /// `--agent-shim`: the agent SDK the child uses.
+    pub agent_shim: AgentShim,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +307,8 @@ impl RunSpec {
             kernel_layer: args.kernel_layer,
             program,
             args: command.collect(),
+            cwd: None,
+            env: Vec::new(),
             profile: ProfileConfig {
                 level: args.profile.profile_level,
                 out: args.profile.profile_out,
@@ -312,6 +324,7 @@ impl RunSpec {
                 hard_cap: ms(args.liveness.liveness_hard_cap_ms),
                 kill_grace: ms(args.liveness.liveness_kill_grace_ms),
                 step_timeout,
+                step_timeout_reason: crate::run::liveness::reason::SUBPROCESS_WAIT,
                 chain_timeout,
             },
             fail_fast: args.gate.fail_fast_enabled(),
@@ -320,6 +333,7 @@ impl RunSpec {
             contracts: Arc::new(contracts),
             contracts_strict: args.contracts_strict,
             timeout_source,
+            agent_shim: args.agent_shim,
         })
     }
 

@@ -5,6 +5,7 @@
 //! Then it writes the evidence and commits the bundle.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +26,12 @@ use super::spawn::{self, SpawnError};
 use super::spec::RunSpec;
 use super::tee::{Fence, TeeConfig, TeeReport, spawn_tee};
 use super::triage;
-use crate::cli::{ExitCode, KernelLayerMode, ProfileLevel, ProfileOnFail};
+use crate::cli::{AgentShim, ExitCode, KernelLayerMode, ProfileLevel, ProfileOnFail};
 use crate::clock;
 use crate::contracts::{ContractLayer, RunCounters, Violations};
 use crate::evidence::bundle::{self, Bundle, BundleError};
 use crate::evidence::events::{EventKind, EventLog};
-use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth};
+use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth, SdkHealth};
 use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
 use crate::evidence::trace::{RunStatus, RunTrace, StepRow, Summary, render_summary_md, span};
@@ -41,9 +42,12 @@ use crate::kernel::tree::{KernelTree, ProcessLife};
 use crate::kernel::{KernelLayer, KernelReport};
 use crate::policy::layer::PolicyLayer;
 use crate::policy::sockaddr::{self, SockAddrEnforcer};
+use crate::sdk::{Received, SdkLayer, SdkSocket, SdkStats};
 
 /// How often the procfs process tree is sampled.
 pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
+/// How long SDK connections may still be read after the run's processes are gone.
+const SDK_DRAIN: Duration = Duration::from_millis(500);
 /// Window over which the run's CPU rate is measured for stall triage.
 const CPU_WINDOW: Duration = Duration::from_secs(1);
 
@@ -114,6 +118,13 @@ struct Streams {
 impl Streams {
     fn open(&self) -> bool {
         self.stdout.is_some() || self.stderr.is_some()
+    }
+}
+
+async fn recv_sdk(sock: &mut Option<SdkSocket>) -> Option<Received> {
+    match sock {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -278,6 +289,10 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         policy: None,
         network_mechanism: None,
         counters,
+        cgroup_mount: mount,
+        child_env: Vec::new(),
+        sdk: None,
+        sdk_stats: None,
     };
     let outcome = sup
         .supervise(&bundle, &mut spans, &mut sigint, &mut sigterm)
@@ -307,6 +322,13 @@ struct Supervisor<'a> {
     network_mechanism: Option<String>,
     /// What contracts count: kernel operations, output bytes, lost events.
     counters: Arc<RunCounters>,
+    /// Where cgroup v2 is mounted (the SDK socket checks its peers' cgroups against it).
+    cgroup_mount: PathBuf,
+    /// Variables vigil adds to the child's environment (`VIGIL_SDK_SOCKET`, …).
+    child_env: Vec<(OsString, OsString)>,
+    /// The SDK layer, from the child's socket being offered to the run's end.
+    sdk: Option<SdkLayer>,
+    sdk_stats: Option<Arc<SdkStats>>,
 }
 
 /// Why the child was not started.
@@ -352,12 +374,13 @@ impl Supervisor<'_> {
             &bundle.path(files::KERNEL_LAYER),
         );
         self.start_policy(bundle, kernel.active());
+        let mut sdk_socket = self.offer_sdk(kernel.active());
         // Held until the run ends: dropping it detaches the network programs.
         let network = self.enforce_network();
         let check = spans.tree.open(span::CHECK_EXECUTE, Some(&spans.case));
         let exec_span = spans.tree.open(span::SUBPROCESS_EXEC, Some(&check));
         let started = network.and_then(|n| {
-            spawn::spawn(self.spec, self.cg.path())
+            spawn::spawn(self.spec, self.cg.path(), &self.child_env)
                 .map(|s| (s, n))
                 .map_err(NotStarted::Spawn)
         });
@@ -502,6 +525,10 @@ impl Supervisor<'_> {
                         _ => Outcome::VigilFailed,
                     });
                 }
+                r = recv_sdk(&mut sdk_socket) => match r {
+                    Some(r) => self.on_sdk(r),
+                    None => sdk_socket = None,
+                },
                 r = recv_opt(&mut streams.stdout) => { streams.reports[0] = r; streams.stdout = None; }
                 r = recv_opt(&mut streams.stderr) => { streams.reports[1] = r; streams.stderr = None; }
                 ev = async { match (&watch, &afd) { (Ok(w), Some(a)) => w.changed(a).await, _ => std::future::pending().await } } => {
@@ -568,6 +595,9 @@ impl Supervisor<'_> {
             if cgroup_empty && streams.open() && pipes_give_up.is_none() && main_exit.is_some() {
                 pipes_give_up = Some(Instant::now() + self.spec.liveness.kill_grace);
             }
+        }
+        if let Some(sock) = sdk_socket.take() {
+            self.drain_sdk(sock).await;
         }
         // The cgroup is empty, so every kernel event of the run is committed: finish drains them.
         let mut seen = Vec::new();
@@ -678,7 +708,74 @@ impl Supervisor<'_> {
         if let Some(p) = self.policy.as_mut() {
             p.observe(seen, &self.redactor);
         }
+        if let Some(sdk) = self.sdk.as_mut() {
+            sdk.observe_kernel(seen);
+        }
         self.counters.observe(seen);
+    }
+
+    /// Offer the child an SDK socket: `VIGIL_SDK_SOCKET` in its environment, with the run id
+    /// and the agent shim.
+    fn offer_sdk(&mut self, kernel: bool) -> Option<SdkSocket> {
+        let env = &mut self.child_env;
+        env.push(("VIGIL_RUN_ID".into(), self.spec.run_id.to_string().into()));
+        if self.spec.agent_shim != AgentShim::None {
+            env.push((
+                "VIGIL_AGENT_SHIM".into(),
+                self.spec.agent_shim.as_str().into(),
+            ));
+        }
+        match SdkSocket::bind(self.cg.path(), &self.cgroup_mount, self.redactor.clone()) {
+            Ok(sock) => {
+                env.push(("VIGIL_SDK_SOCKET".into(), sock.path().into()));
+                self.sdk = Some(SdkLayer::new(kernel));
+                self.sdk_stats = Some(sock.stats.clone());
+                Some(sock)
+            }
+            Err(e) => {
+                self.notes
+                    .push(format!("SDK socket not offered: {e}; sdk_layer absent"));
+                None
+            }
+        }
+    }
+
+    /// One SDK event: progress, stored, and a checkpoint in the run trace.
+    fn on_sdk(&mut self, r: Received) {
+        self.progress.record(r.ts_ns);
+        if let Some(checkpoint) = self.sdk.as_mut().and_then(|l| l.accept(r)) {
+            self.events.emit(EventKind::Checkpoint, None, checkpoint);
+        }
+    }
+
+    /// After the run: read what the run's processes wrote to the socket before they exited
+    /// (their connections end at EOF), for at most [`SDK_DRAIN`].
+    async fn drain_sdk(&mut self, mut sock: SdkSocket) {
+        let give_up = tokio::time::sleep(SDK_DRAIN);
+        tokio::pin!(give_up);
+        loop {
+            while let Ok(r) = sock.rx.try_recv() {
+                self.on_sdk(r);
+            }
+            if sock.stats.active() == 0 {
+                break;
+            }
+            tokio::select! {
+                r = sock.rx.recv() => match r {
+                    Some(r) => self.on_sdk(r),
+                    None => break,
+                },
+                _ = sock.stats.connection_closed() => {}
+                _ = &mut give_up => {
+                    self.notes.push(format!(
+                        "{} SDK connection(s) still open {} ms after the run ended; closed",
+                        sock.stats.active(),
+                        SDK_DRAIN.as_millis()
+                    ));
+                    break;
+                }
+            }
+        }
     }
 
     fn emit_kernel_states(&mut self, tree: &mut KernelTree, seen: &[Observed]) {
@@ -1041,6 +1138,32 @@ impl Supervisor<'_> {
             _ => "absent",
         };
 
+        let (sdk_lines, sdk_summary) = match self.sdk.take() {
+            Some(l) => {
+                let (bytes, summary) = l.finish();
+                (Some(bytes), Some(summary))
+            }
+            None => (None, None),
+        };
+        let sdk_health = self.sdk_stats.as_ref().map(|st| SdkHealth {
+            shim: self.spec.agent_shim.as_str().into(),
+            accepted: sdk_summary.map_or(0, |s| s.accepted),
+            tool_calls: sdk_summary.map_or(0, |s| s.tool_calls),
+            rejected: st
+                .rejected()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            dropped_over_cap: st.dropped(),
+            connections: st.connections(),
+            refused_connections: st.refused_connections(),
+        });
+        // Self-reported only when something valid was actually reported.
+        let sdk_layer = if sdk_health.as_ref().is_some_and(|h| h.accepted > 0) {
+            "self_reported"
+        } else {
+            "absent"
+        };
         let mut output = std::collections::BTreeMap::new();
         if sup.process_tree {
             output.insert("stdout".to_string(), sup.streams[0].health.clone());
@@ -1053,7 +1176,7 @@ impl Supervisor<'_> {
             cgroup_correlation: "full".into(),
             policy_layer: policy_layer.into(),
             policy_mechanisms,
-            sdk_layer: "absent".into(),
+            sdk_layer: sdk_layer.into(),
             process_tree_source: sup.process_tree_source.into(),
             process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,
             lost_events: LostEvents {
@@ -1070,6 +1193,7 @@ impl Supervisor<'_> {
                 kill_mechanism,
             }),
             output,
+            sdk: sdk_health,
             notes: {
                 let mut n = vec![match sup.process_tree_source {
                     "kernel" => "process tree (subprocess_state) from kernel events".to_string(),
@@ -1086,6 +1210,11 @@ impl Supervisor<'_> {
             events_result?;
             if let Some(e) = &sup.kernel.write_error {
                 return Err(e.clone());
+            }
+            if let Some(lines) = &sdk_lines {
+                bundle
+                    .write_bytes(files::SDK_LAYER, lines)
+                    .map_err(|e| e.to_string())?;
             }
             trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
             bundle

@@ -1,0 +1,273 @@
+//! The per-run SDK socket (`VIGIL_SDK_SOCKET`): a unix stream socket on which processes of the
+//! run send NDJSON events about themselves.
+//!
+//! Bounded everywhere: at most [`MAX_CONNECTIONS`] open connections, lines of at most
+//! [`MAX_LINE`] bytes, [`MAX_EVENTS`] accepted events per run, and a bounded channel to the
+//! supervisor (a client that sends faster than vigil stores waits on its socket). Only
+//! processes inside the run's cgroup are heard: the peer's pid (SO_PEERCRED) is checked against
+//! /proc/<pid>/cgroup when it connects, so nothing outside the run can speak for it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use super::event::{MAX_EVENTS, MAX_LINE, Rejected, SdkEvent, parse_line};
+use crate::clock;
+use crate::evidence::redact::Redactor;
+
+pub const MAX_CONNECTIONS: u64 = 64;
+/// Events in flight between the connections and the supervisor.
+const CHANNEL: usize = 1024;
+
+/// One accepted event, stamped when it arrived.
+#[derive(Debug)]
+pub struct Received {
+    pub event: SdkEvent,
+    pub pid: Option<i32>,
+    pub ts_ns: u64,
+}
+
+/// What the socket turned away, for health.
+#[derive(Debug, Default)]
+pub struct SdkStats {
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    admitted: AtomicU64,
+    dropped: AtomicU64,
+    refused_connections: AtomicU64,
+    connections: AtomicU64,
+    active: AtomicU64,
+    /// Told each time a connection ends.
+    closed: Notify,
+}
+
+impl SdkStats {
+    fn reject(&self, why: Rejected) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(why.token())
+            .or_default() += 1;
+    }
+
+    /// Rejected lines by reason token.
+    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
+        self.rejected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Valid events past [`MAX_EVENTS`], counted and not stored.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused: from outside the run, or past [`MAX_CONNECTIONS`].
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections still being read.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when a connection ends (or has ended since the last call).
+    pub async fn connection_closed(&self) {
+        self.closed.notified().await;
+    }
+}
+
+pub struct SdkSocket {
+    path: PathBuf,
+    dir: PathBuf,
+    pub rx: mpsc::Receiver<Received>,
+    pub stats: Arc<SdkStats>,
+    task: JoinHandle<()>,
+}
+
+impl SdkSocket {
+    /// Listen on a fresh socket for the run whose cgroup is `run_cgroup` (under `mount`).
+    pub fn bind(
+        run_cgroup: &Path,
+        mount: &Path,
+        redactor: Arc<Redactor>,
+    ) -> std::io::Result<SdkSocket> {
+        // sun_path holds 108 bytes: a short directory of vigil's own, not the run id.
+        let dir = std::env::temp_dir().join(format!(
+            "vigil-sdk-{}-{:08x}",
+            std::process::id(),
+            getrandom::u32().unwrap_or(0)
+        ));
+        std::fs::create_dir(&dir)?;
+        // Searchable by a child running as another --user; the cgroup check decides who is
+        // heard.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        let path = dir.join("sdk.sock");
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let stats = Arc::new(SdkStats::default());
+        let task = tokio::spawn(serve(
+            listener,
+            tx,
+            stats.clone(),
+            redactor,
+            run_cgroup.to_path_buf(),
+            mount.to_path_buf(),
+        ));
+        Ok(SdkSocket {
+            path,
+            dir,
+            rx,
+            stats,
+            task,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SdkSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Whether `pid` is in `run_cgroup` or below it (cgroup v2 line `0::/path` of /proc/pid/cgroup).
+fn in_run(pid: i32, run_cgroup: &Path, mount: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .is_some_and(|rel| {
+            mount
+                .join(rel.trim_start_matches('/'))
+                .starts_with(run_cgroup)
+        })
+}
+
+async fn serve(
+    listener: UnixListener,
+    tx: mpsc::Sender<Received>,
+    stats: Arc<SdkStats>,
+    redactor: Arc<Redactor>,
+    run_cgroup: PathBuf,
+    mount: PathBuf,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+        let heard = pid.is_some_and(|p| in_run(p, &run_cgroup, &mount));
+        if !heard || stats.active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(connection(
+            stream,
+            pid,
+            tx.clone(),
+            stats.clone(),
+            redactor.clone(),
+        ));
+    }
+}
+
+async fn connection(
+    mut stream: UnixStream,
+    pid: Option<i32>,
+    tx: mpsc::Sender<Received>,
+    stats: Arc<SdkStats>,
+    redactor: Arc<Redactor>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut chunk = vec![0u8; 8 * 1024];
+    // Inside a line longer than MAX_LINE: its rest is skipped up to the next newline.
+    let mut skipping = false;
+    'read: loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut data = &chunk[..n];
+        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            let (head, rest) = data.split_at(nl);
+            data = &rest[1..];
+            if skipping {
+                skipping = false;
+                continue;
+            }
+            buf.extend_from_slice(head);
+            let line = std::mem::take(&mut buf);
+            if !deliver(&line, pid, &tx, &stats, &redactor).await {
+                break 'read;
+            }
+        }
+        if !skipping {
+            buf.extend_from_slice(data);
+            if buf.len() > MAX_LINE {
+                stats.reject(Rejected::TooLong);
+                buf.clear();
+                skipping = true;
+            }
+        }
+    }
+    if !skipping && !buf.is_empty() {
+        deliver(&buf, pid, &tx, &stats, &redactor).await;
+    }
+    stats.active.fetch_sub(1, Ordering::Relaxed);
+    stats.closed.notify_one();
+}
+
+/// Check and forward one line; false once the run no longer listens.
+async fn deliver(
+    line: &[u8],
+    pid: Option<i32>,
+    tx: &mpsc::Sender<Received>,
+    stats: &SdkStats,
+    redactor: &Redactor,
+) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return true;
+    }
+    match parse_line(line, redactor) {
+        Err(why) => {
+            stats.reject(why);
+            true
+        }
+        Ok(_) if stats.admitted.fetch_add(1, Ordering::Relaxed) >= MAX_EVENTS => {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Ok(event) => tx
+            .send(Received {
+                event,
+                pid,
+                ts_ns: clock::now_ns(),
+            })
+            .await
+            .is_ok(),
+    }
+}
