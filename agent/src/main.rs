@@ -7,7 +7,7 @@ use clap::Parser;
 use vigil::cli::{Cli, Command, ExitCode, PolicyCommand, one_line_usage_error};
 use vigil::evidence::{inspect, reader};
 use vigil::run::spec::RunSpec;
-use vigil::run::{guard, supervisor};
+use vigil::run::{guard, plan, plan_file, supervisor};
 
 fn main() -> ProcessExit {
     let code = match Cli::try_parse() {
@@ -158,6 +158,18 @@ fn report_problems(bundle: &std::path::Path, problems: &[reader::BundleProblem])
 }
 
 fn run(args: vigil::cli::RunArgs) -> i32 {
+    // A plan is read and checked before anything starts, like every flag.
+    let plan = match &args.plan {
+        None => None,
+        Some(file) => match plan_file::load(file) {
+            Ok(p) => Some((file.clone(), p)),
+            Err(e) => {
+                eprintln!("vigil: {e}");
+                return ExitCode::USAGE;
+            }
+        },
+    };
+    let triage = args.triage;
     let spec = match RunSpec::from_args(args) {
         Ok(s) => s,
         Err(e) => {
@@ -175,6 +187,21 @@ fn run(args: vigil::cli::RunArgs) -> i32 {
             return ExitCode::VIGIL_FAILED;
         }
     };
+    if let Some((file, plan)) = plan {
+        let spec = plan::PlanSpec {
+            file,
+            plan,
+            base: spec,
+            triage,
+        };
+        return match rt.block_on(plan::run(spec)) {
+            Ok(result) => result.exit_code,
+            Err(e) => {
+                eprintln!("vigil: {e}");
+                e.exit_code()
+            }
+        };
+    }
     match rt.block_on(supervisor::run(spec)) {
         Ok(result) => result.exit_code(),
         Err(e) => {

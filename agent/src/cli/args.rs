@@ -167,6 +167,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
 
+    /// Run a plan (YAML or JSON): ordered steps of a CI gate, instead of one command.
+    #[arg(long, value_name = "FILE", conflicts_with = "command")]
+    pub plan: Option<PathBuf>,
+
+    /// How a plan's failing governance steps are triaged: `targeted` reruns only the failing
+    /// checks (the step's `triage` template), `broad` the whole step, `both` one then the other.
+    #[arg(long, value_enum, default_value = "targeted", value_name = "MODE")]
+    pub triage: TriageMode,
+
     /// Agent SDK the child uses, exported to it as `VIGIL_AGENT_SHIM` (with
     /// `VIGIL_SDK_SOCKET`, the socket it reports on) and recorded in health.
     #[arg(long, value_enum, default_value = "none", value_name = "SHIM")]
@@ -184,6 +193,13 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TriageMode {
+    Broad,
+    Targeted,
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

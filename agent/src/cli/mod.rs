@@ -7,6 +7,7 @@ mod usage;
 pub use args::{
     AgentShim, Cli, Command, GateArgs, KernelLayerMode, LaneArg, LivenessArgs, LivenessLevel,
     PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
+    TriageMode,
 };
 pub use exit::ExitCode;
 pub use usage::one_line_usage_error;

@@ -139,6 +139,16 @@ impl RunCounters {
         self.lost_events.store(n, Ordering::Relaxed);
     }
 
+    /// Add what another run counted (a plan step's run, to the plan's counters).
+    pub fn absorb(&self, other: &RunCounters) {
+        for (mine, theirs) in self.ops.iter().zip(&other.ops) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.add_output(other.output_bytes());
+        self.lost_events
+            .fetch_add(other.lost_events(), Ordering::Relaxed);
+    }
+
     pub fn ops(&self) -> Counts {
         std::array::from_fn(|i| self.ops[i].load(Ordering::Relaxed))
     }

@@ -162,6 +162,46 @@ pub struct StepRow {
     pub stall_detected: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stall_phase: Option<String>,
+    /// Governance steps only: what triage did with the step's failing checks.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub triage: Option<Triage>,
+    /// The step's own bundle, relative to the plan's (plans only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bundle: Option<String>,
+}
+
+/// Triage metadata of a governance step (CONTRACT.md §3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Triage {
+    pub triage_attempted: bool,
+    /// `broad|targeted|both|not_run`.
+    pub triage_mode: String,
+    /// `pass` (flaky) | `fail` (real) | `stalled` | `not_run`.
+    pub triage_result: String,
+    pub failing_check_ids: Vec<String>,
+    pub failing_check_prefixes: Vec<String>,
+    /// Per failing check: `pass` when it passed on a rerun (flaky), else `fail`.
+    #[serde(default)]
+    pub triage_checks: Vec<TriageCheck>,
+}
+
+impl Triage {
+    pub fn not_run() -> Self {
+        Triage {
+            triage_attempted: false,
+            triage_mode: "not_run".into(),
+            triage_result: "not_run".into(),
+            failing_check_ids: Vec::new(),
+            failing_check_prefixes: Vec::new(),
+            triage_checks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TriageCheck {
+    pub id: String,
+    pub result: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -204,6 +244,48 @@ pub struct RunTrace {
     pub summary: Summary,
 }
 
+impl RunTrace {
+    /// A trace as it starts: in progress, no spans or events yet.
+    pub fn start(
+        run_id: &str,
+        started_ns: u64,
+        argv: &[String],
+        env_profile: EnvProfile,
+        profile_level: &str,
+        fail_fast: bool,
+    ) -> Self {
+        RunTrace {
+            schema: super::schema::RUN_TRACE,
+            version: 1,
+            run_id: run_id.to_string(),
+            runner_impl: "vigil-rust",
+            started_at: crate::clock::rfc3339(started_ns),
+            ended_at: None,
+            status: "in_progress".into(),
+            exit_code: None,
+            run_status: RunStatus {
+                state: "in_progress".into(),
+                reason: None,
+            },
+            command: argv.first().cloned().unwrap_or_default(),
+            args: argv.iter().skip(1).cloned().collect(),
+            env_profile,
+            profile_level: profile_level.into(),
+            cgroup: None,
+            spans: Vec::new(),
+            events: Vec::new(),
+            summary: Summary {
+                fail_fast_enabled: fail_fast,
+                first_failure_step: None,
+                aborted_after_step: None,
+                skipped_step_count: 0,
+                steps: Vec::new(),
+                contract_violations: Vec::new(),
+            },
+        }
+    }
+}
+
 /// The people's version of a trace, written next to it as run-trace-summary.md.
 pub fn render_summary_md(t: &RunTrace) -> String {
     let mut md = String::new();
@@ -239,6 +321,20 @@ pub fn render_summary_md(t: &RunTrace) -> String {
         );
         if let Some(phase) = &s.stall_phase {
             let _ = writeln!(md, "\nStall phase of `{}`: `{phase}`", s.name);
+        }
+        if let Some(t) = s.triage.as_ref().filter(|t| t.triage_attempted) {
+            let _ = writeln!(
+                md,
+                "\nTriage of `{}` ({}): **{}**; failing checks: {}",
+                s.name,
+                t.triage_mode,
+                t.triage_result,
+                t.triage_checks
+                    .iter()
+                    .map(|c| format!("`{}` {}", c.id, c.result))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
     }
     let _ = writeln!(md, "\n## Spans\n\n| span | status | ms |\n|---|---|---|");

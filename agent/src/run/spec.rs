@@ -263,10 +263,12 @@ fn load_policy(
 impl RunSpec {
     pub fn from_args(args: RunArgs) -> Result<Self, SpecError> {
         let mut command = args.command.into_iter();
-        let program = command.next().ok_or(SpecError::EmptyCommand)?;
-        if program.is_empty() {
-            return Err(SpecError::EmptyCommand);
-        }
+        // A plan's steps bring their own commands.
+        let program = match command.next() {
+            Some(p) if !p.is_empty() => p,
+            _ if args.plan.is_some() => OsString::new(),
+            _ => return Err(SpecError::EmptyCommand),
+        };
         if args
             .cgroup_parent
             .components()

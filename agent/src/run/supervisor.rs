@@ -23,7 +23,7 @@ use super::liveness::{Liveness, ProgressLog, Verdict, reason};
 use super::outcome::Outcome;
 use super::proctree::{ProcInfo, ProcTracker, read_stat};
 use super::spawn::{self, SpawnError};
-use super::spec::RunSpec;
+use super::spec::{ProfileConfig, RunSpec};
 use super::tee::{Fence, TeeConfig, TeeReport, spawn_tee};
 use super::triage;
 use crate::cli::{AgentShim, ExitCode, KernelLayerMode, ProfileLevel, ProfileOnFail};
@@ -34,7 +34,7 @@ use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth, SdkHealth};
 use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
-use crate::evidence::trace::{RunStatus, RunTrace, StepRow, Summary, render_summary_md, span};
+use crate::evidence::trace::{RunStatus, RunTrace, StepRow, render_summary_md, span};
 use crate::evidence::{files, schema};
 use crate::kernel::event::Observed;
 use crate::kernel::sensor::Scope;
@@ -82,6 +82,17 @@ pub struct RunResult {
     pub bundle_dir: PathBuf,
     /// Set when the bundle could not be committed; the exit code is then 125.
     pub commit_error: Option<String>,
+    /// The main child's exit code and signal.
+    pub main_exit: (Option<i32>, Option<i32>),
+    /// The stall phase when a stall was detected.
+    pub stall_phase: Option<String>,
+    /// What the run did, for a plan's contracts.
+    pub counters: Arc<RunCounters>,
+    pub duration_ms: u64,
+    /// `kernel_layer`, `policy_layer` and `sdk_layer` of the run's health.
+    pub kernel_layer: String,
+    pub policy_layer: String,
+    pub sdk_layer: String,
 }
 
 impl RunResult {
@@ -141,20 +152,9 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
     let started_ns = clock::now_ns();
     let run_id = spec.run_id.to_string();
 
-    // The run's spans go to its own dispatcher: the run-trace writer and the contract checker
-    // consume the same stream.
     let counters = Arc::new(RunCounters::default());
     let violations = Arc::new(Violations::default());
-    let writer = SpanWriter::default();
-    let tree = SpanTree::new(tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(writer.clone())
-            .with(ContractLayer::new(
-                spec.contracts.clone(),
-                counters.clone(),
-                violations.clone(),
-            )),
-    ));
+    let (tree, writer) = span_tree(&spec.contracts, &counters, &violations);
     let total = tree.open_at(span::RUN_TOTAL, None, started_ns);
     let dispatch = tree.open_at(span::RUNNER_DISPATCH, Some(&total), started_ns);
     let setup = tree.open_at(span::CASE_HARNESS, Some(&total), started_ns);
@@ -180,35 +180,14 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         .collect();
     let redactor = Arc::new(Redactor::new(&env));
     let argv = redactor.redact_argv(&spec.argv_lossy());
-    let mut trace = RunTrace {
-        schema: schema::RUN_TRACE,
-        version: 1,
-        run_id: run_id.clone(),
-        runner_impl: "vigil-rust",
-        started_at: clock::rfc3339(started_ns),
-        ended_at: None,
-        status: "in_progress".into(),
-        exit_code: None,
-        run_status: RunStatus {
-            state: "in_progress".into(),
-            reason: None,
-        },
-        command: argv.first().cloned().unwrap_or_default(),
-        args: argv.iter().skip(1).cloned().collect(),
-        env_profile: redactor.env_profile(&env),
-        profile_level: profile_level_name(spec.profile.level).into(),
-        cgroup: None,
-        spans: Vec::new(),
-        events: Vec::new(),
-        summary: Summary {
-            fail_fast_enabled: spec.fail_fast,
-            first_failure_step: None,
-            aborted_after_step: None,
-            skipped_step_count: 0,
-            steps: Vec::new(),
-            contract_violations: Vec::new(),
-        },
-    };
+    let mut trace = RunTrace::start(
+        &run_id,
+        started_ns,
+        &argv,
+        redactor.env_profile(&env),
+        profile_level_name(spec.profile.level),
+        spec.fail_fast,
+    );
     bundle.write_plain(
         files::RUN_TRACE,
         &serde_json::to_vec_pretty(&trace).unwrap_or_default(),
@@ -1029,32 +1008,7 @@ impl Supervisor<'_> {
         total.close_now(outcome.status(), step_attrs);
 
         // Every span has closed, so every contract has been checked.
-        let found = violations.take();
-        for v in &found {
-            self.events.emit(
-                EventKind::ContractViolation,
-                None,
-                serde_json::to_value(v).unwrap_or_default(),
-            );
-        }
-        if violations.dropped() > 0 {
-            self.notes.push(format!(
-                "{} further contract violations were counted but not recorded",
-                violations.dropped()
-            ));
-        }
-        if !self.spec.contracts.is_empty() {
-            self.notes.push(format!(
-                "contracts: {} loaded, {} violated obligations{}",
-                self.spec.contracts.len(),
-                found.len(),
-                if self.spec.contracts_strict {
-                    " (--contracts-strict)"
-                } else {
-                    ""
-                }
-            ));
-        }
+        let found = settle_contracts(&mut self.events, &mut self.notes, self.spec, &violations);
         if self.spec.contracts_strict && !found.is_empty() && outcome == Outcome::Exited(0) {
             eprintln!(
                 "vigil: {} contract obligation(s) violated; failing the run (--contracts-strict)",
@@ -1083,6 +1037,8 @@ impl Supervisor<'_> {
             blocked_by: None,
             stall_detected: Some(self.stall.is_some()),
             stall_phase: self.stall.clone(),
+            triage: None,
+            bundle: None,
         };
         let failed = outcome.is_failure();
         trace.summary.first_failure_step = failed.then(|| "main".to_string());
@@ -1244,7 +1200,7 @@ impl Supervisor<'_> {
                 outcome.exit_code()
             );
         } else {
-            self.write_profile_copies(&mut trace, &writer, failed);
+            write_profile_copies(&self.spec.profile, &mut trace, &writer, failed);
         }
         if failed {
             eprintln!(
@@ -1263,35 +1219,103 @@ impl Supervisor<'_> {
             outcome,
             bundle_dir: bundle.dir().to_path_buf(),
             commit_error: commit.err(),
+            main_exit: (code, sig),
+            stall_phase: self.stall.clone(),
+            counters: self.counters.clone(),
+            duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
+            kernel_layer: health.kernel_layer.clone(),
+            policy_layer: health.policy_layer.clone(),
+            sdk_layer: health.sdk_layer.clone(),
         }
     }
+}
 
-    /// Copies outside the bundle (CONTRACT.md §2): at the profile level, or — for a failing run
-    /// with profiling off — at the `--profile-on-fail` level.
-    fn write_profile_copies(&self, trace: &mut RunTrace, spans: &SpanWriter, failed: bool) {
-        let p = &self.spec.profile;
-        let detailed = match (p.level, p.on_fail) {
-            (ProfileLevel::Off, ProfileOnFail::Off) => return,
-            (ProfileLevel::Off, on_fail) if failed => on_fail == ProfileOnFail::Detailed,
-            (ProfileLevel::Off, _) => return,
-            (level, _) => spec_detailed(level),
-        };
-        trace.spans = spans.with(|r| r.export(detailed, clock::now_ns()));
-        let json = serde_json::to_vec_pretty(&*trace).map(|mut v| {
-            v.push(b'\n');
-            v
-        });
-        for (path, bytes) in [
-            (&p.out, json.ok()),
-            (&p.summary_out, Some(render_summary_md(trace).into_bytes())),
-        ] {
-            let Some(bytes) = bytes else { continue };
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                let _ = std::fs::create_dir_all(dir);
+/// Once every span has closed: each violation becomes a `contract_violation` event, and the
+/// notes say what was checked.
+pub(super) fn settle_contracts(
+    events: &mut EventLog,
+    notes: &mut Vec<String>,
+    spec: &RunSpec,
+    violations: &Violations,
+) -> Vec<crate::contracts::Violation> {
+    let found = violations.take();
+    for v in &found {
+        events.emit(
+            EventKind::ContractViolation,
+            None,
+            serde_json::to_value(v).unwrap_or_default(),
+        );
+    }
+    if violations.dropped() > 0 {
+        notes.push(format!(
+            "{} further contract violations were counted but not recorded",
+            violations.dropped()
+        ));
+    }
+    if !spec.contracts.is_empty() {
+        notes.push(format!(
+            "contracts: {} loaded, {} violated obligations{}",
+            spec.contracts.len(),
+            found.len(),
+            if spec.contracts_strict {
+                " (--contracts-strict)"
+            } else {
+                ""
             }
-            if let Err(e) = bundle::write_atomic(path, &bytes) {
-                eprintln!("vigil: profile copy not written: {e}");
-            }
+        ));
+    }
+    found
+}
+
+/// The run's spans go to its own dispatcher: the run-trace writer and the contract checker
+/// consume the same stream.
+pub(super) fn span_tree(
+    contracts: &Arc<crate::contracts::Registry>,
+    counters: &Arc<RunCounters>,
+    violations: &Arc<Violations>,
+) -> (SpanTree, SpanWriter) {
+    let writer = SpanWriter::default();
+    let tree = SpanTree::new(tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(writer.clone())
+            .with(ContractLayer::new(
+                contracts.clone(),
+                counters.clone(),
+                violations.clone(),
+            )),
+    ));
+    (tree, writer)
+}
+
+/// Copies outside the bundle (CONTRACT.md §2): at the profile level, or — for a failing run
+/// with profiling off — at the `--profile-on-fail` level.
+pub(super) fn write_profile_copies(
+    p: &ProfileConfig,
+    trace: &mut RunTrace,
+    spans: &SpanWriter,
+    failed: bool,
+) {
+    let detailed = match (p.level, p.on_fail) {
+        (ProfileLevel::Off, ProfileOnFail::Off) => return,
+        (ProfileLevel::Off, on_fail) if failed => on_fail == ProfileOnFail::Detailed,
+        (ProfileLevel::Off, _) => return,
+        (level, _) => spec_detailed(level),
+    };
+    trace.spans = spans.with(|r| r.export(detailed, clock::now_ns()));
+    let json = serde_json::to_vec_pretty(&*trace).map(|mut v| {
+        v.push(b'\n');
+        v
+    });
+    for (path, bytes) in [
+        (&p.out, json.ok()),
+        (&p.summary_out, Some(render_summary_md(trace).into_bytes())),
+    ] {
+        let Some(bytes) = bytes else { continue };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = bundle::write_atomic(path, &bytes) {
+            eprintln!("vigil: profile copy not written: {e}");
         }
     }
 }
@@ -1355,11 +1379,11 @@ fn exit_status(code: Option<i32>, sig: Option<i32>) -> &'static str {
     }
 }
 
-fn spec_detailed(level: ProfileLevel) -> bool {
+pub(super) fn spec_detailed(level: ProfileLevel) -> bool {
     matches!(level, ProfileLevel::Detailed | ProfileLevel::Debug)
 }
 
-fn profile_level_name(level: ProfileLevel) -> &'static str {
+pub(super) fn profile_level_name(level: ProfileLevel) -> &'static str {
     match level {
         ProfileLevel::Off => "off",
         ProfileLevel::Basic => "basic",

@@ -6,6 +6,10 @@
 //! supervisor (a client that sends faster than vigil stores waits on its socket). Only
 //! processes inside the run's cgroup are heard: the peer's pid (SO_PEERCRED) is checked against
 //! /proc/<pid>/cgroup when it connects, so nothing outside the run can speak for it.
+//!
+//! Accepting and reading happen on threads of their own (as the output tee does), not on the
+//! supervisor's runtime: an event's timestamp is when it arrived, not when the supervisor got
+//! round to it — tool-call windows are correlated with kernel events by those timestamps.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -13,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::io::AsyncReadExt;
-use tokio::net::{UnixListener, UnixStream};
+use std::io::Read;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::AtomicBool;
+
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinHandle;
 
 use super::event::{MAX_EVENTS, MAX_LINE, Rejected, SdkEvent, parse_line};
 use crate::clock;
@@ -95,7 +100,7 @@ pub struct SdkSocket {
     dir: PathBuf,
     pub rx: mpsc::Receiver<Received>,
     pub stats: Arc<SdkStats>,
-    task: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
 impl SdkSocket {
@@ -120,20 +125,18 @@ impl SdkSocket {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
         let (tx, rx) = mpsc::channel(CHANNEL);
         let stats = Arc::new(SdkStats::default());
-        let task = tokio::spawn(serve(
-            listener,
-            tx,
-            stats.clone(),
-            redactor,
-            run_cgroup.to_path_buf(),
-            mount.to_path_buf(),
-        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (stats.clone(), stop.clone());
+        let (cg, mnt) = (run_cgroup.to_path_buf(), mount.to_path_buf());
+        std::thread::Builder::new()
+            .name("vigil-sdk".into())
+            .spawn(move || serve(listener, tx, st, sp, redactor, cg, mnt))?;
         Ok(SdkSocket {
             path,
             dir,
             rx,
             stats,
-            task,
+            stop,
         })
     }
 
@@ -144,7 +147,9 @@ impl SdkSocket {
 
 impl Drop for SdkSocket {
     fn drop(&mut self) {
-        self.task.abort();
+        // Wake the accepting thread so that it sees the stop and ends.
+        self.stop.store(true, Ordering::Release);
+        let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_dir(&self.dir);
     }
@@ -164,19 +169,23 @@ fn in_run(pid: i32, run_cgroup: &Path, mount: &Path) -> bool {
         })
 }
 
-async fn serve(
+fn serve(
     listener: UnixListener,
     tx: mpsc::Sender<Received>,
     stats: Arc<SdkStats>,
+    stop: Arc<AtomicBool>,
     redactor: Arc<Redactor>,
     run_cgroup: PathBuf,
     mount: PathBuf,
 ) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+    for stream in listener.incoming() {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let pid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .ok()
+            .map(|c| c.pid());
         let heard = pid.is_some_and(|p| in_run(p, &run_cgroup, &mount));
         if !heard || stats.active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
             stats.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -184,17 +193,18 @@ async fn serve(
         }
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.active.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(connection(
-            stream,
-            pid,
-            tx.clone(),
-            stats.clone(),
-            redactor.clone(),
-        ));
+        let (tx, st, red) = (tx.clone(), stats.clone(), redactor.clone());
+        let started = std::thread::Builder::new()
+            .name("vigil-sdk-conn".into())
+            .spawn(move || connection(stream, pid, tx, st, red));
+        if started.is_err() {
+            stats.active.fetch_sub(1, Ordering::Relaxed);
+            stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-async fn connection(
+fn connection(
     mut stream: UnixStream,
     pid: Option<i32>,
     tx: mpsc::Sender<Received>,
@@ -206,9 +216,11 @@ async fn connection(
     // Inside a line longer than MAX_LINE: its rest is skipped up to the next newline.
     let mut skipping = false;
     'read: loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
         let mut data = &chunk[..n];
         while let Some(nl) = data.iter().position(|&b| b == b'\n') {
@@ -220,7 +232,7 @@ async fn connection(
             }
             buf.extend_from_slice(head);
             let line = std::mem::take(&mut buf);
-            if !deliver(&line, pid, &tx, &stats, &redactor).await {
+            if !deliver(&line, pid, &tx, &stats, &redactor) {
                 break 'read;
             }
         }
@@ -234,14 +246,14 @@ async fn connection(
         }
     }
     if !skipping && !buf.is_empty() {
-        deliver(&buf, pid, &tx, &stats, &redactor).await;
+        deliver(&buf, pid, &tx, &stats, &redactor);
     }
     stats.active.fetch_sub(1, Ordering::Relaxed);
     stats.closed.notify_one();
 }
 
 /// Check and forward one line; false once the run no longer listens.
-async fn deliver(
+fn deliver(
     line: &[u8],
     pid: Option<i32>,
     tx: &mpsc::Sender<Received>,
@@ -262,12 +274,11 @@ async fn deliver(
             true
         }
         Ok(event) => tx
-            .send(Received {
+            .blocking_send(Received {
                 event,
                 pid,
                 ts_ns: clock::now_ns(),
             })
-            .await
             .is_ok(),
     }
 }

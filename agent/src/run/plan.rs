@@ -1,0 +1,701 @@
+//! Plans (`vigil run --plan FILE`): a CI gate of ordered steps, each one a supervised run of its
+//! own (own cgroup, kernel sensor, SDK socket, complete bundle under `steps/` of the plan's
+//! bundle), chained with fail-fast or `--continue-on-fail`, `depends_on`, step, harness and
+//! chain timeouts, and triage of failing governance steps.
+//!
+//! The plan's own bundle holds the gate's trace (spans `run.total` → `case.chain` → per step
+//! `case.run` → `case.harness` / `check.execute`), its summary (CONTRACT.md §3), its events and
+//! health; its index covers the step bundles too, so `vigil validate` on the plan verifies
+//! every byte of the gate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::junit::{self, FailingCheck};
+use super::liveness::reason;
+use super::outcome::Outcome;
+use super::plan_file::{Plan, Step, StepCommand};
+use super::spec::{RunId, RunSpec};
+use super::supervisor::{
+    self, RunResult, SetupError, profile_level_name, settle_contracts, span_tree,
+    write_profile_copies,
+};
+use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail, TriageMode};
+use crate::clock;
+use crate::contracts::{Registry, RunCounters, Violations};
+use crate::evidence::bundle::Bundle;
+use crate::evidence::events::{EventKind, EventLog};
+use crate::evidence::health::{LostEvents, ObservationHealth};
+use crate::evidence::redact::Redactor;
+use crate::evidence::spans::{RunSpan, SpanTree};
+use crate::evidence::trace::{
+    RunStatus, RunTrace, StepRow, Triage, TriageCheck, render_summary_md, span,
+};
+use crate::evidence::{files, schema};
+
+/// A plan and the flags it runs under (`base` holds every `vigil run` flag; its command is
+/// unused).
+pub struct PlanSpec {
+    pub file: PathBuf,
+    pub plan: Plan,
+    pub base: RunSpec,
+    pub triage: TriageMode,
+}
+
+pub struct PlanResult {
+    pub exit_code: i32,
+    pub bundle_dir: PathBuf,
+    pub commit_error: Option<String>,
+}
+
+/// Why a step was skipped (`skip_reason`).
+pub mod skip {
+    pub const FAIL_FAST: &str = "fail_fast";
+    pub const DEPENDENCY_FAILED: &str = "dependency_failed";
+    pub const DEPENDENCY_SKIPPED: &str = "dependency_skipped";
+    pub const CHAIN_TIMEOUT: &str = "chain_timeout";
+}
+
+/// How one supervised command of a step ended.
+#[derive(Debug, Clone)]
+struct Ran {
+    status: &'static str,
+    exit_code: i32,
+    code: Option<i32>,
+    signal: Option<i32>,
+    reason: Option<&'static str>,
+    stall_phase: Option<String>,
+    duration_ms: u64,
+    bundle: String,
+}
+
+impl Ran {
+    fn passed(&self) -> bool {
+        self.status == "passed"
+    }
+
+    fn attrs(&self) -> Value {
+        json!({"exit_code": self.code, "signal": self.signal, "reason": self.reason,
+               "bundle": self.bundle})
+    }
+}
+
+struct Gate<'a> {
+    spec: &'a PlanSpec,
+    bundle: &'a Bundle,
+    tree: SpanTree,
+    counters: Arc<RunCounters>,
+    events: EventLog,
+    notes: Vec<String>,
+    chain_deadline: Option<u64>,
+    /// Every supervised command's health claims, for the plan's health.
+    layers: Vec<(String, String, String)>,
+}
+
+pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
+    let started_ns = clock::now_ns();
+    let base = &spec.base;
+    let run_id = base.run_id.to_string();
+    let counters = Arc::new(RunCounters::default());
+    let violations = Arc::new(Violations::default());
+    let (tree, writer) = span_tree(&base.contracts, &counters, &violations);
+    let total = tree.open_at(span::RUN_TOTAL, None, started_ns);
+    let dispatch = tree.open_at(span::RUNNER_DISPATCH, Some(&total), started_ns);
+
+    let bundle = Bundle::create(&base.out_dir, &run_id)?;
+    for rel in [files::KERNEL_LAYER, files::POLICY_LAYER, files::SDK_LAYER] {
+        bundle.write_plain(rel, b"")?;
+    }
+    let events_path = bundle.path(files::EVENTS);
+    let mut events = EventLog::create(&events_path, &run_id).map_err(|source| SetupError::Io {
+        path: events_path,
+        source,
+    })?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let redactor = Redactor::new(&env);
+    let argv = vec![
+        "vigil".to_string(),
+        "run".into(),
+        "--plan".into(),
+        spec.file.display().to_string(),
+    ];
+    let mut trace = RunTrace::start(
+        &run_id,
+        started_ns,
+        &argv,
+        redactor.env_profile(&env),
+        profile_level_name(base.profile.level),
+        base.fail_fast,
+    );
+    let step_names: Vec<&str> = spec.plan.steps.iter().map(|s| s.name.as_str()).collect();
+    events.emit(
+        EventKind::RunStarted,
+        None,
+        json!({"plan": spec.file.display().to_string(), "steps": step_names,
+               "fail_fast": base.fail_fast, "vigil_pid": std::process::id()}),
+    );
+    dispatch.close_now("passed", json!({}));
+
+    let chain_timeout = spec.plan.timeout.or(base.liveness.chain_timeout);
+    let chain = tree.open(span::CASE_CHAIN, Some(&total));
+    let mut gate = Gate {
+        spec: &spec,
+        bundle: &bundle,
+        tree,
+        counters,
+        events,
+        notes: Vec::new(),
+        chain_deadline: chain_timeout.map(|t| clock::now_ns().saturating_add(nanos(t))),
+        layers: Vec::new(),
+    };
+    if let Some(t) = chain_timeout {
+        gate.notes
+            .push(format!("chain timeout {} ms", t.as_millis()));
+    }
+    let rows = gate.run_steps(&chain).await;
+
+    let first_failure = rows.iter().find(|(r, _)| is_failure(r));
+    let exit_code = first_failure.map_or(0, |(_, code)| *code);
+    let status = if first_failure.is_some() {
+        "failed"
+    } else {
+        "passed"
+    };
+    chain.close_now(status, json!({"exit_code": exit_code}));
+    total.close_now(status, json!({"exit_code": exit_code}));
+
+    let mut notes = std::mem::take(&mut gate.notes);
+    let found = settle_contracts(&mut gate.events, &mut notes, base, &violations);
+    let mut exit_code = exit_code;
+    let mut status = status;
+    if base.contracts_strict && !found.is_empty() && exit_code == 0 {
+        eprintln!(
+            "vigil: {} contract obligation(s) violated; failing the gate (--contracts-strict)",
+            found.len()
+        );
+        exit_code = ExitCode::CONTRACT_VIOLATED;
+        status = "failed";
+    }
+    trace.summary.contract_violations = found;
+    let steps: Vec<StepRow> = rows.into_iter().map(|(r, _)| r).collect();
+    trace.summary.first_failure_step = steps.iter().find(|r| is_failure(r)).map(|r| r.name.clone());
+    trace.summary.skipped_step_count =
+        steps.iter().filter(|r| r.status == "skipped").count() as u64;
+    trace.summary.aborted_after_step = aborted_after(&steps);
+    trace.summary.steps = steps;
+
+    let ended_ns = clock::now_ns();
+    gate.events.emit(
+        EventKind::RunFinished,
+        None,
+        json!({"status": status, "exit_code": exit_code}),
+    );
+    let events_result = gate.events.finish();
+    trace.ended_at = Some(clock::rfc3339(ended_ns));
+    trace.status = status.into();
+    trace.exit_code = Some(exit_code);
+    trace.run_status = RunStatus {
+        state: "committed".into(),
+        reason: None,
+    };
+    trace.events = gate.events.trace_events().to_vec();
+    let health = plan_health(&run_id, &gate.layers, &gate.events, notes);
+    let detailed = super::supervisor::spec_detailed(base.profile.level);
+    let commit = (|| -> Result<(), String> {
+        events_result?;
+        trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
+        bundle
+            .write_json(files::HEALTH, &health)
+            .map_err(|e| e.to_string())?;
+        bundle
+            .write_json(files::RUN_TRACE, &trace)
+            .map_err(|e| e.to_string())?;
+        bundle
+            .write_bytes(
+                files::RUN_TRACE_SUMMARY,
+                render_summary_md(&trace).as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        bundle.commit(&[]).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    let failed = status != "passed";
+    match &commit {
+        Err(e) => {
+            eprintln!("vigil: plan bundle not committed: {e} (gate {status}, exit {exit_code})")
+        }
+        Ok(()) => write_profile_copies(&base.profile, &mut trace, &writer, failed),
+    }
+    if failed {
+        eprintln!(
+            "vigil: gate {run_id} failed at step {} (exit {exit_code}); bundle {}",
+            trace.summary.first_failure_step.as_deref().unwrap_or("-"),
+            bundle.dir().display()
+        );
+    }
+    Ok(PlanResult {
+        exit_code: if commit.is_err() {
+            ExitCode::VIGIL_FAILED
+        } else {
+            exit_code
+        },
+        bundle_dir: bundle.dir().to_path_buf(),
+        commit_error: commit.err(),
+    })
+}
+
+fn is_failure(r: &StepRow) -> bool {
+    !matches!(r.status.as_str(), "passed" | "skipped")
+}
+
+/// The step after which the gate stopped running steps: the first failure when fail-fast
+/// skipped later steps, or the step during which the chain timed out.
+fn aborted_after(steps: &[StepRow]) -> Option<String> {
+    let stopped = steps.iter().find(|r| {
+        matches!(
+            r.skip_reason.as_deref(),
+            Some(skip::FAIL_FAST | skip::CHAIN_TIMEOUT)
+        )
+    })?;
+    stopped.blocked_by.clone()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn skipped(step: &Step, why: &str, blocked_by: Option<&str>) -> StepRow {
+    StepRow {
+        name: step.name.clone(),
+        status: "skipped".into(),
+        exit_code: None,
+        signal: None,
+        duration_ms: 0,
+        reason: None,
+        skip_reason: Some(why.into()),
+        blocked_by: blocked_by.map(String::from),
+        stall_detected: Some(false),
+        stall_phase: None,
+        triage: step.governance.then(Triage::not_run),
+        bundle: None,
+    }
+}
+
+impl Gate<'_> {
+    /// Run the steps in order; each row with the exit code it contributes.
+    async fn run_steps(&mut self, chain: &RunSpan) -> Vec<(StepRow, i32)> {
+        let steps = &self.spec.plan.steps;
+        let mut rows: Vec<(StepRow, i32)> = Vec::with_capacity(steps.len());
+        // The step that stops every later one: (name, skip reason).
+        let mut stop: Option<(String, &'static str)> = None;
+        for (i, step) in steps.iter().enumerate() {
+            let blocked = step.depends_on.iter().find_map(|dep| {
+                let row = rows.iter().find(|(r, _)| &r.name == dep)?;
+                match row.0.status.as_str() {
+                    "passed" => None,
+                    "skipped" => Some((dep, skip::DEPENDENCY_SKIPPED)),
+                    _ => Some((dep, skip::DEPENDENCY_FAILED)),
+                }
+            });
+            if stop.is_none() && self.chain_deadline.is_some_and(|d| clock::now_ns() >= d) {
+                // The chain's time ran out between steps: blocked by the step that used it up.
+                let last = rows.last().map(|(r, _)| r.name.clone()).unwrap_or_default();
+                stop = Some((last, skip::CHAIN_TIMEOUT));
+            }
+            let row = match (&stop, blocked) {
+                (Some((by, why)), _) => (skipped(step, why, Some(by)), 0),
+                (None, Some((dep, why))) => (skipped(step, why, Some(dep)), 0),
+                (None, None) => self.run_step(i, step, chain).await,
+            };
+            if row.0.status == "skipped" {
+                let s = self.tree.open(span::CASE_RUN, Some(chain));
+                s.close_now(
+                    "skipped",
+                    json!({"step": step.name, "skip_reason": row.0.skip_reason, "blocked_by": row.0.blocked_by}),
+                );
+            }
+            self.events.emit(
+                EventKind::Note,
+                row.0.reason.as_deref(),
+                json!({"step": step.name, "status": row.0.status, "exit_code": row.0.exit_code,
+                       "bundle": row.0.bundle, "skip_reason": row.0.skip_reason}),
+            );
+            if stop.is_none() {
+                if row.0.reason.as_deref() == Some(reason::CASE_CHAIN) {
+                    stop = Some((step.name.clone(), skip::CHAIN_TIMEOUT));
+                } else if self.spec.base.fail_fast && is_failure(&row.0) {
+                    stop = Some((step.name.clone(), skip::FAIL_FAST));
+                }
+            }
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// Setup, the step's command, teardown, and triage when a governance step failed.
+    async fn run_step(&mut self, i: usize, step: &Step, chain: &RunSpan) -> (StepRow, i32) {
+        let case = self.tree.open(span::CASE_RUN, Some(chain));
+        let id = format!("{:02}-{}", i + 1, step.name);
+        let harness_timeout = step.harness_timeout.or(self
+            .spec
+            .base
+            .contracts
+            .budget_ms(span::CASE_HARNESS)
+            .map(Duration::from_millis));
+        let step_timeout = step.timeout.or(self.spec.base.liveness.step_timeout);
+        let mut ran = None;
+        if let Some(setup) = &step.setup {
+            let r = self
+                .supervised(
+                    span::CASE_HARNESS,
+                    &case,
+                    format!("{id}-setup"),
+                    step,
+                    setup,
+                    (harness_timeout, reason::CASE_HARNESS),
+                    json!({"phase": "setup"}),
+                )
+                .await;
+            if !r.passed() {
+                ran = Some(r);
+            }
+        }
+        let main = match ran {
+            Some(setup_failed) => setup_failed,
+            None => {
+                self.supervised(
+                    span::CHECK_EXECUTE,
+                    &case,
+                    id.clone(),
+                    step,
+                    &step.command,
+                    (step_timeout, reason::SUBPROCESS_WAIT),
+                    json!({}),
+                )
+                .await
+            }
+        };
+        let mut outcome = main.clone();
+        if let Some(teardown) = &step.teardown {
+            let r = self
+                .supervised(
+                    span::CASE_HARNESS,
+                    &case,
+                    format!("{id}-teardown"),
+                    step,
+                    teardown,
+                    (harness_timeout, reason::CASE_HARNESS),
+                    json!({"phase": "teardown"}),
+                )
+                .await;
+            if outcome.passed() && !r.passed() {
+                outcome = r;
+            }
+        }
+        let triage = match (step.governance, outcome.passed()) {
+            (false, _) => None,
+            (true, true) => Some(Triage::not_run()),
+            (true, false) => Some(self.triage(&id, step, &case, step_timeout).await),
+        };
+        case.close_now(outcome.status, outcome.attrs());
+        let row = StepRow {
+            name: step.name.clone(),
+            status: outcome.status.into(),
+            exit_code: outcome.code,
+            signal: outcome.signal,
+            duration_ms: outcome.duration_ms,
+            reason: outcome.reason.map(String::from),
+            skip_reason: None,
+            blocked_by: None,
+            stall_detected: Some(main.stall_phase.is_some()),
+            stall_phase: main.stall_phase.clone(),
+            triage,
+            bundle: Some(outcome.bundle.clone()),
+        };
+        (row, outcome.exit_code)
+    }
+
+    /// One command of a step as a supervised run of its own, under a span of the plan.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per kind of command; a struct would only rename them"
+    )]
+    async fn supervised(
+        &mut self,
+        span_name: &str,
+        parent: &RunSpan,
+        id: String,
+        step: &Step,
+        command: &StepCommand,
+        (timeout, timeout_reason): (Option<Duration>, &'static str),
+        attrs: Value,
+    ) -> Ran {
+        let span = self.tree.open(span_name, Some(parent));
+        let spec = self.step_spec(&id, step, command, timeout, timeout_reason);
+        let ran = match spec {
+            Err(e) => {
+                self.notes.push(format!("{id}: not run: {e}"));
+                error_ran(&id)
+            }
+            Ok(spec) => match supervisor::run(spec).await {
+                Ok(result) => self.absorb(&id, result),
+                Err(e) => {
+                    eprintln!("vigil: step {id}: {e}");
+                    self.notes.push(format!("{id}: {e}"));
+                    error_ran(&id)
+                }
+            },
+        };
+        let mut a = ran.attrs();
+        if let (Some(into), Value::Object(more)) = (a.as_object_mut(), attrs) {
+            into.extend(more);
+        }
+        span.close_now(ran.status, a);
+        ran
+    }
+
+    fn absorb(&mut self, id: &str, r: RunResult) -> Ran {
+        self.counters.absorb(&r.counters);
+        self.layers.push((
+            r.kernel_layer.clone(),
+            r.policy_layer.clone(),
+            r.sdk_layer.clone(),
+        ));
+        let status = if r.commit_error.is_some() {
+            "error"
+        } else {
+            r.outcome.step_status()
+        };
+        let reason = match &r.outcome {
+            Outcome::Watchdog(why) => Some(*why),
+            _ => None,
+        };
+        Ran {
+            status,
+            exit_code: r.exit_code(),
+            code: r.main_exit.0,
+            signal: r.main_exit.1,
+            reason,
+            stall_phase: r.stall_phase,
+            duration_ms: r.duration_ms,
+            bundle: format!("steps/{id}"),
+        }
+    }
+
+    /// The run spec of one command: the plan's flags, the step's directory, environment and
+    /// timeouts; its bundle under the plan's `steps/`; no profile copies and no contracts of
+    /// its own (the plan's spans carry them).
+    fn step_spec(
+        &self,
+        id: &str,
+        step: &Step,
+        command: &StepCommand,
+        timeout: Option<Duration>,
+        timeout_reason: &'static str,
+    ) -> Result<RunSpec, String> {
+        let base = &self.spec.base;
+        let argv = command.argv();
+        let (program, args) = argv.split_first().ok_or("empty command")?;
+        let mut spec = base.clone();
+        spec.run_id = id.parse::<RunId>().map_err(|e| e.to_string())?;
+        spec.out_dir = self.bundle.path("steps");
+        spec.program = program.into();
+        spec.args = args.iter().map(Into::into).collect();
+        spec.cwd = step.cwd.clone();
+        spec.env = step.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        spec.profile.level = ProfileLevel::Off;
+        spec.profile.on_fail = ProfileOnFail::Off;
+        spec.contracts = Arc::new(Registry::default());
+        spec.contracts_strict = false;
+        spec.liveness.step_timeout = timeout;
+        spec.liveness.step_timeout_reason = timeout_reason;
+        spec.timeout_source = timeout.map(|_| "the plan".to_string());
+        // What is left of the chain's time.
+        spec.liveness.chain_timeout = self.chain_deadline.map(|d| {
+            Duration::from_nanos(d.saturating_sub(clock::now_ns())).max(Duration::from_millis(1))
+        });
+        Ok(spec)
+    }
+
+    /// Triage of a failing governance step: its JUnit report names the failing checks; a
+    /// targeted rerun runs only them through the step's template, a broad rerun the whole
+    /// step. A check that passes on a rerun is flaky (`pass`); one that fails again is real.
+    async fn triage(
+        &mut self,
+        id: &str,
+        step: &Step,
+        case: &RunSpan,
+        timeout: Option<Duration>,
+    ) -> Triage {
+        let cwd = step
+            .cwd
+            .clone()
+            .or_else(|| std::env::current_dir().ok())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let report = |gate: &mut Gate<'_>| -> Option<Vec<FailingCheck>> {
+            let path = step.junit.as_ref()?;
+            match junit::failing_checks(path, &cwd) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    gate.notes.push(format!("{id}: triage: {e}"));
+                    None
+                }
+            }
+        };
+        let checks = report(self).unwrap_or_default();
+        let ids: Vec<String> = checks.iter().map(|c| c.id.clone()).collect();
+        let names: Vec<String> = checks.iter().map(|c| c.name.clone()).collect();
+        let targeted_possible = step.triage.is_some() && !ids.is_empty();
+        let mut targeted = matches!(self.spec.triage, TriageMode::Targeted | TriageMode::Both);
+        let mut broad = matches!(self.spec.triage, TriageMode::Broad | TriageMode::Both);
+        if targeted && !targeted_possible {
+            self.notes.push(format!(
+                "{id}: targeted triage needs a `triage` template and failing checks in `junit`; rerunning the whole step instead"
+            ));
+            targeted = false;
+            broad = true;
+        }
+        let mut reruns: Vec<Ran> = Vec::new();
+        // Checks still failing after the last rerun that rewrote the report.
+        let mut still_failing: Option<Vec<String>> = None;
+        for (mode, on) in [("targeted", targeted), ("broad", broad)] {
+            if !on {
+                continue;
+            }
+            let command = match (mode, &step.triage) {
+                ("targeted", Some(t)) => t.expand(&ids, &names),
+                _ => step.command.clone(),
+            };
+            let before = step.junit.as_ref().and_then(|p| modified(p));
+            let r = self
+                .supervised(
+                    span::CHECK_EXECUTE,
+                    case,
+                    format!("{id}-triage-{mode}"),
+                    step,
+                    &command,
+                    (timeout, reason::SUBPROCESS_WAIT),
+                    json!({"triage": mode}),
+                )
+                .await;
+            let rewritten = step.junit.as_ref().and_then(|p| modified(p)) != before;
+            if r.passed() {
+                still_failing = Some(Vec::new());
+            } else if rewritten && let Some(now) = report(self) {
+                still_failing = Some(now.into_iter().map(|c| c.id).collect());
+            }
+            reruns.push(r);
+        }
+        let result = if reruns.iter().any(|r| r.status == "timed_out") {
+            "stalled"
+        } else if reruns.iter().all(Ran::passed) {
+            "pass"
+        } else {
+            "fail"
+        };
+        let triage_checks = ids
+            .iter()
+            .map(|c| TriageCheck {
+                id: c.clone(),
+                result: match &still_failing {
+                    Some(failing) if !failing.contains(c) => "pass",
+                    _ => "fail",
+                }
+                .into(),
+            })
+            .collect();
+        Triage {
+            triage_attempted: true,
+            triage_mode: match (targeted, broad) {
+                (true, true) => "both",
+                (true, false) => "targeted",
+                _ => "broad",
+            }
+            .into(),
+            triage_result: result.into(),
+            failing_check_prefixes: junit::prefixes(&checks),
+            failing_check_ids: ids,
+            triage_checks,
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A command vigil could not run at all (its bundle was never created).
+fn error_ran(id: &str) -> Ran {
+    Ran {
+        status: "error",
+        exit_code: ExitCode::VIGIL_FAILED,
+        code: None,
+        signal: None,
+        reason: None,
+        stall_phase: None,
+        duration_ms: 0,
+        bundle: format!("steps/{id}"),
+    }
+}
+
+/// The gate's health: each layer claims no more than its weakest step.
+fn plan_health(
+    run_id: &str,
+    layers: &[(String, String, String)],
+    events: &EventLog,
+    mut notes: Vec<String>,
+) -> ObservationHealth {
+    let all = |pick: fn(&(String, String, String)) -> &str, strong: &str, weak: &str| {
+        let claims: Vec<&str> = layers.iter().map(pick).collect();
+        if !claims.is_empty() && claims.iter().all(|c| *c == strong) {
+            strong.to_string()
+        } else if claims.iter().any(|c| *c == strong || *c == weak) {
+            weak.to_string()
+        } else {
+            "absent".to_string()
+        }
+    };
+    notes.insert(
+        0,
+        "a plan: each step ran as its own supervised run; its bundle (with its layers, output and health) is under steps/".into(),
+    );
+    ObservationHealth {
+        schema: schema::OBSERVATION_HEALTH.into(),
+        run_id: run_id.to_string(),
+        kernel_layer: all(|l| &l.0, "observed", "partial"),
+        cgroup_correlation: if layers.is_empty() { "absent" } else { "full" }.into(),
+        policy_layer: {
+            let p: Vec<&str> = layers.iter().map(|l| l.1.as_str()).collect();
+            if p.contains(&"enforced") {
+                "enforced"
+            } else if p.contains(&"audited") {
+                "audited"
+            } else {
+                "absent"
+            }
+        }
+        .into(),
+        policy_mechanisms: Vec::new(),
+        sdk_layer: if layers.iter().any(|l| l.2 == "self_reported") {
+            "self_reported"
+        } else {
+            "absent"
+        }
+        .into(),
+        process_tree_source: "steps".into(),
+        process_tree_sample_ms: supervisor::PROCESS_SAMPLE.as_millis() as u64,
+        lost_events: LostEvents {
+            queues: events.shed(),
+            trace_shed: events.trace_shed(),
+            ..LostEvents::default()
+        },
+        probes: Default::default(),
+        cgroup: None,
+        output: Default::default(),
+        sdk: None,
+        notes,
+    }
+}
