@@ -188,6 +188,11 @@ fn check(validator: &jsonschema::Validator, what: &str, v: &Value) {
     assert!(errors.is_empty(), "{what} violates its schema: {errors:#?}");
 }
 
+/// A document matches the JSON Schema `specs/schema/<name>`.
+pub fn assert_matches_schema(name: &str, v: &Value) {
+    check(&schema(name), name, v);
+}
+
 /// `vigil validate` accepts the bundle and every artifact matches its JSON Schema.
 pub fn assert_valid_bundle(bundle: &Path) {
     vigil_ok(&["validate".as_ref(), bundle.as_os_str()]);
