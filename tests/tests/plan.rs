@@ -266,6 +266,12 @@ fn triage_of_a_real_pytest_run_tells_flaky_from_real_failures() {
     let text = std::fs::read_to_string(rerun).expect("rerun output");
     assert!(text.contains("1 failed, 1 passed"), "{text}");
     assert_valid_bundle(&gate.bundle);
+    let inspect = vigil_ok(&["inspect".as_ref(), gate.bundle.as_os_str()]);
+    let shown = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        shown.contains("triage targeted → fail; checks: tests/test_gate.py::test_flaky pass"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -290,4 +296,27 @@ fn triage_of_only_a_flaky_failure_says_pass_in_both_modes() {
             serde_json::json!([{"id": "tests/test_gate.py::test_flaky", "result": "pass"}])
         );
     }
+}
+
+#[test]
+fn the_example_gate_passes_with_the_agent_reporting_itself() {
+    require_pytest();
+    let plan = repo_root().join("examples/gate/plan.yaml");
+    let (gate, _out) = VigilRun::new("gate-example")
+        .args([std::ffi::OsStr::new("--plan"), plan.as_os_str()])
+        .run();
+    assert_eq!(gate.code(), 0, "{}", gate.stderr());
+    let rows = steps(&gate.trace());
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["build", "unit", "agent"]);
+    assert!(rows.iter().all(|r| r["status"] == "passed"), "{rows:?}");
+    assert_eq!(row(&rows, "unit")["triage_result"], "not_run");
+    let h = gate.health();
+    assert_eq!(
+        h["sdk_layer"], "self_reported",
+        "the agent step reported itself"
+    );
+    let agent = read_json(&gate.bundle.join("steps/03-agent/observation-health.json"));
+    assert_eq!(agent["sdk"]["tool_calls"], 2);
+    assert_valid_bundle(&gate.bundle);
 }

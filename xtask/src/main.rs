@@ -1,7 +1,7 @@
 //! cargo xtask: the project's own commands.
 //!
 //!   cargo xtask test            build vigil and the fixtures, run every test (needs root)
-//!   cargo xtask run [-- CMD…]   run vigil's main job on a real example (or on CMD), then inspect it
+//!   cargo xtask run [--plan FILE | -- CMD…]   run vigil on a real example (a plan, or CMD), then validate and inspect it
 //!   cargo xtask bench           release build; overhead, throughput and latency vs bare runs
 //!   cargo xtask lint            rustfmt --check and clippy -D warnings
 //!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
@@ -165,9 +165,15 @@ fn run(args: &[String]) -> Result<()> {
         .skip(1)
         .cloned()
         .collect();
+    let plan = args
+        .iter()
+        .position(|a| a == "--plan")
+        .and_then(|i| args.get(i + 1));
     let mut cmd = Command::new(&vigil);
     cmd.arg("run").arg("--out").arg(&out);
-    if user_cmd.is_empty() {
+    if let Some(plan) = plan {
+        cmd.args(["--plan", plan]);
+    } else if user_cmd.is_empty() {
         let script = "echo 'building…'; for i in 1 2 3; do echo \"step $i\"; sleep 0.2; done; \
                       echo 'waiting on a lock that never frees'; sleep 600";
         cmd.args([

@@ -65,6 +65,59 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
         s(&trace, "/ended_at")
     );
 
+    let steps = trace["summary"]["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if steps
+        .iter()
+        .any(|r| r.get("bundle").is_some() || r["status"] == "skipped")
+    {
+        let _ = writeln!(out, "\nsteps:");
+        for r in &steps {
+            let detail = match r["status"].as_str() {
+                Some("skipped") => format!(
+                    "{} (blocked by {})",
+                    s(r, "/skip_reason"),
+                    s(r, "/blocked_by")
+                ),
+                _ => format!(
+                    "exit {}  {} ms{}  {}",
+                    s(r, "/exit_code"),
+                    s(r, "/duration_ms"),
+                    r["reason"]
+                        .as_str()
+                        .map(|x| format!("  {x}"))
+                        .unwrap_or_default(),
+                    s(r, "/bundle")
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<9} {detail}",
+                s(r, "/name"),
+                s(r, "/status")
+            );
+            if r["triage_attempted"] == true {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} triage {} → {}; checks: {}",
+                    "",
+                    s(r, "/triage_mode"),
+                    s(r, "/triage_result"),
+                    r["triage_checks"]
+                        .as_array()
+                        .map(|c| c
+                            .iter()
+                            .map(|c| format!("{} {}", s(c, "/id"), s(c, "/result")))
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+
     // Process tree from subprocess_state events: last state per pid, children under parents.
     let mut procs: BTreeMap<i64, (i64, String, String)> = BTreeMap::new();
     for e in events.iter().filter(|e| e.kind == "subprocess_state") {
