@@ -38,7 +38,7 @@ const FOUR_STEPS: &str = "steps:\n  - name: lint\n    command: [\"true\"]\n  - n
 
 #[test]
 fn a_four_step_gate_with_a_failing_step_fails_fast() {
-    let (gate, _out, _dir) = plan_run("gate-ff", FOUR_STEPS, &[]);
+    let (gate, out, _dir) = plan_run("gate-ff", FOUR_STEPS, &[]);
     assert_eq!(
         gate.code(),
         3,
@@ -85,6 +85,11 @@ fn a_four_step_gate_with_a_failing_step_fails_fast() {
     );
     assert_valid_bundle(&gate.bundle);
     assert_valid_bundle(&gate.bundle.join("steps/01-lint"));
+    // Profile off, --profile-on-fail basic (the default): a failing gate still leaves its trace
+    // and summary at the profile paths (relative to vigil's working directory, the out dir).
+    let copy = read_json(&out.path().join(".artifacts/run-trace.json"));
+    assert_eq!(copy["summary"]["first_failure_step"], "unit");
+    assert!(out.path().join(".artifacts/run-trace-summary.md").is_file());
 }
 
 #[test]
@@ -116,9 +121,13 @@ fn continue_on_fail_runs_the_rest_but_not_what_depends_on_the_failure() {
         {"name": "integ", "command": ["true"], "depends_on": ["unit"], "timeout": "1m"},
     ]});
     assert_matches_schema("plan.v1.json", &green);
-    let (ok, _o, _d) = plan_run("gate-green", &green.to_string(), &[]);
+    let (ok, ok_out, _d) = plan_run("gate-green", &green.to_string(), &[]);
     assert_eq!(ok.code(), 0, "{}", ok.stderr());
     assert_eq!(ok.trace()["summary"]["first_failure_step"], Value::Null);
+    assert!(
+        !ok_out.path().join(".artifacts/run-trace.json").exists(),
+        "a passing gate with profiling off writes no copies"
+    );
 }
 
 #[test]
@@ -319,4 +328,48 @@ fn the_example_gate_passes_with_the_agent_reporting_itself() {
     let agent = read_json(&gate.bundle.join("steps/03-agent/observation-health.json"));
     assert_eq!(agent["sdk"]["tool_calls"], 2);
     assert_valid_bundle(&gate.bundle);
+}
+
+#[test]
+fn sigint_to_vigil_stops_the_step_and_the_gate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = dir.path().join("started");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&started)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mkfifo");
+    let plan = format!(
+        "steps:\n  - name: long\n    command: \"echo up > {}; exec sleep 30\"\n  - name: next\n    command: [\"true\"]\n",
+        started.display()
+    );
+    let file = dir.path().join("gate.yaml");
+    std::fs::write(&file, plan).expect("plan");
+    let mut run = VigilRun::new("gate-cancel").args([
+        std::ffi::OsStr::new("--continue-on-fail"),
+        std::ffi::OsStr::new("--plan"),
+        file.as_os_str(),
+    ]);
+    let mut child = run
+        .cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn vigil");
+    // Opening the FIFO blocks until the step has it open: the step is running.
+    std::fs::read_to_string(&started).expect("step started");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = child.wait().expect("wait vigil");
+    assert_eq!(status.code(), Some(130));
+    let t = read_json(&run.bundle().join("run-trace.json"));
+    let rows = steps(&t);
+    assert_eq!(row(&rows, "long")["status"], "killed");
+    assert_eq!(
+        row(&rows, "next")["skip_reason"],
+        "cancelled",
+        "even when continuing"
+    );
+    assert_eq!(t["summary"]["aborted_after_step"], "long");
 }

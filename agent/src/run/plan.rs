@@ -57,6 +57,8 @@ pub mod skip {
     pub const DEPENDENCY_FAILED: &str = "dependency_failed";
     pub const DEPENDENCY_SKIPPED: &str = "dependency_skipped";
     pub const CHAIN_TIMEOUT: &str = "chain_timeout";
+    /// vigil was asked to stop (SIGINT/SIGTERM) during an earlier step.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// How one supervised command of a step ended.
@@ -70,6 +72,8 @@ struct Ran {
     stall_phase: Option<String>,
     duration_ms: u64,
     bundle: String,
+    /// vigil was asked to stop during this command: the gate stops too.
+    cancelled: bool,
 }
 
 impl Ran {
@@ -93,6 +97,8 @@ struct Gate<'a> {
     chain_deadline: Option<u64>,
     /// Every supervised command's health claims, for the plan's health.
     layers: Vec<(String, String, String)>,
+    /// A command of the current step was cancelled (SIGINT/SIGTERM to vigil).
+    cancelled: bool,
 }
 
 pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
@@ -150,6 +156,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
         notes: Vec::new(),
         chain_deadline: chain_timeout.map(|t| clock::now_ns().saturating_add(nanos(t))),
         layers: Vec::new(),
+        cancelled: false,
     };
     if let Some(t) = chain_timeout {
         gate.notes
@@ -257,7 +264,7 @@ fn aborted_after(steps: &[StepRow]) -> Option<String> {
     let stopped = steps.iter().find(|r| {
         matches!(
             r.skip_reason.as_deref(),
-            Some(skip::FAIL_FAST | skip::CHAIN_TIMEOUT)
+            Some(skip::FAIL_FAST | skip::CHAIN_TIMEOUT | skip::CANCELLED)
         )
     })?;
     stopped.blocked_by.clone()
@@ -310,6 +317,7 @@ impl Gate<'_> {
                 (None, Some((dep, why))) => (skipped(step, why, Some(dep)), 0),
                 (None, None) => self.run_step(i, step, chain).await,
             };
+            let cancelled = std::mem::take(&mut self.cancelled);
             if row.0.status == "skipped" {
                 let s = self.tree.open(span::CASE_RUN, Some(chain));
                 s.close_now(
@@ -324,7 +332,9 @@ impl Gate<'_> {
                        "bundle": row.0.bundle, "skip_reason": row.0.skip_reason}),
             );
             if stop.is_none() {
-                if row.0.reason.as_deref() == Some(reason::CASE_CHAIN) {
+                if cancelled {
+                    stop = Some((step.name.clone(), skip::CANCELLED));
+                } else if row.0.reason.as_deref() == Some(reason::CASE_CHAIN) {
                     stop = Some((step.name.clone(), skip::CHAIN_TIMEOUT));
                 } else if self.spec.base.fail_fast && is_failure(&row.0) {
                     stop = Some((step.name.clone(), skip::FAIL_FAST));
@@ -441,7 +451,11 @@ impl Gate<'_> {
                 error_ran(&id)
             }
             Ok(spec) => match supervisor::run(spec).await {
-                Ok(result) => self.absorb(&id, result),
+                Ok(result) => {
+                    let ran = self.absorb(&id, result);
+                    self.cancelled |= ran.cancelled;
+                    ran
+                }
                 Err(e) => {
                     eprintln!("vigil: step {id}: {e}");
                     self.notes.push(format!("{id}: {e}"));
@@ -482,6 +496,7 @@ impl Gate<'_> {
             stall_phase: r.stall_phase,
             duration_ms: r.duration_ms,
             bundle: format!("steps/{id}"),
+            cancelled: matches!(r.outcome, Outcome::Cancelled(_)),
         }
     }
 
@@ -638,6 +653,7 @@ fn error_ran(id: &str) -> Ran {
         stall_phase: None,
         duration_ms: 0,
         bundle: format!("steps/{id}"),
+        cancelled: false,
     }
 }
 
