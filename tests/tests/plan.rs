@@ -373,3 +373,32 @@ fn sigint_to_vigil_stops_the_step_and_the_gate() {
     );
     assert_eq!(t["summary"]["aborted_after_step"], "long");
 }
+
+#[test]
+fn a_step_secret_never_reaches_the_bundle() {
+    let secret = "tok-9f8e7d6c5b4a";
+    let plan = format!(
+        "steps:\n  - name: leak\n    command: \"echo token is $API_TOKEN; echo --token=$API_TOKEN >&2\"\n    env: {{API_TOKEN: \"{secret}\"}}\n"
+    );
+    let (gate, _out, _dir) = plan_run("gate-secret", &plan, &[]);
+    assert_eq!(gate.code(), 0, "{}", gate.stderr());
+    let stdout = std::fs::read_to_string(gate.bundle.join("steps/01-leak/output/stdout.log"))
+        .expect("stdout");
+    assert_eq!(stdout, "token is [REDACTED]\n");
+    let mut stack = vec![gate.bundle.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds the secret",
+                    p.display()
+                );
+            }
+        }
+    }
+}

@@ -20,7 +20,7 @@ use super::outcome::Outcome;
 use super::plan_file::{Plan, Step, StepCommand};
 use super::spec::{RunId, RunSpec};
 use super::supervisor::{
-    self, RunResult, SetupError, profile_level_name, settle_contracts, span_tree,
+    self, RunResult, SetupError, profile_level_name, settle_contracts, span_tree, write_documents,
     write_profile_copies,
 };
 use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail, TriageMode};
@@ -31,9 +31,7 @@ use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::health::{LostEvents, ObservationHealth};
 use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree};
-use crate::evidence::trace::{
-    RunStatus, RunTrace, StepRow, Triage, TriageCheck, render_summary_md, span,
-};
+use crate::evidence::trace::{RunStatus, RunTrace, StepRow, Triage, TriageCheck, span};
 use crate::evidence::{files, schema};
 
 /// A plan and the flags it runs under (`base` holds every `vigil run` flag; its command is
@@ -214,18 +212,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     let commit = (|| -> Result<(), String> {
         events_result?;
         trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
-        bundle
-            .write_json(files::HEALTH, &health)
-            .map_err(|e| e.to_string())?;
-        bundle
-            .write_json(files::RUN_TRACE, &trace)
-            .map_err(|e| e.to_string())?;
-        bundle
-            .write_bytes(
-                files::RUN_TRACE_SUMMARY,
-                render_summary_md(&trace).as_bytes(),
-            )
-            .map_err(|e| e.to_string())?;
+        write_documents(&bundle, &health, &trace)?;
         bundle.commit(&[]).map_err(|e| e.to_string())?;
         Ok(())
     })();

@@ -170,14 +170,19 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
     let mut events = EventLog::create(&bundle.path(files::EVENTS), &run_id)
         .map_err(io_err(bundle.path(files::EVENTS)))?;
 
-    let env: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
-        .collect();
+    // The child's environment as vigil sets it (a plan step's own variables over vigil's):
+    // its profile goes into the trace and its secret values are masked everywhere.
+    let lossy = |(k, v): (OsString, OsString)| {
+        (
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        )
+    };
+    let mut env: Vec<(String, String)> = std::env::vars_os().map(lossy).collect();
+    for (k, v) in spec.env.iter().cloned().map(lossy) {
+        env.retain(|(key, _)| *key != k);
+        env.push((k, v));
+    }
     let redactor = Arc::new(Redactor::new(&env));
     let argv = redactor.redact_argv(&spec.argv_lossy());
     let mut trace = RunTrace::start(
@@ -1173,18 +1178,7 @@ impl Supervisor<'_> {
                     .map_err(|e| e.to_string())?;
             }
             trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
-            bundle
-                .write_json(files::HEALTH, &health)
-                .map_err(|e| e.to_string())?;
-            bundle
-                .write_json(files::RUN_TRACE, &trace)
-                .map_err(|e| e.to_string())?;
-            bundle
-                .write_bytes(
-                    files::RUN_TRACE_SUMMARY,
-                    render_summary_md(&trace).as_bytes(),
-                )
-                .map_err(|e| e.to_string())?;
+            write_documents(&bundle, &health, &trace)?;
             let known: Vec<_> = sup
                 .streams
                 .iter()
@@ -1228,6 +1222,26 @@ impl Supervisor<'_> {
             sdk_layer: health.sdk_layer.clone(),
         }
     }
+}
+
+/// The run's documents, before the index: health, the trace and its people's version.
+pub(super) fn write_documents(
+    bundle: &Bundle,
+    health: &ObservationHealth,
+    trace: &RunTrace,
+) -> Result<(), String> {
+    bundle
+        .write_json(files::HEALTH, health)
+        .map_err(|e| e.to_string())?;
+    bundle
+        .write_json(files::RUN_TRACE, trace)
+        .map_err(|e| e.to_string())?;
+    bundle
+        .write_bytes(
+            files::RUN_TRACE_SUMMARY,
+            render_summary_md(trace).as_bytes(),
+        )
+        .map_err(|e| e.to_string())
 }
 
 /// Once every span has closed: each violation becomes a `contract_violation` event, and the
