@@ -185,3 +185,50 @@ fn a_process_outside_the_run_is_not_heard() {
     assert_eq!(h["sdk"]["accepted"], 0);
     assert_eq!(h["sdk_layer"], "absent");
 }
+
+#[test]
+fn the_openai_agents_shim_reports_an_unmodified_agent_s_tool_calls() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import agents"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "openai-agents is required (.ci/run installs it: python3 -m pip install openai-agents==0.24.0)"
+    );
+    let agent = repo_root().join("tests/python/scripted_openai_agent.py");
+    let agent = agent.to_str().expect("utf-8 path");
+    let (shimmed, _o1) = VigilRun::new("sdk-oa")
+        .args(["--agent-shim", "openai-agents", "--", "python3", agent])
+        .env("OPENAI_AGENTS_DISABLE_TRACING", "0")
+        .run();
+    assert_eq!(shimmed.code(), 0, "{}", shimmed.stderr());
+    assert_eq!(shimmed.health()["sdk_layer"], "self_reported");
+    let lines = sdk_lines(&shimmed);
+    let calls: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "tool_call_completed")
+        .collect();
+    assert_eq!(calls.len(), 1, "{lines:?}");
+    assert_eq!(calls[0]["tool"], "run_shell");
+    assert_eq!(calls[0]["status"], "ok");
+    assert_eq!(calls[0]["sdk_name"], "openai-agents");
+    assert!(
+        calls[0]["sdk_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("0."))
+    );
+    assert_eq!(
+        calls[0]["kernel_events"]["process.exec"], 1,
+        "the tool's `uname` ran inside the call: {}",
+        calls[0]
+    );
+
+    // The same agent without the shim reports nothing.
+    let (plain, _o2) = VigilRun::new("sdk-oa-plain")
+        .args(["--", "python3", agent])
+        .run();
+    assert_eq!(plain.code(), 0, "{}", plain.stderr());
+    assert_eq!(plain.health()["sdk_layer"], "absent");
+    assert!(sdk_lines(&plain).is_empty());
+}

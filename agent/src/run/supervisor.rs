@@ -42,7 +42,7 @@ use crate::kernel::tree::{KernelTree, ProcessLife};
 use crate::kernel::{KernelLayer, KernelReport};
 use crate::policy::layer::PolicyLayer;
 use crate::policy::sockaddr::{self, SockAddrEnforcer};
-use crate::sdk::{Received, SdkLayer, SdkSocket, SdkStats};
+use crate::sdk::{Received, SdkLayer, SdkSocket, SdkStats, shim};
 
 /// How often the procfs process tree is sampled.
 pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
@@ -712,6 +712,30 @@ impl Supervisor<'_> {
         match SdkSocket::bind(self.cg.path(), &self.cgroup_mount, self.redactor.clone()) {
             Ok(sock) => {
                 env.push(("VIGIL_SDK_SOCKET".into(), sock.path().into()));
+                if self.spec.agent_shim != AgentShim::None {
+                    match shim::write(sock.dir()) {
+                        Ok(dir) => {
+                            let existing = self
+                                .spec
+                                .env
+                                .iter()
+                                .find(|(k, _)| k == "PYTHONPATH")
+                                .map(|(_, v)| v.clone())
+                                .or_else(|| std::env::var_os("PYTHONPATH"));
+                            env.push((
+                                "PYTHONPATH".into(),
+                                shim::python_path(&dir, existing.as_ref()),
+                            ));
+                        }
+                        Err(e) => self.notes.push(format!("agent shim not written: {e}")),
+                    }
+                    if !shim::instrumented(self.spec.agent_shim) {
+                        self.notes.push(format!(
+                            "--agent-shim {}: exported as VIGIL_AGENT_SHIM; vigil does not instrument this SDK, the agent reports through an SDK client",
+                            self.spec.agent_shim.as_str()
+                        ));
+                    }
+                }
                 self.sdk = Some(SdkLayer::new(kernel));
                 self.sdk_stats = Some(sock.stats.clone());
                 Some(sock)

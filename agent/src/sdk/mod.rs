@@ -5,6 +5,7 @@
 
 pub mod event;
 pub mod layer;
+pub mod shim;
 pub mod socket;
 
 pub use layer::{SdkLayer, SdkSummary};

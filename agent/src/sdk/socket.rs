@@ -143,6 +143,11 @@ impl SdkSocket {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The run's private directory the socket lives in (removed with it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for SdkSocket {
@@ -150,8 +155,7 @@ impl Drop for SdkSocket {
         // Wake the accepting thread so that it sees the stop and ends.
         self.stop.store(true, Ordering::Release);
         let _ = UnixStream::connect(&self.path);
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
