@@ -186,20 +186,24 @@ fn a_process_outside_the_run_is_not_heard() {
     assert_eq!(h["sdk_layer"], "absent");
 }
 
-#[test]
-fn the_openai_agents_shim_reports_an_unmodified_agent_s_tool_calls() {
+fn require_python_module(module: &str, pin: &str) {
     let ok = std::process::Command::new("python3")
-        .args(["-c", "import agents"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
         ok,
-        "openai-agents is required (.ci/run installs it: python3 -m pip install openai-agents==0.24.0)"
+        "{module} is required (.ci/run installs it: python3 -m pip install {pin})"
     );
-    let agent = repo_root().join("tests/python/scripted_openai_agent.py");
+}
+
+/// An unmodified agent under `--agent-shim SHIM` reports exactly one `run_shell` tool call,
+/// with the `uname` it ran inside; without the shim it reports nothing.
+fn shim_reports_the_tool_call(shim: &str, script: &str, version_prefix: &str) {
+    let agent = repo_root().join("tests/python").join(script);
     let agent = agent.to_str().expect("utf-8 path");
-    let (shimmed, _o1) = VigilRun::new("sdk-oa")
-        .args(["--agent-shim", "openai-agents", "--", "python3", agent])
+    let (shimmed, _o1) = VigilRun::new(&format!("sdk-{shim}"))
+        .args(["--agent-shim", shim, "--", "python3", agent])
         .env("OPENAI_AGENTS_DISABLE_TRACING", "0")
         .run();
     assert_eq!(shimmed.code(), 0, "{}", shimmed.stderr());
@@ -212,11 +216,13 @@ fn the_openai_agents_shim_reports_an_unmodified_agent_s_tool_calls() {
     assert_eq!(calls.len(), 1, "{lines:?}");
     assert_eq!(calls[0]["tool"], "run_shell");
     assert_eq!(calls[0]["status"], "ok");
-    assert_eq!(calls[0]["sdk_name"], "openai-agents");
+    assert_eq!(calls[0]["sdk_name"], shim);
     assert!(
         calls[0]["sdk_version"]
             .as_str()
-            .is_some_and(|v| v.starts_with("0."))
+            .is_some_and(|v| v.starts_with(version_prefix)),
+        "{}",
+        calls[0]
     );
     assert_eq!(
         calls[0]["kernel_events"]["process.exec"], 1,
@@ -224,11 +230,22 @@ fn the_openai_agents_shim_reports_an_unmodified_agent_s_tool_calls() {
         calls[0]
     );
 
-    // The same agent without the shim reports nothing.
-    let (plain, _o2) = VigilRun::new("sdk-oa-plain")
+    let (plain, _o2) = VigilRun::new(&format!("sdk-{shim}-plain"))
         .args(["--", "python3", agent])
         .run();
     assert_eq!(plain.code(), 0, "{}", plain.stderr());
     assert_eq!(plain.health()["sdk_layer"], "absent");
     assert!(sdk_lines(&plain).is_empty());
+}
+
+#[test]
+fn the_openai_agents_shim_reports_an_unmodified_agent_s_tool_calls() {
+    require_python_module("agents", "openai-agents==0.24.0");
+    shim_reports_the_tool_call("openai-agents", "scripted_openai_agent.py", "0.");
+}
+
+#[test]
+fn the_gemini_shim_reports_automatic_function_calls() {
+    require_python_module("google.genai", "google-genai==3.4.0");
+    shim_reports_the_tool_call("gemini-google-genai", "scripted_gemini_agent.py", "3.");
 }

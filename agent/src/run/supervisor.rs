@@ -729,12 +729,6 @@ impl Supervisor<'_> {
                         }
                         Err(e) => self.notes.push(format!("agent shim not written: {e}")),
                     }
-                    if !shim::instrumented(self.spec.agent_shim) {
-                        self.notes.push(format!(
-                            "--agent-shim {}: exported as VIGIL_AGENT_SHIM; vigil does not instrument this SDK, the agent reports through an SDK client",
-                            self.spec.agent_shim.as_str()
-                        ));
-                    }
                 }
                 self.sdk = Some(SdkLayer::new(kernel));
                 self.sdk_stats = Some(sock.stats.clone());

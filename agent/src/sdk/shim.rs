@@ -4,22 +4,16 @@
 //! The directory (beside the run's socket) holds `sitecustomize.py`, which Python imports at
 //! start-up, and `vigil_sdk.py`, the same client as `examples/python/`. The hook is installed
 //! lazily: it wraps the SDK package's loader, so a run that never imports the SDK pays nothing.
-//! Instrumented: `openai-agents` (a tracing processor: function-tool spans become tool calls).
-//! `gemini-google-genai` is exported and recorded, but not instrumented.
+//! `openai-agents`: a tracing processor turns function-tool spans into tool calls;
+//! `gemini-google-genai`: the function google-genai's automatic function calling invokes tools
+//! through is wrapped.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::cli::AgentShim;
-
 const SITECUSTOMIZE: &str = include_str!("shim/sitecustomize.py");
 const CLIENT: &str = include_str!("../../../examples/python/vigil_sdk.py");
-
-/// Whether vigil instruments this SDK itself.
-pub fn instrumented(shim: AgentShim) -> bool {
-    shim == AgentShim::OpenaiAgents
-}
 
 /// Write the shim under `dir` (readable by a child running as another user); the directory to
 /// put first on `PYTHONPATH`.

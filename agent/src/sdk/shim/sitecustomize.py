@@ -4,6 +4,9 @@ agent SDK. When the run imports that SDK, its tool calls are reported on VIGIL_S
 
 - openai-agents: a tracing processor (`agents.add_trace_processor`) turns every function-tool
   span into tool_call_started / tool_call_completed, and each trace into checkpoints.
+- gemini-google-genai: automatic function calling invokes tools through
+  `google.genai._extra_utils.invoke_function_from_dict_args` (and its async twin); both are
+  wrapped, so each invocation is a tool call.
 
 Another sitecustomize further down sys.path still runs: it is imported after this one.
 """
@@ -16,7 +19,10 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_TARGETS = {"openai-agents": "agents"}
+_TARGETS = {
+    "openai-agents": "agents",
+    "gemini-google-genai": "google.genai._extra_utils",
+}
 
 
 def _client(version):
@@ -59,7 +65,58 @@ def _hook_openai_agents(module):
     module.add_trace_processor(VigilProcessor())
 
 
-_HOOKS = {"agents": _hook_openai_agents}
+def _hook_google_genai(module):
+    import functools
+    import itertools
+
+    try:
+        from google.genai import version
+
+        sdk_version = version.__version__
+    except Exception:
+        sdk_version = None
+    vigil = _client(sdk_version)
+    ids = itertools.count(1)
+
+    def report(function_to_invoke):
+        tool = getattr(function_to_invoke, "__name__", "function")
+        call_id = f"genai-{os.getpid()}-{next(ids)}"
+        vigil.send("tool_call_started", tool=tool, tool_call_id=call_id)
+        return tool, call_id
+
+    sync = module.invoke_function_from_dict_args
+
+    @functools.wraps(sync)
+    def invoke(args, function_to_invoke):
+        tool, call_id = report(function_to_invoke)
+        status = "error"
+        try:
+            result = sync(args, function_to_invoke)
+            status = "ok"
+            return result
+        finally:
+            vigil.send("tool_call_completed", tool=tool, tool_call_id=call_id, status=status)
+
+    module.invoke_function_from_dict_args = invoke
+
+    asynchronous = getattr(module, "invoke_function_from_dict_args_async", None)
+    if asynchronous is not None:
+
+        @functools.wraps(asynchronous)
+        async def invoke_async(args, function_to_invoke):
+            tool, call_id = report(function_to_invoke)
+            status = "error"
+            try:
+                result = await asynchronous(args, function_to_invoke)
+                status = "ok"
+                return result
+            finally:
+                vigil.send("tool_call_completed", tool=tool, tool_call_id=call_id, status=status)
+
+        module.invoke_function_from_dict_args_async = invoke_async
+
+
+_HOOKS = {"agents": _hook_openai_agents, "google.genai._extra_utils": _hook_google_genai}
 
 
 class _Finder(importlib.abc.MetaPathFinder):
