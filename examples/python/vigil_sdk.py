@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import socket
+import time
 
 EVENTS = (
     "tool_call_started",
@@ -52,7 +53,14 @@ class Vigil:
             raise ValueError(f"unknown event {event!r}; accepted: {', '.join(EVENTS)}")
         if self._sock is None:
             return
-        record = {"event": event, "sdk_name": self.sdk_name, "sdk_version": self.sdk_version}
+        record = {
+            "event": event,
+            "sdk_name": self.sdk_name,
+            "sdk_version": self.sdk_version,
+            # When it happened: vigil reads the line a moment later and uses this time (if
+            # plausible) to place the tool call against the kernel's events.
+            "client_ts_ns": time.time_ns(),
+        }
         record.update({k: v for k, v in fields.items() if v is not None})
         self.send_raw(json.dumps(record, separators=(",", ":")).encode() + b"\n")
 

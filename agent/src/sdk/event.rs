@@ -32,6 +32,9 @@ pub struct SdkEvent {
     pub fields: Map<String, Value>,
     /// Free-form `data` object (bounded, secret-named keys redacted).
     pub data: Option<Value>,
+    /// When the client says it happened (`client_ts_ns`, wall clock ns); vigil uses it only
+    /// within a few seconds before the event's arrival.
+    pub client_ts_ns: Option<u64>,
 }
 
 impl SdkEvent {
@@ -112,10 +115,15 @@ pub fn parse_line(line: &[u8], redactor: &Redactor) -> Result<SdkEvent, Rejected
         }
         Some(_) => return Err(Rejected::BadField),
     };
+    let client_ts_ns = match obj.get("client_ts_ns") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or(Rejected::BadField)?),
+    };
     Ok(SdkEvent {
         event,
         fields,
         data,
+        client_ts_ns,
     })
 }
 

@@ -21,6 +21,18 @@ use crate::kernel::event::Observed;
 const LATE_NS: u64 = 2_000_000_000;
 /// Levels of ancestry walked to decide whether a process descends from the caller.
 const MAX_DEPTH: usize = 64;
+/// How far before its arrival a client's own timestamp is believed.
+const CLIENT_SKEW_NS: u64 = 10_000_000_000;
+
+/// When an event happened for correlation: the client's timestamp when it is plausible (not
+/// after the arrival, at most [`CLIENT_SKEW_NS`] before), else the arrival. A line is read a
+/// moment after it was written; the client's own clock closes that gap.
+fn event_time(r: &Received) -> u64 {
+    r.event
+        .client_ts_ns
+        .filter(|c| *c <= r.ts_ns && r.ts_ns - *c <= CLIENT_SKEW_NS)
+        .unwrap_or(r.ts_ns)
+}
 
 struct Window {
     call_id: String,
@@ -78,13 +90,17 @@ impl SdkLayer {
                 obj.insert("data".into(), d.clone());
             }
         }
+        if let Some(c) = r.event.client_ts_ns {
+            rec["client_ts_ns"] = json!(c);
+        }
+        let at = event_time(&r);
         let pid = r.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
         let call_id = r.event.str("tool_call_id").map(str::to_string);
         match (r.event.event, call_id) {
             ("tool_call_started", Some(id)) => self.windows.push(Window {
                 call_id: id,
                 pid,
-                start_ns: r.ts_ns,
+                start_ns: at,
                 end_ns: None,
                 record: None,
                 counts: BTreeMap::new(),
@@ -95,9 +111,9 @@ impl SdkLayer {
                     .iter_mut()
                     .find(|w| w.end_ns.is_none() && w.call_id == id && w.pid == pid)
                 {
-                    w.end_ns = Some(r.ts_ns);
+                    w.end_ns = Some(at);
                     w.record = Some(seq);
-                    rec["duration_ms"] = json!(r.ts_ns.saturating_sub(w.start_ns) / 1_000_000);
+                    rec["duration_ms"] = json!(at.saturating_sub(w.start_ns) / 1_000_000);
                 }
             }
             _ => {}
@@ -258,5 +274,42 @@ mod tests {
         assert_eq!(summary.tool_calls, 1);
         assert_eq!(lines[1]["kernel_events"], json!({"process.exec": 2}));
         assert_eq!(lines[2]["seq"], 2);
+    }
+
+    #[test]
+    fn a_plausible_client_time_opens_the_window_before_the_line_was_read() {
+        let mut l = SdkLayer::new(true);
+        let s = clock::now_ns();
+        let off = l.offset;
+        let started = |client: u64| {
+            let mut r = received(
+                r#"{"event":"tool_call_started","tool":"sh","tool_call_id":"c1"}"#,
+                100,
+                s,
+            );
+            r.event.client_ts_ns = Some(client);
+            r
+        };
+        l.accept(started(s - 50));
+        // The child exec'd after the client wrote the line, before vigil read it.
+        l.observe_kernel(&[exec(101, 100, s - 20, off)]);
+        l.accept(received(
+            r#"{"event":"tool_call_completed","tool":"sh","tool_call_id":"c1"}"#,
+            100,
+            s + 100,
+        ));
+        // A client time after the arrival is not believed.
+        let mut late = started(s + 1_000_000);
+        late.event.fields.insert("tool_call_id".into(), json!("c2"));
+        l.accept(late);
+        l.observe_kernel(&[exec(102, 100, s + 500, off)]);
+        let (bytes, _) = l.finish();
+        let first_completed: Value = bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice::<Value>(l).expect("json"))
+            .find(|v| v["event"] == "tool_call_completed")
+            .expect("completed");
+        assert_eq!(first_completed["kernel_events"], json!({"process.exec": 1}));
     }
 }
