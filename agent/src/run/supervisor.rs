@@ -684,9 +684,8 @@ impl Supervisor<'_> {
         }
     }
 
-    /// The `subprocess_state` records that kernel events imply.
-    /// One drain's kernel events to their consumers: the process tree, the policy oracle and
-    /// the contract counters.
+    /// One drain's kernel events to their consumers: the process tree, the policy oracle, the
+    /// SDK layer's tool-call windows and the contract counters.
     fn observe_kernel(&mut self, tree: &mut KernelTree, seen: &[Observed]) {
         self.emit_kernel_states(tree, seen);
         if let Some(p) = self.policy.as_mut() {
@@ -780,6 +779,7 @@ impl Supervisor<'_> {
         }
     }
 
+    /// The `subprocess_state` records that kernel events imply.
     fn emit_kernel_states(&mut self, tree: &mut KernelTree, seen: &[Observed]) {
         for ev in seen.iter().map(|o| &o.event) {
             for state in tree.apply(ev, &self.redactor) {
