@@ -5,10 +5,12 @@
 //! Correlation: a tool call is the window from its `tool_call_started` to its
 //! `tool_call_completed` (same `tool_call_id`); a kernel event belongs to it when its time is in
 //! the window and its process is the reporting process or one of its descendants (parents from
-//! the kernel events themselves). Kernel events arrive in drains up to tens of ms late, so a
-//! closed window keeps collecting for [`LATE_NS`] after its end before it is final.
+//! the kernel events themselves). It is decided by timestamps, never by which of the two
+//! streams vigil happened to read first: kernel events are kept in a bounded, time-limited
+//! buffer, and a window is counted from it once it has been closed for [`LATE_NS`] (drains run
+//! up to tens of ms late) or the run ended.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{Value, json};
 
@@ -23,6 +25,19 @@ const LATE_NS: u64 = 2_000_000_000;
 const MAX_DEPTH: usize = 64;
 /// How far before its arrival a client's own timestamp is believed.
 const CLIENT_SKEW_NS: u64 = 10_000_000_000;
+/// Kernel events kept for windows still to be counted. Past it the oldest go, and a window
+/// that reached back before them says its counts are truncated.
+const MAX_KEPT: usize = 131_072;
+/// The same before the child reported anything: most runs never use the SDK, and they should
+/// not pay for it (32 bytes an event).
+const MAX_KEPT_UNUSED: usize = 16_384;
+
+/// What correlation needs of one kernel event.
+struct Seen {
+    at: u64,
+    pid: u32,
+    kind: &'static str,
+}
 
 /// When an event happened for correlation: the client's timestamp when it is plausible (not
 /// after the arrival, at most [`CLIENT_SKEW_NS`] before), else the arrival. A line is read a
@@ -41,13 +56,17 @@ struct Window {
     end_ns: Option<u64>,
     /// Index of the `tool_call_completed` record.
     record: Option<usize>,
-    counts: BTreeMap<&'static str, u64>,
 }
 
 pub struct SdkLayer {
     records: Vec<Value>,
+    /// Tool calls not counted yet.
     windows: Vec<Window>,
-    finished: Vec<Window>,
+    tool_calls: u64,
+    /// Recent kernel events, oldest first.
+    kept: VecDeque<Seen>,
+    /// Events before this time were dropped from `kept` (0: none).
+    dropped_before: u64,
     parents: HashMap<u32, u32>,
     kernel: bool,
     offset: i128,
@@ -66,7 +85,9 @@ impl SdkLayer {
         SdkLayer {
             records: Vec::new(),
             windows: Vec::new(),
-            finished: Vec::new(),
+            tool_calls: 0,
+            kept: VecDeque::new(),
+            dropped_before: 0,
             parents: HashMap::new(),
             kernel,
             offset: clock::boot_to_wall_offset_ns(),
@@ -103,7 +124,6 @@ impl SdkLayer {
                 start_ns: at,
                 end_ns: None,
                 record: None,
-                counts: BTreeMap::new(),
             }),
             ("tool_call_completed", Some(id)) => {
                 if let Some(w) = self
@@ -128,7 +148,7 @@ impl SdkLayer {
         })
     }
 
-    /// Attribute one drain's kernel events to the tool calls they happened in.
+    /// Keep one drain's kernel events for correlation; count the windows that are final.
     pub fn observe_kernel(&mut self, seen: &[Observed]) {
         let mut latest = 0;
         for o in seen {
@@ -136,25 +156,70 @@ impl SdkLayer {
             if hdr.ppid != 0 {
                 self.parents.insert(hdr.pid, hdr.ppid);
             }
-            if self.windows.is_empty() {
-                continue;
-            }
             let at = clock::boot_to_wall(hdr.boot_ns, self.offset);
             latest = latest.max(at);
-            for i in 0..self.windows.len() {
-                let w = &self.windows[i];
-                let inside = at >= w.start_ns && w.end_ns.is_none_or(|end| at <= end);
-                if inside && self.descends(hdr.pid, w.pid) {
-                    *self.windows[i].counts.entry(o.event.kind()).or_default() += 1;
-                }
-            }
+            self.kept.push_back(Seen {
+                at,
+                pid: hdr.pid,
+                kind: o.event.kind(),
+            });
         }
         // Windows closed long enough ago are final.
         let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.windows)
             .into_iter()
             .partition(|w| w.end_ns.is_some_and(|e| e + LATE_NS < latest));
         self.windows = open;
-        self.finished.extend(done);
+        for w in done {
+            self.count(&w);
+        }
+        // Keep what an open window, or one still to open, may need.
+        let keep_from = self
+            .windows
+            .iter()
+            .map(|w| w.start_ns)
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(latest.saturating_sub(CLIENT_SKEW_NS + LATE_NS));
+        let cap = if self.records.is_empty() {
+            MAX_KEPT_UNUSED
+        } else {
+            MAX_KEPT
+        };
+        while self
+            .kept
+            .front()
+            .is_some_and(|e| e.at < keep_from || self.kept.len() > cap)
+        {
+            if let Some(e) = self.kept.pop_front()
+                && e.at >= keep_from
+            {
+                self.dropped_before = self.dropped_before.max(e.at);
+            }
+        }
+    }
+
+    /// Count a window's kernel events into its completion record.
+    fn count(&mut self, w: &Window) {
+        self.tool_calls += 1;
+        let end = w.end_ns.unwrap_or(u64::MAX);
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for e in self
+            .kept
+            .iter()
+            .filter(|e| e.at >= w.start_ns && e.at <= end)
+        {
+            if self.descends(e.pid, w.pid) {
+                *counts.entry(e.kind).or_default() += 1;
+            }
+        }
+        let truncated = w.start_ns < self.dropped_before;
+        let kernel = self.kernel;
+        if let Some(rec) = w.record.and_then(|i| self.records.get_mut(i)) {
+            rec["kernel_events"] = if kernel { json!(counts) } else { Value::Null };
+            if truncated {
+                rec["kernel_events_truncated"] = json!(true);
+            }
+        }
     }
 
     fn descends(&self, mut pid: u32, ancestor: u32) -> bool {
@@ -172,18 +237,10 @@ impl SdkLayer {
 
     /// The layer's lines (layers/sdk.ndjson) and its summary.
     pub fn finish(mut self) -> (Vec<u8>, SdkSummary) {
-        self.finished.append(&mut self.windows);
-        let tool_calls = self.finished.len() as u64;
-        for w in self.finished {
-            let Some(rec) = w.record.and_then(|i| self.records.get_mut(i)) else {
-                continue;
-            };
-            rec["kernel_events"] = if self.kernel {
-                json!(w.counts)
-            } else {
-                Value::Null
-            };
+        for w in std::mem::take(&mut self.windows) {
+            self.count(&w);
         }
+        let tool_calls = self.tool_calls;
         let mut out = Vec::new();
         for r in &self.records {
             if serde_json::to_writer(&mut out, r).is_ok() {
@@ -274,6 +331,31 @@ mod tests {
         assert_eq!(summary.tool_calls, 1);
         assert_eq!(lines[1]["kernel_events"], json!({"process.exec": 2}));
         assert_eq!(lines[2]["seq"], 2);
+    }
+
+    #[test]
+    fn events_drained_before_the_start_was_read_still_count() {
+        let mut l = SdkLayer::new(true);
+        let s = clock::now_ns();
+        let off = l.offset;
+        // vigil drains the child's exec before it processes the line that opened the call.
+        l.observe_kernel(&[exec(101, 100, s + 10, off)]);
+        l.accept(received(
+            r#"{"event":"tool_call_started","tool":"sh","tool_call_id":"c1"}"#,
+            100,
+            s,
+        ));
+        l.accept(received(
+            r#"{"event":"tool_call_completed","tool":"sh","tool_call_id":"c1"}"#,
+            100,
+            s + 100,
+        ));
+        let (bytes, _) = l.finish();
+        let text = String::from_utf8(bytes).expect("utf-8");
+        assert!(
+            text.contains(r#""kernel_events":{"process.exec":1}"#),
+            "{text}"
+        );
     }
 
     #[test]
