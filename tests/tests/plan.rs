@@ -146,7 +146,7 @@ fn a_step_timeout_ends_the_step_and_the_gate_with_124() {
 
 #[test]
 fn chain_and_harness_timeouts_have_their_own_tokens() {
-    let chain = "timeout: 1500ms\nsteps:\n  - name: quick\n    command: [\"sleep\", \"0.2\"]\n  - name: slow\n    command: [\"sleep\", \"30\"]\n  - name: never\n    command: [\"true\"]\n";
+    let chain = "timeout: 3s\nsteps:\n  - name: quick\n    command: [\"sleep\", \"0.2\"]\n  - name: slow\n    command: [\"sleep\", \"30\"]\n  - name: never\n    command: [\"true\"]\n";
     let (gate, _out, _dir) = plan_run(
         "gate-chain",
         chain,
