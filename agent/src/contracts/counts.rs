@@ -28,6 +28,20 @@ const COUNTED: [&str; 5] = [
     "io.write",
 ];
 
+/// Positions in [`JUDGED`] (a test keeps them in step with the names).
+const EXEC: usize = 0;
+const OPEN: usize = 1;
+const CONNECT: usize = 2;
+const BIND: usize = 3;
+const ACCEPT: usize = 4;
+const SEND: usize = 5;
+/// Positions in [`COUNTED`].
+const FORK: usize = 0;
+const EXIT: usize = 1;
+const SIGNAL: usize = 2;
+const OOM: usize = 3;
+const WRITE: usize = 4;
+
 /// How many counters there are: three per judged operation, one per counted one.
 pub const COUNTERS: usize = JUDGED.len() * 3 + COUNTED.len();
 
@@ -108,25 +122,25 @@ impl RunCounters {
         let counted = |i: usize| JUDGED.len() * 3 + i;
         for o in seen {
             match &o.event {
-                KernelEvent::Exec { .. } => self.judged(0, 0),
-                KernelEvent::ExecFailed { result, .. } => self.judged(0, *result),
-                KernelEvent::Open { result, .. } => self.judged(1, *result),
+                KernelEvent::Exec { .. } => self.judged(EXEC, 0),
+                KernelEvent::ExecFailed { result, .. } => self.judged(EXEC, *result),
+                KernelEvent::Open { result, .. } => self.judged(OPEN, *result),
                 KernelEvent::Net { op, result, .. } => {
                     let i = match op {
-                        NetOp::Connect => 2,
-                        NetOp::Bind => 3,
-                        NetOp::Accept => 4,
-                        NetOp::Send => 5,
+                        NetOp::Connect => CONNECT,
+                        NetOp::Bind => BIND,
+                        NetOp::Accept => ACCEPT,
+                        NetOp::Send => SEND,
                     };
                     self.judged(i, *result);
                 }
-                KernelEvent::Fork { is_thread, .. } if !is_thread => self.bump(counted(0)),
+                KernelEvent::Fork { is_thread, .. } if !is_thread => self.bump(counted(FORK)),
                 KernelEvent::Fork { .. } => {}
-                KernelEvent::Exit { group_dead, .. } if *group_dead => self.bump(counted(1)),
+                KernelEvent::Exit { group_dead, .. } if *group_dead => self.bump(counted(EXIT)),
                 KernelEvent::Exit { .. } => {}
-                KernelEvent::Signal { .. } => self.bump(counted(2)),
-                KernelEvent::Oom { .. } => self.bump(counted(3)),
-                KernelEvent::Write { .. } => self.bump(counted(4)),
+                KernelEvent::Signal { .. } => self.bump(counted(SIGNAL)),
+                KernelEvent::Oom { .. } => self.bump(counted(OOM)),
+                KernelEvent::Write { .. } => self.bump(counted(WRITE)),
             }
         }
     }
@@ -165,7 +179,33 @@ impl RunCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::event::Header;
+    use crate::kernel::event::{
+        Header, KIND_EXEC, KIND_EXIT, KIND_FORK, KIND_OOM, KIND_OPEN, KIND_SIGNAL, KIND_WRITE,
+        kind_name,
+    };
+
+    #[test]
+    fn operation_positions_name_the_kernel_kinds_they_count() {
+        for (i, op) in [
+            (EXEC, kind_name(KIND_EXEC)),
+            (OPEN, kind_name(KIND_OPEN)),
+            (CONNECT, NetOp::Connect.kind()),
+            (BIND, NetOp::Bind.kind()),
+            (ACCEPT, NetOp::Accept.kind()),
+            (SEND, NetOp::Send.kind()),
+        ] {
+            assert_eq!(JUDGED[i], op);
+        }
+        for (i, op) in [
+            (FORK, kind_name(KIND_FORK)),
+            (EXIT, kind_name(KIND_EXIT)),
+            (SIGNAL, kind_name(KIND_SIGNAL)),
+            (OOM, kind_name(KIND_OOM)),
+            (WRITE, kind_name(KIND_WRITE)),
+        ] {
+            assert_eq!(COUNTED[i], op);
+        }
+    }
 
     #[test]
     fn names_resolve_to_distinct_counters_and_typos_do_not() {
