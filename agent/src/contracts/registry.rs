@@ -68,16 +68,7 @@ struct RawContract {
 const FILE_KEYS: [&str; 1] = ["contracts"];
 const CONTRACT_KEYS: [&str; 4] = ["id", "span", "postconditions", "budget_ms"];
 /// The span names contracts may speak about: the run's own taxonomy.
-pub const SPANS: [&str; 8] = [
-    span::RUN_TOTAL,
-    span::RUNNER_DISPATCH,
-    span::CASE_RUN,
-    span::CASE_CHAIN,
-    span::CASE_HARNESS,
-    span::CHECK_EXECUTE,
-    span::SUBPROCESS_EXEC,
-    span::SUBPROCESS_WAIT,
-];
+pub const SPANS: [&str; 8] = span::ALL;
 
 impl Registry {
     /// Load every `*.yaml` in `dir`, in name order.
@@ -113,7 +104,10 @@ impl Registry {
         };
         let options = LoaderOptions::default().error_on_duplicate_keys(true);
         let doc = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
-            let d = yaml_error(&marked_yaml::FromYamlError::ParseYaml(e));
+            let d = yaml_error(
+                &marked_yaml::FromYamlError::ParseYaml(e),
+                "a contracts file",
+            );
             malformed(d.at.line, d.at.column, d.message)
         })?;
         let mut unknown = unknown_keys(&doc, "a contracts file", &FILE_KEYS);
@@ -128,7 +122,7 @@ impl Registry {
             return Err(malformed(d.at.line, d.at.column, d.message.clone()));
         }
         let raw: RawFile = marked_yaml::from_node(&doc).map_err(|e| {
-            let d = yaml_error(&marked_yaml::FromYamlError::FromNode(e));
+            let d = yaml_error(&marked_yaml::FromYamlError::FromNode(e), "a contracts file");
             malformed(d.at.line, d.at.column, d.message)
         })?;
         for c in raw.contracts {

@@ -20,7 +20,8 @@ use tracing_subscriber::registry::LookupSpan;
 use super::trace::{SpanId, SpanRecorder, span};
 use crate::clock;
 
-/// Declares one span callsite per taxonomy name (tracing's names are static per callsite).
+/// Declares one span callsite per taxonomy name (tracing's names are static per callsite, so
+/// the names are listed again here; a test checks the list against [`span::ALL`]).
 macro_rules! taxonomy_span {
     ($parent:expr, $start:expr, $detail:expr, $name:expr, [$($known:path),*]) => {
         match $name {
@@ -282,6 +283,23 @@ mod tests {
     use super::*;
     use serde_json::json;
     use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn every_taxonomy_name_has_a_callsite() {
+        let writer = SpanWriter::default();
+        let tree = SpanTree::new(Dispatch::new(
+            tracing_subscriber::registry().with(writer.clone()),
+        ));
+        for name in span::ALL {
+            tree.open_at(name, None, 1).close("passed", json!({}), 2);
+        }
+        let names: Vec<String> = writer
+            .with(|r| r.export(true, 3))
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, span::ALL);
+    }
 
     #[test]
     fn spans_reach_the_writer_with_their_own_times_and_parents() {

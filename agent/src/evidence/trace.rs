@@ -20,6 +20,18 @@ pub mod span {
     pub const SUBPROCESS_EXEC: &str = "subprocess.exec";
     pub const SUBPROCESS_WAIT: &str = "subprocess.wait";
 
+    /// Every name of the taxonomy.
+    pub const ALL: [&str; 8] = [
+        RUN_TOTAL,
+        RUNNER_DISPATCH,
+        CASE_RUN,
+        CASE_CHAIN,
+        CASE_HARNESS,
+        CHECK_EXECUTE,
+        SUBPROCESS_EXEC,
+        SUBPROCESS_WAIT,
+    ];
+
     /// Spans written at `basic`; the others need `detailed` or `debug`.
     pub fn is_basic(name: &str) -> bool {
         matches!(

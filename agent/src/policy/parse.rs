@@ -514,8 +514,10 @@ pub fn parse(text: &str) -> Parsed {
     let doc = match marked_yaml::parse_yaml_with_options(0, text, options) {
         Ok(d) => d,
         Err(e) => {
-            c.out
-                .push(yaml_error(&marked_yaml::FromYamlError::ParseYaml(e)));
+            c.out.push(yaml_error(
+                &marked_yaml::FromYamlError::ParseYaml(e),
+                "the policy",
+            ));
             return failed(c);
         }
     };
@@ -527,8 +529,10 @@ pub fn parse(text: &str) -> Parsed {
     let raw: RawPolicy = match marked_yaml::from_node(&doc) {
         Ok(r) => r,
         Err(e) => {
-            c.out
-                .push(yaml_error(&marked_yaml::FromYamlError::FromNode(e)));
+            c.out.push(yaml_error(
+                &marked_yaml::FromYamlError::FromNode(e),
+                "the policy",
+            ));
             return failed(c);
         }
     };
@@ -592,12 +596,13 @@ pub fn parse(text: &str) -> Parsed {
     }
 }
 
-pub(crate) fn yaml_error(e: &marked_yaml::FromYamlError) -> Diagnostic {
+/// A YAML loading error as a diagnostic; `document` names what was being read ("the policy").
+pub(crate) fn yaml_error(e: &marked_yaml::FromYamlError, document: &str) -> Diagnostic {
     use marked_yaml::LoadError;
     let (mark, message) = match e {
         marked_yaml::FromYamlError::ParseYaml(l) => match l {
             LoadError::TopLevelMustBeMapping(m) => {
-                (Some(*m), "the policy must be a YAML mapping".to_string())
+                (Some(*m), format!("{document} must be a YAML mapping"))
             }
             LoadError::ScanError(m, s) => (Some(*m), format!("YAML syntax: {}", s.info())),
             LoadError::DuplicateKey(d) => (

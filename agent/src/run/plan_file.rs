@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use marked_yaml::{LoaderOptions, Node};
 
-use crate::policy::parse::{loc, unknown_keys, yaml_error};
+use crate::policy::parse::{Diagnostic, loc, unknown_keys, yaml_error};
 
 /// A command: an argv, or a shell string run with `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +141,16 @@ impl Reader<'_> {
         }
     }
 
+    /// A diagnostic of the shared YAML helpers as this file's error.
+    fn diag(&self, d: &Diagnostic) -> PlanError {
+        PlanError::Malformed {
+            file: self.file.to_string(),
+            line: d.at.line,
+            column: d.at.column,
+            message: d.message.clone(),
+        }
+    }
+
     fn scalar<'n>(&self, node: &'n Node, what: &str) -> R<&'n str> {
         node.as_scalar()
             .map(|s| s.as_str())
@@ -190,12 +200,7 @@ impl Reader<'_> {
 
     fn step(&self, node: &Node, earlier: &[Step]) -> R<Step> {
         if let Some(d) = unknown_keys(node, "a step", &STEP_KEYS).first() {
-            return Err(PlanError::Malformed {
-                file: self.file.to_string(),
-                line: d.at.line,
-                column: d.at.column,
-                message: d.message.clone(),
-            });
+            return Err(self.diag(d));
         }
         let Some(map) = node.as_mapping() else {
             return Err(self.err(Some(node), "a step must be a mapping".into()));
@@ -291,21 +296,13 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Plan, PlanError> {
     let r = Reader { file, base };
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let doc = marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
-        let d = yaml_error(&marked_yaml::FromYamlError::ParseYaml(e));
-        PlanError::Malformed {
-            file: file.to_string(),
-            line: d.at.line,
-            column: d.at.column,
-            message: d.message.replace("the policy", "the plan"),
-        }
+        r.diag(&yaml_error(
+            &marked_yaml::FromYamlError::ParseYaml(e),
+            "the plan",
+        ))
     })?;
     if let Some(d) = unknown_keys(&doc, "the plan", &PLAN_KEYS).first() {
-        return Err(PlanError::Malformed {
-            file: file.to_string(),
-            line: d.at.line,
-            column: d.at.column,
-            message: d.message.clone(),
-        });
+        return Err(r.diag(d));
     }
     let top = doc.as_mapping();
     if let Some(v) = top.and_then(|m| m.get_node("version")) {
