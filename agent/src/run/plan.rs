@@ -94,7 +94,7 @@ struct Gate<'a> {
     notes: Vec<String>,
     chain_deadline: Option<u64>,
     /// Every supervised command's health claims, for the plan's health.
-    layers: Vec<(String, String, String)>,
+    layers: Vec<Claims>,
     /// A command of the current step was cancelled (SIGINT/SIGTERM to vigil).
     cancelled: bool,
 }
@@ -460,11 +460,11 @@ impl Gate<'_> {
 
     fn absorb(&mut self, id: &str, r: RunResult) -> Ran {
         self.counters.absorb(&r.counters);
-        self.layers.push((
-            r.kernel_layer.clone(),
-            r.policy_layer.clone(),
-            r.sdk_layer.clone(),
-        ));
+        self.layers.push(Claims {
+            kernel: r.kernel_layer.clone(),
+            policy: r.policy_layer.clone(),
+            sdk: r.sdk_layer.clone(),
+        });
         let status = if r.commit_error.is_some() {
             "error"
         } else {
@@ -629,6 +629,13 @@ fn modified(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// What one supervised command's health claimed.
+struct Claims {
+    kernel: String,
+    policy: String,
+    sdk: String,
+}
+
 /// A command vigil could not run at all (its bundle was never created).
 fn error_ran(id: &str) -> Ran {
     Ran {
@@ -647,19 +654,17 @@ fn error_ran(id: &str) -> Ran {
 /// The gate's health: each layer claims no more than its weakest step.
 fn plan_health(
     run_id: &str,
-    layers: &[(String, String, String)],
+    layers: &[Claims],
     events: &EventLog,
     mut notes: Vec<String>,
 ) -> ObservationHealth {
-    let all = |pick: fn(&(String, String, String)) -> &str, strong: &str, weak: &str| {
-        let claims: Vec<&str> = layers.iter().map(pick).collect();
-        if !claims.is_empty() && claims.iter().all(|c| *c == strong) {
-            strong.to_string()
-        } else if claims.iter().any(|c| *c == strong || *c == weak) {
-            weak.to_string()
-        } else {
-            "absent".to_string()
-        }
+    let kernel: Vec<&str> = layers.iter().map(|l| l.kernel.as_str()).collect();
+    let kernel_layer = if !kernel.is_empty() && kernel.iter().all(|k| *k == "observed") {
+        "observed"
+    } else if kernel.iter().any(|k| *k == "observed" || *k == "partial") {
+        "partial"
+    } else {
+        "absent"
     };
     notes.insert(
         0,
@@ -668,10 +673,10 @@ fn plan_health(
     ObservationHealth {
         schema: schema::OBSERVATION_HEALTH.into(),
         run_id: run_id.to_string(),
-        kernel_layer: all(|l| &l.0, "observed", "partial"),
+        kernel_layer: kernel_layer.into(),
         cgroup_correlation: if layers.is_empty() { "absent" } else { "full" }.into(),
         policy_layer: {
-            let p: Vec<&str> = layers.iter().map(|l| l.1.as_str()).collect();
+            let p: Vec<&str> = layers.iter().map(|l| l.policy.as_str()).collect();
             if p.contains(&"enforced") {
                 "enforced"
             } else if p.contains(&"audited") {
@@ -682,7 +687,7 @@ fn plan_health(
         }
         .into(),
         policy_mechanisms: Vec::new(),
-        sdk_layer: if layers.iter().any(|l| l.2 == "self_reported") {
+        sdk_layer: if layers.iter().any(|l| l.sdk == "self_reported") {
             "self_reported"
         } else {
             "absent"

@@ -412,12 +412,13 @@ impl Supervisor<'_> {
 
         let mut tracker = ProcTracker::new(main_pid);
         let argv = self.spec.argv_lossy();
+        let stat = read_stat(main_pid);
         let main_info = ProcInfo {
             pid: main_pid,
             ppid: i32::try_from(std::process::id()).unwrap_or(0),
-            comm: read_stat(main_pid).map(|s| s.comm).unwrap_or_default(),
+            start_ticks: stat.as_ref().map_or(0, |s| s.start_ticks),
+            comm: stat.map(|s| s.comm).unwrap_or_default(),
             argv: argv.clone(),
-            start_ticks: read_stat(main_pid).map_or(0, |s| s.start_ticks),
         };
         for state in ["spawned", "running"] {
             self.events.emit(
