@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{cargo, require_root, root};
+use crate::{cargo, root};
 
 pub(crate) struct Row {
     pub name: &'static str,
@@ -107,7 +107,13 @@ pub(crate) fn paired(
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
-    require_root("bench")?;
+    crate::setup::check_host("bench", true)?;
+    if !args.iter().any(|a| a == "--no-kernel") {
+        crate::setup::debian(&[
+            ("strace", "the kernel rows compare vigil with `strace -f`"),
+            ("make", "a kernel row times a `make -j2` build"),
+        ])?;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     cargo(&[
         "build",

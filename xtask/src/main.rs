@@ -4,33 +4,70 @@
 //!   cargo xtask run [--plan FILE | -- CMD…]   run vigil on a real example (a plan, or CMD), then validate and inspect it
 //!   cargo xtask bench           release build; overhead, throughput and latency vs bare runs
 //!   cargo xtask lint            rustfmt --check and clippy -D warnings
+//!   cargo xtask ebpf            recompile the eBPF objects committed under ebpf/obj/<arch>/
 //!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
+//!
+//! `run` and `test` set up what they need on a fresh machine (setup.rs): a missing Debian or
+//! Python package is installed, said once with the reason; a missing host fact (root, cgroup v2,
+//! BTF) is one line naming it.
 
 mod bench;
 mod bench_contracts;
 mod bench_kernel;
 mod bench_policy;
+mod ebpf;
+mod setup;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-fn main() -> Result<()> {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("run") => run(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("lint") => lint(),
+        Some("ebpf") => ebpf::regenerate(),
         Some("codegen") => codegen(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [-- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | codegen"
+                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | ebpf | codegen"
             );
             std::process::exit(2);
         }
+    };
+    // One line, the causes joined: what is missing and what to do, not a backtrace.
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
     }
+}
+
+/// Python packages the tests use, pinned where a test depends on a version's internals.
+const TEST_PYTHON: [(&str, &str, &str); 3] = [
+    (
+        "pytest",
+        "pytest",
+        "the plan tests triage a real pytest run's JUnit report",
+    ),
+    (
+        "agents",
+        "openai-agents==0.24.0",
+        "the --agent-shim tests run an unmodified openai-agents agent (offline, scripted model)",
+    ),
+    (
+        "google.genai",
+        "google-genai==3.4.0",
+        "the --agent-shim tests run an unmodified google-genai agent (offline, scripted model)",
+    ),
+];
+
+/// The cargo that runs xtask.
+pub fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 pub fn root() -> PathBuf {
@@ -42,7 +79,7 @@ pub fn root() -> PathBuf {
 
 /// `cargo ARGS…` in the workspace root, with the cargo that runs xtask.
 fn cargo_cmd(args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = Command::new(cargo_bin());
     cmd.args(args).current_dir(root());
     cmd
 }
@@ -57,19 +94,11 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// vigil needs root for cgroup v2; say so instead of failing obscurely.
-pub fn require_root(what: &str) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "{what} needs root (vigil creates cgroups): run it as root, e.g. `sudo -E cargo xtask {what}`"
-        );
-    }
-    Ok(())
-}
-
 fn test() -> Result<()> {
-    require_root("test")?;
+    setup::check_host("test", true)?;
+    // The eBPF toolchain: one test recompiles the committed objects and compares the bytes.
+    setup::debian(&ebpf::TOOLCHAIN)?;
+    setup::python(&TEST_PYTHON)?;
     // The end-to-end tests drive the real binaries; build them first.
     cargo(&["build", "--workspace", "--bins"])?;
     // Stream cargo's output through, tallying every suite, and close with one plain line: the
@@ -141,6 +170,7 @@ fn codegen() -> Result<()> {
 }
 
 fn lint() -> Result<()> {
+    setup::rust_components(&[("rustfmt", "fmt"), ("clippy", "clippy")])?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",
@@ -155,7 +185,15 @@ fn lint() -> Result<()> {
 /// The README's example: a job that prints, then goes silent; basic liveness (2 s stall) kills
 /// it, the bundle is validated and summarised.
 fn run(args: &[String]) -> Result<()> {
-    require_root("run")?;
+    setup::check_host("run", false)?;
+    let plan = args
+        .iter()
+        .position(|a| a == "--plan")
+        .and_then(|i| args.get(i + 1));
+    if plan.is_some() {
+        // The example gate (examples/gate) runs a pytest step.
+        setup::python(&TEST_PYTHON[..1])?;
+    }
     cargo(&["build", "-p", "vigil"])?;
     let vigil = root().join("target/debug/vigil");
     let out = root().join(".artifacts/runs");
@@ -165,10 +203,6 @@ fn run(args: &[String]) -> Result<()> {
         .skip(1)
         .cloned()
         .collect();
-    let plan = args
-        .iter()
-        .position(|a| a == "--plan")
-        .and_then(|i| args.get(i + 1));
     let mut cmd = Command::new(&vigil);
     cmd.arg("run").arg("--out").arg(&out);
     if let Some(plan) = plan {
