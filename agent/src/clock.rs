@@ -1,5 +1,6 @@
-//! Wall-clock helpers. Every timestamp vigil writes is UTC, RFC 3339 for people and Unix-epoch
-//! nanoseconds for machines (span and event ordering, chrome-trace export).
+//! Clocks. Every deadline is on CLOCK_MONOTONIC ([`mono_ns`]), which no wall-clock step moves;
+//! every timestamp vigil writes is UTC, RFC 3339 for people and Unix-epoch nanoseconds for
+//! machines (span and event ordering, chrome-trace export).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,6 +9,20 @@ pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Nanoseconds on CLOCK_MONOTONIC, for deadlines and durations.
+pub fn mono_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
+/// A CLOCK_MONOTONIC instant as a tokio deadline.
+pub fn mono_to_instant(deadline: u64) -> tokio::time::Instant {
+    let now = mono_ns();
+    tokio::time::Instant::now() + std::time::Duration::from_nanos(deadline.saturating_sub(now))
 }
 
 /// RFC 3339 UTC with microsecond precision, e.g. `2026-11-23T07:19:10.123456Z`.

@@ -1074,3 +1074,21 @@ fn a_silent_process_writing_a_file_is_not_stalled() {
         .run();
     assert_eq!(f.code(), 124, "{}", f.stderr());
 }
+
+/// A flag wins over its environment variable (CONTRACT.md §2): `SPEC_RUNNER_FAIL_FAST=false`
+/// with `--continue-on-fail` is no conflict; and a step row's `stall_phase` is present (null)
+/// when no stall was seen.
+#[test]
+fn continue_on_fail_wins_over_the_environment_and_stall_phase_is_null_not_missing() {
+    let (f, _dir) = VigilRun::new("ff-env")
+        .env("SPEC_RUNNER_FAIL_FAST", "false")
+        .args(["--continue-on-fail"])
+        .fixture(&["exit", "0"])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let t = f.trace();
+    assert_eq!(t["summary"]["fail_fast_enabled"], false);
+    let row = step(&t).as_object().expect("step row");
+    assert_eq!(row.get("stall_phase"), Some(&Value::Null), "{row:?}");
+    assert_eq!(row["stall_detected"], false);
+}

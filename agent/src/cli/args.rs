@@ -348,8 +348,9 @@ pub struct GateArgs {
           default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
     pub fail_fast: bool,
 
-    /// Run every step even after a failure (disables --fail-fast).
-    #[arg(long, conflicts_with = "fail_fast")]
+    /// Run every step even after a failure (disables --fail-fast, and wins over
+    /// SPEC_RUNNER_FAIL_FAST: a flag wins over the environment).
+    #[arg(long)]
     pub continue_on_fail: bool,
 }
 

@@ -172,7 +172,8 @@ pub struct StepRow {
     pub blocked_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stall_detected: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
+    /// `null` when no stall was detected or its phase is unknown — present either way.
+    #[serde(default)]
     pub stall_phase: Option<String>,
     /// Governance steps only: what triage did with the step's failing checks.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]

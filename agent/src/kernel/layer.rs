@@ -95,6 +95,16 @@ impl KernelLayer {
         }
     }
 
+    /// The one boot→wall offset of this sensor's timestamps (the reader's), or a fresh one
+    /// without a reader.
+    pub fn boot_to_wall_ns(&self) -> i128 {
+        self.reader
+            .as_ref()
+            .map_or_else(crate::clock::boot_to_wall_offset_ns, |r| {
+                r.boot_to_wall_ns()
+            })
+    }
+
     /// Whether kernel events are being read (the process tree can come from them).
     pub fn active(&self) -> bool {
         self.reader.is_some()

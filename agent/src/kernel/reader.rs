@@ -28,7 +28,8 @@ pub struct KernelReader {
     map: RingBuf<MapData>,
     out: NdjsonWriter,
     seq: u64,
-    /// Wall clock minus boot clock, to turn bpf_ktime_get_boot_ns() into Unix time.
+    /// Wall clock minus boot clock, to turn bpf_ktime_get_boot_ns() into Unix time: taken once
+    /// per sensor, so an event has one `ts` in every file that names it.
     boot_to_wall_ns: i128,
     decode_errors: u64,
     /// The last drain stopped at DRAIN_MAX with events left in the ring.
@@ -38,6 +39,9 @@ pub struct KernelReader {
 /// Events handled per drain: the supervisor's loop gets its turn between drains, and `seen`
 /// stays small, however fast the kernel produces.
 const DRAIN_MAX: usize = 4 * BATCH_EVENTS;
+/// Time one drain may take before it yields to the dispatcher, whose deadlines (timeouts,
+/// heartbeats, the kill grace) must fire on time under any storm. Checked every 256 events.
+const DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// include/trace/events/signal.h: what became of a generated signal.
 fn signal_result(r: i32) -> &'static str {
@@ -97,6 +101,7 @@ impl KernelReader {
         let mut lines = 0;
         let mut urgent = false;
         let mut handled = 0;
+        let began = std::time::Instant::now();
         self.more = false;
         while let Some(item) = self.map.next() {
             handled += 1;
@@ -123,7 +128,9 @@ impl KernelReader {
                     .send(std::mem::take(&mut batch), Lane::Control, urgent);
                 lines = 0;
             }
-            if handled == max {
+            if handled == max
+                || (max != usize::MAX && handled % 256 == 0 && began.elapsed() >= DRAIN_BUDGET)
+            {
                 self.more = true;
                 break;
             }
@@ -411,6 +418,11 @@ fn record<'a>(
 }
 
 impl KernelReader {
+    /// The boot→wall offset every timestamp of this sensor is converted with.
+    pub fn boot_to_wall_ns(&self) -> i128 {
+        self.boot_to_wall_ns
+    }
+
     /// Kernel events written to the layer.
     pub fn written(&self) -> u64 {
         self.seq

@@ -63,6 +63,11 @@ impl KernelTree {
         }
     }
 
+    /// Processes of the run alive now, the main child not included.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
     /// Every process's life so far: the ended ones, then those still alive, by start time.
     pub fn lives(&self) -> Vec<ProcessLife> {
         let mut all: Vec<ProcessLife> = self

@@ -90,7 +90,14 @@ pub struct PolicyReport {
 const QUEUE: usize = 8;
 
 impl PolicyLayer {
-    pub fn start(spec: &PolicySpec, vars: &Vars, layer: &Path) -> std::io::Result<Self> {
+    /// `boot_to_wall_ns` is the sensor's one conversion, so a decision's `ts` is its kernel
+    /// event's.
+    pub fn start(
+        spec: &PolicySpec,
+        vars: &Vars,
+        layer: &Path,
+        boot_to_wall_ns: i128,
+    ) -> std::io::Result<Self> {
         Ok(PolicyLayer {
             name: spec.policy.name.clone(),
             mode: spec.policy.mode,
@@ -99,7 +106,7 @@ impl PolicyLayer {
             out: NdjsonWriter::spawn(layer, QUEUE)?,
             seq: 0,
             denied: 0,
-            boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
+            boot_to_wall_ns,
         })
     }
 

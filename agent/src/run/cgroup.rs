@@ -106,8 +106,9 @@ pub fn owner_dir(parent: &Path) -> PathBuf {
     parent.join(owner_tag(me).unwrap_or_else(|| format!("vigil-{me}-0")))
 }
 
-/// A run's cgroup, removed (with its owner directory) by [`RunCgroup::remove`].
-#[derive(Debug)]
+/// A run's cgroup, removed (with its owner directory) by [`RunCgroup::remove`]. A clone is a
+/// handle to the same directory (triage reads it from a blocking thread).
+#[derive(Debug, Clone)]
 pub struct RunCgroup {
     owner_dir: PathBuf,
     path: PathBuf,
@@ -167,6 +168,11 @@ impl RunCgroup {
         fs::write(&file, if frozen { "1" } else { "0" }).map_err(io_err("write", &file))
     }
 
+    /// Send `sig` to every process of the subtree through pidfds; how many were signalled.
+    pub fn signal_all(&self, sig: i32) -> usize {
+        super::pidfd::signal_listed(|| procs_recursive(&self.path), sig)
+    }
+
     /// SIGKILL everything in the subtree: cgroup.kill where the kernel has it, else a kill loop.
     pub fn kill_all(&self) -> Result<KillMechanism, CgroupError> {
         kill_subtree(&self.path)
@@ -214,12 +220,7 @@ fn kill_subtree(path: &Path) -> Result<KillMechanism, CgroupError> {
         if pids.is_empty() {
             break;
         }
-        for pid in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        super::pidfd::signal_listed(|| procs_recursive(path), libc::SIGKILL);
     }
     Ok(KillMechanism::SignalLoop)
 }
@@ -415,23 +416,6 @@ impl EventsWatch {
             guard.clear_ready();
         }
         self.current()
-    }
-
-    /// Async wait until `pred` holds or `timeout` passes; returns whether it holds.
-    pub async fn wait(&self, timeout: Duration, pred: impl Fn(CgroupEvents) -> bool) -> bool {
-        let Ok(afd) = self.async_fd() else {
-            // Could not register with the reactor: fall back to the blocking wait.
-            return self.wait_blocking(timeout, pred);
-        };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut state = self.current();
-        while !pred(state) {
-            match tokio::time::timeout_at(deadline, self.changed(&afd)).await {
-                Ok(next) => state = next,
-                Err(_) => return pred(self.current()),
-            }
-        }
-        true
     }
 }
 

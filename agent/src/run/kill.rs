@@ -1,36 +1,27 @@
-//! Kill escalation (CONTRACT.md §2) as a state the supervisor drives: SIGTERM to every process of
-//! the run's cgroup now, SIGKILL through cgroup.kill at the grace deadline (or at once on a second
-//! Ctrl-C). Processes that left the process group (setsid, double fork) are still in the cgroup,
-//! so they are reached too. The supervisor learns that the cgroup emptied from cgroup.events.
+//! Kill escalation (CONTRACT.md §2), performed for the run's state, which owns its timing:
+//! SIGTERM to every process of the run's cgroup, then SIGKILL through cgroup.kill. Processes that
+//! left the process group (setsid, double fork) are still in the cgroup, so they are reached too.
+//! SIGTERM goes through pidfds (see `pidfd`), SIGKILL through cgroup.kill (or the same pidfd
+//! loop on kernels before 5.14): never a bare pid a recycled process could receive.
 
-use std::time::Duration;
-
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::cgroup::{CgroupError, KillMechanism, RunCgroup};
 
 #[derive(Debug)]
 pub struct Escalation {
     pub started: Instant,
-    pub kill_at: Instant,
     pub term_sent: usize,
     pub mechanism: Option<KillMechanism>,
 }
 
 impl Escalation {
-    /// Send SIGTERM to every process of the cgroup; SIGKILL is due after `grace`.
-    pub fn start(cg: &RunCgroup, grace: Duration) -> Self {
+    /// Send SIGTERM to every process of the cgroup; SIGKILL comes when the state says so.
+    pub fn start(cg: &RunCgroup) -> Self {
         let started = Instant::now();
-        let pids = cg.procs();
-        for &pid in &pids {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
         Escalation {
             started,
-            kill_at: started + grace,
-            term_sent: pids.len(),
+            term_sent: cg.signal_all(libc::SIGTERM),
             mechanism: None,
         }
     }

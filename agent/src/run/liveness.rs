@@ -1,8 +1,8 @@
-//! Liveness (CONTRACT.md §2) as pure logic over timestamps: the supervisor feeds it the clock and
-//! the progress log and acts on what it returns, so every rule is testable without real time.
+//! Liveness (CONTRACT.md §2) as pure logic over monotonic timestamps: the run's state feeds it
+//! the clock and the progress log and acts on what it returns, so every rule is testable without
+//! real time.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::spec::LivenessConfig;
@@ -25,15 +25,10 @@ pub mod reason {
 /// above this is evaluated as this many (documented in the README).
 pub const MIN_EVENTS_WINDOW_CAP: u64 = 65_536;
 
-/// Progress: every output chunk, kernel or SDK event. Written by the tee threads (one uncontended
-/// lock per chunk, far below the cost of the read that produced it), read by the supervisor.
+/// Progress: every output chunk, kernel batch or SDK event, recorded by the run's state (which
+/// owns it: no lock, no sharing) at the monotonic instant it was handled.
 #[derive(Debug)]
-pub struct ProgressLog {
-    inner: Mutex<ProgressInner>,
-}
-
-#[derive(Debug)]
-struct ProgressInner {
+pub struct Progress {
     last_ns: Option<u64>,
     count: u64,
     recent: VecDeque<u64>,
@@ -49,42 +44,41 @@ pub struct ProgressSnapshot {
     pub kth_recent_ns: Option<u64>,
 }
 
-impl ProgressLog {
+impl Progress {
     pub fn new(min_events: u64) -> Self {
         let keep = usize::try_from(min_events.clamp(1, MIN_EVENTS_WINDOW_CAP)).unwrap_or(1);
-        ProgressLog {
-            inner: Mutex::new(ProgressInner {
-                last_ns: None,
-                count: 0,
-                recent: VecDeque::with_capacity(keep),
-                keep,
-            }),
+        Progress {
+            last_ns: None,
+            count: 0,
+            recent: VecDeque::with_capacity(keep.min(1024)),
+            keep,
         }
     }
 
-    pub fn record(&self, now_ns: u64) {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.last_ns = Some(g.last_ns.map_or(now_ns, |l| l.max(now_ns)));
-        g.count += 1;
-        if g.recent.len() == g.keep {
-            g.recent.pop_front();
+    pub fn record(&mut self, now_ns: u64) {
+        self.record_n(now_ns, 1);
+    }
+
+    /// `n` progress events at `now_ns` (coalesced output chunks).
+    pub fn record_n(&mut self, now_ns: u64, n: u64) {
+        if n == 0 {
+            return;
         }
-        g.recent.push_back(now_ns);
+        self.last_ns = Some(self.last_ns.map_or(now_ns, |l| l.max(now_ns)));
+        self.count += n;
+        let n = usize::try_from(n).unwrap_or(usize::MAX).min(self.keep);
+        while self.recent.len() + n > self.keep {
+            self.recent.pop_front();
+        }
+        self.recent.extend(std::iter::repeat_n(now_ns, n));
     }
 
     pub fn snapshot(&self) -> ProgressSnapshot {
-        let g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         ProgressSnapshot {
-            last_ns: g.last_ns,
-            count: g.count,
-            kth_recent_ns: (g.recent.len() == g.keep)
-                .then(|| g.recent.front().copied())
+            last_ns: self.last_ns,
+            count: self.count,
+            kth_recent_ns: (self.recent.len() == self.keep)
+                .then(|| self.recent.front().copied())
                 .flatten(),
         }
     }
@@ -407,13 +401,21 @@ mod tests {
     }
 
     #[test]
-    fn progress_log_keeps_the_kth_most_recent() {
-        let log = ProgressLog::new(3);
+    fn progress_keeps_the_kth_most_recent() {
+        let mut log = Progress::new(3);
         for t in [10, 20, 30, 40] {
             log.record(t);
         }
         assert_eq!(log.snapshot(), snap(Some(40), 4, Some(20)));
-        let one = ProgressLog::new(1);
+        log.record_n(50, 2);
+        assert_eq!(log.snapshot(), snap(Some(50), 6, Some(40)));
+        log.record_n(60, 5);
+        assert_eq!(
+            log.snapshot(),
+            snap(Some(60), 11, Some(60)),
+            "coalesced chunks fill the window"
+        );
+        let one = Progress::new(1);
         assert_eq!(one.snapshot(), snap(None, 0, None));
     }
 }

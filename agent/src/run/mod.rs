@@ -2,14 +2,19 @@
 //! and plans (`--plan`): a chain of supervised steps with fail-fast, timeouts and check triage.
 
 pub mod cgroup;
+pub mod dispatch;
+mod finish;
 pub mod guard;
 pub mod junit;
 pub mod kill;
+mod layers;
 pub mod liveness;
 pub mod outcome;
+pub mod pidfd;
 pub mod plan;
 pub mod plan_file;
 pub mod proctree;
+pub mod recorder;
 pub mod spawn;
 pub mod spec;
 pub mod supervisor;

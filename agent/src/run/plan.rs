@@ -18,11 +18,12 @@ use super::junit::{self, FailingCheck};
 use super::liveness::reason;
 use super::outcome::Outcome;
 use super::plan_file::{Plan, Step, StepCommand};
-use super::spec::{RunId, RunSpec};
-use super::supervisor::{
-    self, RunResult, SetupError, profile_level_name, settle_contracts, span_tree, write_documents,
+use super::recorder::{
+    profile_level_name, settle_contracts, span_tree, spec_detailed, write_documents,
     write_profile_copies,
 };
+use super::spec::{RunId, RunSpec};
+use super::supervisor::{self, RunResult, SetupError};
 use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail, TriageMode};
 use crate::clock;
 use crate::contracts::{Registry, RunCounters, Violations};
@@ -208,7 +209,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     };
     trace.events = gate.events.trace_events().to_vec();
     let health = plan_health(&run_id, &gate.layers, &gate.events, notes);
-    let detailed = super::supervisor::spec_detailed(base.profile.level);
+    let detailed = spec_detailed(base.profile.level);
     let commit = (|| -> Result<(), String> {
         events_result?;
         trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));

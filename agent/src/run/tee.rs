@@ -1,7 +1,9 @@
 //! Output tee: one thread per stream reads the child's pipe and writes each chunk, byte-exact and
 //! at once, to vigil's own stdout/stderr, then to the capture file (masked, capped). Each chunk
-//! is progress. Blocking threads rather than async tasks: a read→write loop on a thread adds no
-//! scheduling latency and keeps the throughput of a plain `cat`.
+//! is reported to the run's dispatcher as progress ([`TeeMsg`]); when its bounded channel is
+//! full the counts are coalesced into the next message, so the relay never waits on vigil.
+//! Blocking threads rather than async tasks: a read→write loop on a thread adds no scheduling
+//! latency and keeps the throughput of a plain `cat`.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -10,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use super::liveness::ProgressLog;
-use crate::clock;
+use tokio::sync::mpsc;
+
+use super::dispatch::Stream;
 use crate::contracts::RunCounters;
 use sha2::{Digest, Sha256};
 
@@ -29,7 +32,17 @@ pub struct TeeReport {
     pub capture: Option<FileDigest>,
 }
 
+/// What a tee thread tells the dispatcher.
+#[derive(Debug)]
+pub enum TeeMsg {
+    /// This many chunks were relayed since the last message.
+    Chunks(u64),
+    /// The pipe closed (every writer gone); the last message of its stream.
+    Closed(Stream, TeeReport),
+}
+
 pub struct TeeConfig {
+    pub stream: Stream,
     /// The child's end is the write side; this is the read side.
     pub pipe: File,
     /// vigil's own stdout or stderr (a dup), or None when not teeing.
@@ -56,23 +69,49 @@ impl Fence {
 pub fn spawn_tee(
     cfg: TeeConfig,
     redactor: Arc<Redactor>,
-    progress: Arc<ProgressLog>,
     counters: Arc<RunCounters>,
     fence: Arc<Fence>,
-    done: tokio::sync::oneshot::Sender<TeeReport>,
+    tx: mpsc::Sender<TeeMsg>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("vigil-tee".into())
         .spawn(move || {
-            let report = tee_loop(cfg, &redactor, &progress, &counters, &fence);
-            let _ = done.send(report);
+            let stream = cfg.stream;
+            let mut progress = ProgressSender { tx, pending: 0 };
+            let report = tee_loop(cfg, &redactor, &mut progress, &counters, &fence);
+            progress.flush();
+            // The receiver is gone only when the dispatcher stopped listening.
+            let _ = progress.tx.blocking_send(TeeMsg::Closed(stream, report));
         })
+}
+
+/// Chunk counts to the dispatcher without ever blocking the relay: a full channel means the
+/// count rides along with the next message.
+struct ProgressSender {
+    tx: mpsc::Sender<TeeMsg>,
+    pending: u64,
+}
+
+impl ProgressSender {
+    fn chunk(&mut self) {
+        self.pending += 1;
+        if self.tx.try_send(TeeMsg::Chunks(self.pending)).is_ok() {
+            self.pending = 0;
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending > 0 {
+            let _ = self.tx.blocking_send(TeeMsg::Chunks(self.pending));
+            self.pending = 0;
+        }
+    }
 }
 
 fn tee_loop(
     mut cfg: TeeConfig,
     redactor: &Redactor,
-    progress: &ProgressLog,
+    progress: &mut ProgressSender,
     counters: &RunCounters,
     fence: &Fence,
 ) -> TeeReport {
@@ -102,7 +141,7 @@ fn tee_loop(
             report.bytes_fenced += n as u64;
             continue;
         }
-        progress.record(clock::now_ns());
+        progress.chunk();
         counters.add_output(n as u64);
         report.bytes_total += n as u64;
         let chunk = &buf[..n];

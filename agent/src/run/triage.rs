@@ -91,8 +91,10 @@ fn snapshot_one(pid: i32, last_progress_age_ms: u64, redactor: &Redactor) -> Opt
     })
 }
 
-/// Take the snapshot: pre-freeze pass, freeze, complete the set, thaw.
-pub async fn snapshot(
+/// Take the snapshot: pre-freeze pass, freeze, complete the set, thaw. Blocking (procfs reads
+/// and a freeze wait of up to 1 s): the supervisor runs it off the runtime thread, so kernel
+/// events keep draining and deadlines keep firing meanwhile.
+pub fn snapshot(
     cg: &RunCgroup,
     cpu_rate: Option<f64>,
     last_progress_age_ms: u64,
@@ -105,10 +107,7 @@ pub async fn snapshot(
         .collect();
     let mut freeze_note = None;
     let frozen = match (cg.set_frozen(true), cg.watch_events()) {
-        (Ok(()), Ok(w)) => {
-            w.wait(std::time::Duration::from_secs(1), |e| e.frozen)
-                .await
-        }
+        (Ok(()), Ok(w)) => w.wait_blocking(std::time::Duration::from_secs(1), |e| e.frozen),
         (Err(e), _) => {
             freeze_note = Some(format!("freeze failed: {e}"));
             false

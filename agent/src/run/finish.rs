@@ -1,0 +1,289 @@
+//! The end of a run: spans closed, contracts settled, the one outcome concluded, health and
+//! the trace assembled, the bundle committed (profile copies written even when the commit
+//! fails), the run cgroup removed and its guard released.
+
+use serde_json::json;
+
+use super::dispatch::{PROCESS_SAMPLE, RunState};
+use super::guard::Guard;
+use super::outcome::Outcome;
+use super::recorder::{settle_contracts, spec_detailed, write_documents, write_profile_copies};
+use super::supervisor::{RunResult, RunSpans, Supervised, Supervisor};
+use crate::clock;
+use crate::evidence::bundle::Bundle;
+use crate::evidence::events::EventKind;
+use crate::evidence::files;
+use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth, SdkHealth};
+use crate::evidence::schema;
+use crate::evidence::trace::{RunStatus, RunTrace, StepRow, span};
+use crate::policy::layer::PolicyLayer;
+
+impl Supervisor<'_> {
+    /// Close the spans, settle the contracts, decide the outcome (in the state), assemble
+    /// health and the trace, and commit the bundle.
+    pub(super) fn finish(
+        mut self,
+        sup: Supervised,
+        bundle: Bundle,
+        spans: RunSpans,
+        mut trace: RunTrace,
+        guard: Guard,
+        started_ns: u64,
+    ) -> RunResult {
+        let RunSpans {
+            tree,
+            writer,
+            violations,
+            total,
+            chain,
+            case,
+            ..
+        } = spans;
+        let teardown = tree.open(span::CASE_HARNESS, Some(&total));
+        // The one terminal outcome comes from the state (or from why the child never started);
+        // a violated contract under --contracts-strict is the state's call too, below.
+        let decide = |violated: bool| match (&sup.state, &sup.not_started) {
+            (Some(state), _) => state.conclude(violated, self.spec.contracts_strict),
+            (None, Some(o)) => o.clone(),
+            (None, None) => Outcome::VigilFailed,
+        };
+        let mut outcome = decide(false);
+        let ended_ns = clock::now_ns();
+        let status = outcome.step_status();
+        let (code, sig) = sup.main_exit.unwrap_or((None, None));
+        let step_attrs = json!({"exit_code": code, "signal": sig});
+        case.close(status, step_attrs.clone(), ended_ns);
+        chain.close(status, step_attrs.clone(), ended_ns);
+
+        let kill_mechanism = self
+            .escalation
+            .as_ref()
+            .and_then(|e| e.mechanism)
+            .map(|m| m.as_str().to_string());
+        if let Err(e) = self.cg.remove() {
+            self.notes.push(format!("run cgroup not removed: {e}"));
+        }
+        guard.release();
+        teardown.close_now("passed", json!({"phase": "teardown"}));
+        total.close_now(outcome.status(), step_attrs);
+
+        // Every span has closed, so every contract has been checked.
+        let found = settle_contracts(&mut self.events, &mut self.notes, self.spec, &violations);
+        let concluded = decide(!found.is_empty());
+        if concluded != outcome {
+            eprintln!(
+                "vigil: {} contract obligation(s) violated; failing the run (--contracts-strict)",
+                found.len()
+            );
+            outcome = concluded;
+        }
+        let stall_phase = sup
+            .state
+            .as_ref()
+            .and_then(|s| s.stall_phase())
+            .map(String::from);
+        trace.summary.contract_violations = found;
+
+        self.events.emit(
+            EventKind::RunFinished,
+            outcome.reason(),
+            json!({
+            "status": outcome.status(), "exit_code": outcome.exit_code()}),
+        );
+        let events_result = self.events.finish();
+
+        let step = StepRow {
+            name: "main".into(),
+            status: outcome.step_status().into(),
+            exit_code: code,
+            signal: sig,
+            duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
+            reason: outcome.reason().map(String::from),
+            skip_reason: None,
+            blocked_by: None,
+            stall_detected: Some(stall_phase.is_some()),
+            stall_phase: stall_phase.clone(),
+            triage: None,
+            bundle: None,
+        };
+        let failed = outcome.is_failure();
+        trace.summary.first_failure_step = failed.then(|| "main".to_string());
+        trace.summary.steps = vec![step];
+        trace.ended_at = Some(clock::rfc3339(ended_ns));
+        trace.status = outcome.status().into();
+        trace.exit_code = Some(outcome.exit_code());
+        trace.run_status = RunStatus {
+            state: "committed".into(),
+            reason: None,
+        };
+        trace.events = self.events.trace_events().to_vec();
+
+        // The oracle saw every kernel event (the last drain came before this).
+        let policy = self.policy.take().map(PolicyLayer::finish);
+        let landlock = self.spec.policy.as_ref().and_then(|p| p.landlock.clone());
+        let mut policy_mechanisms = Vec::new();
+        if let Some(l) = &landlock {
+            policy_mechanisms.extend(l.notes.iter().cloned());
+        }
+        policy_mechanisms.extend(self.network_mechanism.take());
+        match &policy {
+            Some(p) if p.write_error.is_none() => {
+                self.notes.push(format!(
+                    "policy {}: {} decisions, {} denials (layers/policy.ndjson){}",
+                    p.name,
+                    p.decisions,
+                    p.would_deny,
+                    if landlock.is_some() {
+                        ""
+                    } else {
+                        "; audit: nothing was blocked"
+                    }
+                ));
+                policy_mechanisms
+                    .push("oracle: kernel events judged against the policy".to_string());
+                if sup.kernel.kernel_layer != "observed" {
+                    policy_mechanisms.push(
+                        "partial evidence: the kernel layer was not fully observed (see probes)"
+                            .into(),
+                    );
+                }
+            }
+            Some(p) => self.notes.push(format!(
+                "policy layer not written: {}",
+                p.write_error.clone().unwrap_or_default()
+            )),
+            None => {}
+        }
+        let policy_layer = match (&landlock, &policy) {
+            (Some(_), _) => "enforced",
+            (None, Some(p)) if p.write_error.is_none() => "audited",
+            _ => "absent",
+        };
+
+        let (sdk_lines, sdk_summary) = match self.sdk.take() {
+            Some(l) => {
+                let (bytes, summary) = l.finish();
+                (Some(bytes), Some(summary))
+            }
+            None => (None, None),
+        };
+        let fenced = sup.state.as_ref().map_or(0, RunState::sdk_fenced);
+        let sdk_health = self.sdk_stats.as_ref().map(|st| SdkHealth {
+            shim: self.spec.agent_shim.as_str().into(),
+            accepted: sdk_summary.map_or(0, |s| s.accepted),
+            tool_calls: sdk_summary.map_or(0, |s| s.tool_calls),
+            rejected: st
+                .rejected()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .chain((fenced > 0).then(|| ("after_fence".to_string(), fenced)))
+                .collect(),
+            dropped_over_cap: st.dropped(),
+            connections: st.connections(),
+            refused_connections: st.refused_connections(),
+        });
+        // Self-reported only when something valid was actually reported.
+        let sdk_layer = if sdk_health.as_ref().is_some_and(|h| h.accepted > 0) {
+            "self_reported"
+        } else {
+            "absent"
+        };
+        let mut output = std::collections::BTreeMap::new();
+        if sup.process_tree {
+            output.insert("stdout".to_string(), sup.streams[0].health.clone());
+            output.insert("stderr".to_string(), sup.streams[1].health.clone());
+        }
+        let health = ObservationHealth {
+            schema: schema::OBSERVATION_HEALTH.into(),
+            run_id: trace.run_id.clone(),
+            kernel_layer: sup.kernel.kernel_layer.into(),
+            cgroup_correlation: "full".into(),
+            policy_layer: policy_layer.into(),
+            policy_mechanisms,
+            sdk_layer: sdk_layer.into(),
+            process_tree_source: sup.process_tree_source.into(),
+            process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,
+            lost_events: LostEvents {
+                kernel_ring_buffer: sup.kernel.ring_lost,
+                kernel_ring_buffer_by_kind: sup.kernel.ring_lost_by_kind.clone(),
+                reader: sup.kernel.decode_errors,
+                queues: self.events.shed(),
+                trace_shed: self.events.trace_shed(),
+            },
+            probes: sup.kernel.probes.clone(),
+            cgroup: Some(CgroupHealth {
+                path: self.cg.path().display().to_string(),
+                id: self.cg.id(),
+                kill_mechanism,
+            }),
+            output,
+            sdk: sdk_health,
+            notes: {
+                let mut n = vec![match sup.process_tree_source {
+                    "kernel" => "process tree (subprocess_state) from kernel events".to_string(),
+                    _ => "process tree sampled from cgroup.procs and procfs".to_string(),
+                }];
+                n.extend(sup.kernel.notes.iter().cloned());
+                n.extend(self.notes.iter().cloned());
+                n
+            },
+        };
+
+        let detailed = spec_detailed(self.spec.profile.level);
+        let commit = (|| -> Result<(), String> {
+            events_result?;
+            if let Some(e) = &sup.kernel.write_error {
+                return Err(e.clone());
+            }
+            if let Some(lines) = &sdk_lines {
+                bundle
+                    .write_bytes(files::SDK_LAYER, lines)
+                    .map_err(|e| e.to_string())?;
+            }
+            trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
+            write_documents(&bundle, &health, &trace)?;
+            let known: Vec<_> = sup
+                .streams
+                .iter()
+                .filter_map(|r| r.capture.clone())
+                .collect();
+            bundle.commit(&known).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        if let Err(e) = &commit {
+            eprintln!(
+                "vigil: bundle not committed: {e} (run outcome: {}, exit {})",
+                outcome.status(),
+                outcome.exit_code()
+            );
+        }
+        // The copies outside the bundle are written whatever became of the commit: they are
+        // what an operator looks at first when something went wrong.
+        write_profile_copies(&self.spec.profile, &mut trace, &writer, failed);
+        if failed {
+            eprintln!(
+                "vigil: run {} {}{} (exit {}); bundle {}",
+                trace.run_id,
+                outcome.status(),
+                outcome
+                    .reason()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                outcome.exit_code(),
+                bundle.dir().display()
+            );
+        }
+        RunResult {
+            outcome,
+            bundle_dir: bundle.dir().to_path_buf(),
+            commit_error: commit.err(),
+            main_exit: (code, sig),
+            stall_phase,
+            counters: self.counters.clone(),
+            duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
+            kernel_layer: health.kernel_layer.clone(),
+            policy_layer: health.policy_layer.clone(),
+            sdk_layer: health.sdk_layer.clone(),
+        }
+    }
+}
