@@ -321,11 +321,15 @@ fn the_example_gate_passes_with_the_agent_reporting_itself() {
     assert!(rows.iter().all(|r| r["status"] == "passed"), "{rows:?}");
     assert_eq!(row(&rows, "unit")["triage_result"], "not_run");
     let h = gate.health();
+    // The gate claims per layer what its weakest step observed (issue 12): build and unit
+    // reported nothing of themselves, so the gate's SDK layer is absent, while the agent
+    // step's own health says it reported itself.
+    assert_eq!(h["sdk_layer"], "absent", "the weakest step's claim");
+    let agent = read_json(&gate.bundle.join("steps/03-agent/observation-health.json"));
     assert_eq!(
-        h["sdk_layer"], "self_reported",
+        agent["sdk_layer"], "self_reported",
         "the agent step reported itself"
     );
-    let agent = read_json(&gate.bundle.join("steps/03-agent/observation-health.json"));
     assert_eq!(agent["sdk"]["tool_calls"], 2);
     assert_valid_bundle(&gate.bundle);
 }

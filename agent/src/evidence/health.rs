@@ -17,9 +17,91 @@ pub struct LostEvents {
     pub trace_shed: u64,
 }
 
+/// `kernel_layer`. Variants are declared weakest first, so the weakest of several claims is
+/// their `min()` (a plan claims what its weakest step observed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelClaim {
+    Absent,
+    /// Lost events, or a probe failed to attach.
+    Partial,
+    Observed,
+}
+
+/// `cgroup_correlation`, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrelationClaim {
+    Absent,
+    /// pid-tree only.
+    Partial,
+    /// Own cgroup, kernel filter by cgroup id.
+    Full,
+}
+
+/// `policy_layer`, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyClaim {
+    Absent,
+    Audited,
+    Enforced,
+}
+
+/// `sdk_layer`, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SdkClaim {
+    Absent,
+    SelfReported,
+}
+
+/// The four layer claims of one run, as a plan gathers them from its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claims {
+    pub kernel: KernelClaim,
+    pub correlation: CorrelationClaim,
+    pub policy: PolicyClaim,
+    pub sdk: SdkClaim,
+}
+
+impl Claims {
+    /// What every one of `runs` can claim: the weakest value of each layer (all absent when
+    /// there are none: nothing was observed).
+    pub fn weakest(runs: &[Claims]) -> Claims {
+        Claims {
+            kernel: runs
+                .iter()
+                .map(|c| c.kernel)
+                .min()
+                .unwrap_or(KernelClaim::Absent),
+            correlation: runs
+                .iter()
+                .map(|c| c.correlation)
+                .min()
+                .unwrap_or(CorrelationClaim::Absent),
+            policy: runs
+                .iter()
+                .map(|c| c.policy)
+                .min()
+                .unwrap_or(PolicyClaim::Absent),
+            sdk: runs.iter().map(|c| c.sdk).min().unwrap_or(SdkClaim::Absent),
+        }
+    }
+}
+
+/// A probe's state in health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeState {
+    Attached,
+    Unavailable,
+    Failed,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProbeHealth {
-    pub status: String,
+    pub status: ProbeState,
     pub reason: Option<String>,
 }
 
@@ -27,11 +109,11 @@ pub struct ProbeHealth {
 pub struct ObservationHealth {
     pub schema: String,
     pub run_id: String,
-    pub kernel_layer: String,
-    pub cgroup_correlation: String,
-    pub policy_layer: String,
+    pub kernel_layer: KernelClaim,
+    pub cgroup_correlation: CorrelationClaim,
+    pub policy_layer: PolicyClaim,
     pub policy_mechanisms: Vec<String>,
-    pub sdk_layer: String,
+    pub sdk_layer: SdkClaim,
     /// Where subprocess_state events came from: `procfs` (sampled cgroup.procs) or `kernel`.
     pub process_tree_source: String,
     /// Interval of the procfs sampler; processes shorter than this may be missed.
@@ -44,6 +126,17 @@ pub struct ObservationHealth {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sdk: Option<SdkHealth>,
     pub notes: Vec<String>,
+}
+
+impl ObservationHealth {
+    pub fn claims(&self) -> Claims {
+        Claims {
+            kernel: self.kernel_layer,
+            correlation: self.cgroup_correlation,
+            policy: self.policy_layer,
+            sdk: self.sdk_layer,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -76,4 +169,32 @@ pub struct OutputHealth {
     /// Bytes that reached the pipe after the run's fence and were not accepted.
     pub bytes_fenced: u64,
     pub tee_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weakest_claim_of_each_layer_wins() {
+        let strong = Claims {
+            kernel: KernelClaim::Observed,
+            correlation: CorrelationClaim::Full,
+            policy: PolicyClaim::Enforced,
+            sdk: SdkClaim::SelfReported,
+        };
+        let weak = Claims {
+            kernel: KernelClaim::Partial,
+            correlation: CorrelationClaim::Full,
+            policy: PolicyClaim::Absent,
+            sdk: SdkClaim::Absent,
+        };
+        assert_eq!(Claims::weakest(&[strong, weak]), weak);
+        assert_eq!(Claims::weakest(&[strong]), strong);
+        assert_eq!(Claims::weakest(&[]).kernel, KernelClaim::Absent);
+        assert_eq!(
+            serde_json::to_value(SdkClaim::SelfReported).expect("json"),
+            "self_reported"
+        );
+    }
 }

@@ -158,10 +158,46 @@ impl SpanRecorder {
     }
 }
 
+/// A step row's `status` (CONTRACT.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Passed,
+    Failed,
+    TimedOut,
+    Killed,
+    Skipped,
+    Error,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Passed => "passed",
+            StepStatus::Failed => "failed",
+            StepStatus::TimedOut => "timed_out",
+            StepStatus::Killed => "killed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Error => "error",
+        }
+    }
+
+    /// Neither passed nor skipped: the step failed the gate.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, StepStatus::Passed | StepStatus::Skipped)
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepRow {
     pub name: String,
-    pub status: String,
+    pub status: StepStatus,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub duration_ms: u64,

@@ -1,6 +1,10 @@
 //! The Rust view of `ebpf/include/vigil_event.h` and the decoder from ring-buffer bytes to
-//! `vigil.kernel_event.v1` records. The structs are checked against the layout table the C
-//! compiler wrote into the object (`vigil_layout`), so the two sides cannot drift silently.
+//! `vigil.kernel_event.v1` records. The structs are read with zerocopy (valid for any bytes, no
+//! unsafe) and checked against the layout table the C compiler wrote into the object
+//! (`vigil_layout`): every field's offset and size, in declaration order, so the two sides cannot
+//! drift silently — a test also proves the Rust table tiles each struct (no field left out).
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const EVENT_VERSION: u32 = 1;
 pub const COMM_LEN: usize = 16;
@@ -54,7 +58,7 @@ fn join_dir(dir: &str, path: &str) -> String {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Hdr {
     pub kind: u32,
     pub version: u32,
@@ -68,7 +72,7 @@ pub struct Hdr {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Fork {
     pub h: Hdr,
     pub child_pid: u32,
@@ -78,7 +82,7 @@ pub struct Fork {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Exec {
     pub h: Hdr,
     pub uid: u32,
@@ -92,7 +96,7 @@ pub struct Exec {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Exit {
     pub h: Hdr,
     pub exit_code: u32,
@@ -102,7 +106,7 @@ pub struct Exit {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Signal {
     pub h: Hdr,
     pub target_pid: u32,
@@ -114,7 +118,7 @@ pub struct Signal {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Write {
     pub h: Hdr,
     pub bytes: u64,
@@ -123,7 +127,7 @@ pub struct Write {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Open {
     pub h: Hdr,
     pub ret: i64,
@@ -138,7 +142,7 @@ pub struct Open {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Net {
     pub h: Hdr,
     pub ret: i64,
@@ -150,7 +154,7 @@ pub struct Net {
 }
 
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Oom {
     pub h: Hdr,
     pub trigger_pid: u32,
@@ -158,53 +162,42 @@ pub struct Oom {
     pub trigger_comm: [u8; COMM_LEN],
 }
 
-/// The layout table as the Rust side sees it, in the order `vigil_layout` lists it.
-pub fn rust_layout() -> Vec<u32> {
-    use std::mem::{offset_of, size_of};
+/// One field of an event struct: (offset, size).
+fn field<S, F>(offset: usize, _: fn(&S) -> &F) -> [u32; 2] {
     let v = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    vec![
-        EVENT_VERSION,
-        v(size_of::<Hdr>()),
-        v(offset_of!(Hdr, ts_ns)),
-        v(offset_of!(Hdr, cgroup_id)),
-        v(offset_of!(Hdr, pid)),
-        v(offset_of!(Hdr, comm)),
-        v(size_of::<Fork>()),
-        v(offset_of!(Fork, child_pid)),
-        v(offset_of!(Fork, is_thread)),
-        v(size_of::<Exec>()),
-        v(offset_of!(Exec, uid)),
-        v(offset_of!(Exec, argv_len)),
-        v(offset_of!(Exec, filename)),
-        v(offset_of!(Exec, argv)),
-        v(size_of::<Exit>()),
-        v(offset_of!(Exit, exit_code)),
-        v(offset_of!(Exit, group_dead)),
-        v(size_of::<Signal>()),
-        v(offset_of!(Signal, target_pid)),
-        v(offset_of!(Signal, sig)),
-        v(offset_of!(Signal, group)),
-        v(size_of::<Write>()),
-        v(offset_of!(Write, bytes)),
-        v(offset_of!(Write, pages)),
-        v(size_of::<Open>()),
-        v(offset_of!(Open, ret)),
-        v(offset_of!(Open, dirfd)),
-        v(offset_of!(Open, flags)),
-        v(offset_of!(Open, path_truncated)),
-        v(offset_of!(Open, dir_state)),
-        v(offset_of!(Open, path)),
-        v(offset_of!(Open, dir)),
-        v(size_of::<Net>()),
-        v(offset_of!(Net, ret)),
-        v(offset_of!(Net, op)),
-        v(offset_of!(Net, addr_len)),
-        v(offset_of!(Net, addr_source)),
-        v(offset_of!(Net, addr)),
-        v(size_of::<Oom>()),
-        v(offset_of!(Oom, trigger_pid)),
-        v(offset_of!(Oom, trigger_comm)),
-    ]
+    [v(offset), v(std::mem::size_of::<F>())]
+}
+
+/// `[size_of::<S>(), field count, (offset, size) of each field in declaration order]`.
+macro_rules! layout_of {
+    ($s:ident: $($f:ident),+ $(,)?) => {{
+        let fields: Vec<[u32; 2]> =
+            vec![$(field(std::mem::offset_of!($s, $f), |x: &$s| &x.$f)),+];
+        let mut row = vec![
+            u32::try_from(std::mem::size_of::<$s>()).unwrap_or(u32::MAX),
+            u32::try_from(fields.len()).unwrap_or(u32::MAX),
+        ];
+        row.extend(fields.into_iter().flatten());
+        row
+    }};
+}
+
+/// The layout table as the Rust side sees it, in the order `vigil_layout` lists it: the event
+/// version, then per struct its size, field count and every field's (offset, size).
+pub fn rust_layout() -> Vec<u32> {
+    let mut t = vec![EVENT_VERSION];
+    t.extend(layout_of!(Hdr: kind, version, ts_ns, cgroup_id, pid, tid, ppid, _pad, comm));
+    t.extend(layout_of!(Fork: h, child_pid, child_tid, is_thread, _pad));
+    t.extend(layout_of!(Exec: h, uid, gid, euid, egid, argv_len, argv_truncated, filename, argv));
+    t.extend(layout_of!(Exit: h, exit_code, group_exit_code, group_dead, _pad));
+    t.extend(layout_of!(Signal: h, target_pid, target_tid, sig, result, group, _pad));
+    t.extend(layout_of!(Write: h, bytes, pages, _pad));
+    t.extend(
+        layout_of!(Open: h, ret, dirfd, flags, mode, path_truncated, dir_state, _pad, path, dir),
+    );
+    t.extend(layout_of!(Net: h, ret, op, fd, addr_len, addr_source, addr));
+    t.extend(layout_of!(Oom: h, trigger_pid, _pad, trigger_comm));
+    t
 }
 
 /// One decoded kernel event (before seq, wall-clock time and redaction are added; the reader's
@@ -427,19 +420,15 @@ fn cstr(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-/// Read a `T` from the front of `bytes` (which need not be aligned).
-fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
-    let need = std::mem::size_of::<T>();
-    if bytes.len() < need {
-        return Err(DecodeError::Truncated {
+/// Read a `T` from the front of `bytes` (which need not be aligned: the value is copied out).
+fn read<T: FromBytes>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    T::read_from_prefix(bytes)
+        .map(|(v, _)| v)
+        .map_err(|_| DecodeError::Truncated {
             kind,
-            need,
+            need: std::mem::size_of::<T>(),
             got: bytes.len(),
-        });
-    }
-    // SAFETY: the length was checked; T is a repr(C) struct of integers and byte arrays, valid
-    // for any bit pattern; read_unaligned copes with the ring buffer's 8-byte alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+        })
 }
 
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
@@ -594,12 +583,39 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 mod tests {
     use super::*;
 
-    fn bytes<T>(v: &T) -> Vec<u8> {
-        // SAFETY: viewing a plain repr(C) value as bytes for the test.
-        unsafe {
-            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    fn bytes<T: IntoBytes + Immutable>(v: &T) -> Vec<u8> {
+        v.as_bytes().to_vec()
+    }
+
+    /// Every struct's fields, as the Rust table lists them, tile it exactly: each starts where
+    /// the one before ended and the last ends at the struct's size. So no field is left out of
+    /// the table the object's is compared with (a field swapped, resized or added on either
+    /// side fails that comparison).
+    #[test]
+    fn the_layout_table_covers_every_byte_of_every_struct() {
+        let t = rust_layout();
+        assert_eq!(t[0], EVENT_VERSION);
+        let mut i = 1;
+        let mut structs = 0;
+        while i < t.len() {
+            let (size, n) = (t[i], t[i + 1] as usize);
+            let mut end = 0;
+            for k in 0..n {
+                let (off, len) = (t[i + 2 + 2 * k], t[i + 3 + 2 * k]);
+                assert_eq!(
+                    off, end,
+                    "struct #{structs}: field {k} at {off}, previous ended at {end}"
+                );
+                end = off + len;
+            }
+            assert_eq!(
+                end, size,
+                "struct #{structs}: fields end at {end}, size {size}"
+            );
+            i += 2 + 2 * n;
+            structs += 1;
         }
-        .to_vec()
+        assert_eq!(structs, 9);
     }
 
     fn hdr(kind: u32) -> Hdr {

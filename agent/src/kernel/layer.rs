@@ -7,7 +7,7 @@ use std::path::Path;
 use super::event::Observed;
 use super::reader::KernelReader;
 use super::sensor::{KernelSensor, ProbeStatus, Scope};
-use crate::evidence::health::ProbeHealth;
+use crate::evidence::health::{KernelClaim, ProbeHealth, ProbeState};
 use crate::evidence::redact::Redactor;
 
 pub struct KernelLayer {
@@ -20,7 +20,7 @@ pub struct KernelLayer {
 /// What the kernel layer observed, for observation-health.json.
 #[derive(Debug, Clone)]
 pub struct KernelReport {
-    pub kernel_layer: &'static str,
+    pub kernel_layer: KernelClaim,
     pub probes: BTreeMap<String, ProbeHealth>,
     pub ring_lost: u64,
     /// `ring_lost` by event kind.
@@ -31,11 +31,8 @@ pub struct KernelReport {
     pub write_error: Option<String>,
 }
 
-fn probe(status: &str, reason: Option<String>) -> ProbeHealth {
-    ProbeHealth {
-        status: status.into(),
-        reason,
-    }
+fn probe(status: ProbeState, reason: Option<String>) -> ProbeHealth {
+    ProbeHealth { status, reason }
 }
 
 impl KernelLayer {
@@ -57,16 +54,18 @@ impl KernelLayer {
             Ok(s) => s,
             Err(e) => {
                 me.notes.push(format!("kernel layer unavailable: {e}"));
-                me.probes
-                    .insert("process".into(), probe("failed", Some(e.to_string())));
+                me.probes.insert(
+                    "process".into(),
+                    probe(ProbeState::Failed, Some(e.to_string())),
+                );
                 return me;
             }
         };
         for (name, status) in sensor.probes() {
             let h = match status {
-                ProbeStatus::Attached => probe("attached", None),
-                ProbeStatus::Unavailable(r) => probe("unavailable", Some(r.clone())),
-                ProbeStatus::Failed(r) => probe("failed", Some(r.clone())),
+                ProbeStatus::Attached => probe(ProbeState::Attached, None),
+                ProbeStatus::Unavailable(r) => probe(ProbeState::Unavailable, Some(r.clone())),
+                ProbeStatus::Failed(r) => probe(ProbeState::Failed, Some(r.clone())),
             };
             me.probes.insert(name.clone(), h);
         }
@@ -137,15 +136,19 @@ impl KernelLayer {
             None => (0, 0, None),
         };
         let probes = self.probes.clone();
-        let attached = probes.values().filter(|p| p.status == "attached").count();
-        let all_attached = attached > 0 && probes.values().all(|p| p.status == "attached");
+        let attached = probes
+            .values()
+            .filter(|p| p.status == ProbeState::Attached)
+            .count();
+        let all_attached =
+            attached > 0 && probes.values().all(|p| p.status == ProbeState::Attached);
         let kernel_layer = match (
             self.reader.is_some(),
             all_attached && ring_lost == 0 && decode_errors == 0,
         ) {
-            (false, _) => "absent",
-            (true, true) => "observed",
-            (true, false) => "partial",
+            (false, _) => KernelClaim::Absent,
+            (true, true) => KernelClaim::Observed,
+            (true, false) => KernelClaim::Partial,
         };
         let mut notes = self.notes.clone();
         if self.reader.is_some() {

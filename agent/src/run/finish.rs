@@ -13,7 +13,10 @@ use crate::clock;
 use crate::evidence::bundle::Bundle;
 use crate::evidence::events::EventKind;
 use crate::evidence::files;
-use crate::evidence::health::{CgroupHealth, LostEvents, ObservationHealth, SdkHealth};
+use crate::evidence::health::{
+    CgroupHealth, CorrelationClaim, KernelClaim, LostEvents, ObservationHealth, PolicyClaim,
+    SdkClaim, SdkHealth,
+};
 use crate::evidence::schema;
 use crate::evidence::trace::{RunStatus, RunTrace, StepRow, span};
 use crate::policy::layer::PolicyLayer;
@@ -49,7 +52,7 @@ impl Supervisor<'_> {
         };
         let mut outcome = decide(false);
         let ended_ns = clock::now_ns();
-        let status = outcome.step_status();
+        let status = outcome.step_status().as_str();
         let (code, sig) = sup.main_exit.unwrap_or((None, None));
         let step_attrs = json!({"exit_code": code, "signal": sig});
         case.close(status, step_attrs.clone(), ended_ns);
@@ -94,7 +97,7 @@ impl Supervisor<'_> {
 
         let step = StepRow {
             name: "main".into(),
-            status: outcome.step_status().into(),
+            status: outcome.step_status(),
             exit_code: code,
             signal: sig,
             duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
@@ -141,7 +144,7 @@ impl Supervisor<'_> {
                 ));
                 policy_mechanisms
                     .push("oracle: kernel events judged against the policy".to_string());
-                if sup.kernel.kernel_layer != "observed" {
+                if sup.kernel.kernel_layer != KernelClaim::Observed {
                     policy_mechanisms.push(
                         "partial evidence: the kernel layer was not fully observed (see probes)"
                             .into(),
@@ -155,9 +158,9 @@ impl Supervisor<'_> {
             None => {}
         }
         let policy_layer = match (&landlock, &policy) {
-            (Some(_), _) => "enforced",
-            (None, Some(p)) if p.write_error.is_none() => "audited",
-            _ => "absent",
+            (Some(_), _) => PolicyClaim::Enforced,
+            (None, Some(p)) if p.write_error.is_none() => PolicyClaim::Audited,
+            _ => PolicyClaim::Absent,
         };
 
         let (sdk_lines, sdk_summary) = match self.sdk.take() {
@@ -184,9 +187,9 @@ impl Supervisor<'_> {
         });
         // Self-reported only when something valid was actually reported.
         let sdk_layer = if sdk_health.as_ref().is_some_and(|h| h.accepted > 0) {
-            "self_reported"
+            SdkClaim::SelfReported
         } else {
-            "absent"
+            SdkClaim::Absent
         };
         let mut output = std::collections::BTreeMap::new();
         if sup.process_tree {
@@ -196,11 +199,11 @@ impl Supervisor<'_> {
         let health = ObservationHealth {
             schema: schema::OBSERVATION_HEALTH.into(),
             run_id: trace.run_id.clone(),
-            kernel_layer: sup.kernel.kernel_layer.into(),
-            cgroup_correlation: "full".into(),
-            policy_layer: policy_layer.into(),
+            kernel_layer: sup.kernel.kernel_layer,
+            cgroup_correlation: CorrelationClaim::Full,
+            policy_layer,
             policy_mechanisms,
-            sdk_layer: sdk_layer.into(),
+            sdk_layer,
             process_tree_source: sup.process_tree_source.into(),
             process_tree_sample_ms: PROCESS_SAMPLE.as_millis() as u64,
             lost_events: LostEvents {
@@ -281,9 +284,7 @@ impl Supervisor<'_> {
             stall_phase,
             counters: self.counters.clone(),
             duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
-            kernel_layer: health.kernel_layer.clone(),
-            policy_layer: health.policy_layer.clone(),
-            sdk_layer: health.sdk_layer.clone(),
+            claims: health.claims(),
         }
     }
 }

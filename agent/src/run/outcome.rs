@@ -1,6 +1,7 @@
 //! How a run ended, as status token, step status and exit code (CONTRACT.md §4).
 
 use crate::cli::ExitCode;
+use crate::evidence::trace::StepStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -33,11 +34,14 @@ impl Outcome {
         }
     }
 
-    /// A step row's `status` (passed|failed|timed_out|killed|skipped|error).
-    pub fn step_status(&self) -> &'static str {
+    /// A step row's `status` (a cancelled run's step was killed).
+    pub fn step_status(&self) -> StepStatus {
         match self {
-            Outcome::Cancelled(_) => "killed",
-            other => other.status(),
+            Outcome::Exited(0) => StepStatus::Passed,
+            Outcome::Exited(_) | Outcome::ContractViolated => StepStatus::Failed,
+            Outcome::Signaled(_) | Outcome::Cancelled(_) => StepStatus::Killed,
+            Outcome::Watchdog(_) => StepStatus::TimedOut,
+            Outcome::NotStarted(_) | Outcome::VigilFailed => StepStatus::Error,
         }
     }
 
@@ -78,11 +82,11 @@ mod tests {
         assert_eq!(Outcome::NotStarted(127).exit_code(), 127);
         assert_eq!(Outcome::VigilFailed.exit_code(), 125);
         assert_eq!(Outcome::ContractViolated.exit_code(), 3);
-        assert_eq!(Outcome::ContractViolated.step_status(), "failed");
-        assert_eq!(Outcome::Cancelled(15).step_status(), "killed");
+        assert_eq!(Outcome::ContractViolated.step_status(), StepStatus::Failed);
+        assert_eq!(Outcome::Cancelled(15).step_status(), StepStatus::Killed);
         assert_eq!(
             Outcome::Watchdog(reason::IO_DRAIN).step_status(),
-            "timed_out"
+            StepStatus::TimedOut
         );
     }
 }

@@ -29,10 +29,10 @@ use crate::clock;
 use crate::contracts::{Registry, RunCounters, Violations};
 use crate::evidence::bundle::Bundle;
 use crate::evidence::events::{EventKind, EventLog};
-use crate::evidence::health::{LostEvents, ObservationHealth};
+use crate::evidence::health::{Claims, LostEvents, ObservationHealth};
 use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree};
-use crate::evidence::trace::{RunStatus, RunTrace, StepRow, Triage, TriageCheck, span};
+use crate::evidence::trace::{RunStatus, RunTrace, StepRow, StepStatus, Triage, TriageCheck, span};
 use crate::evidence::{files, schema};
 
 /// A plan and the flags it runs under (`base` holds every `vigil run` flag; its command is
@@ -63,7 +63,7 @@ pub mod skip {
 /// How one supervised command of a step ended.
 #[derive(Debug, Clone)]
 struct Ran {
-    status: &'static str,
+    status: StepStatus,
     exit_code: i32,
     code: Option<i32>,
     signal: Option<i32>,
@@ -77,7 +77,7 @@ struct Ran {
 
 impl Ran {
     fn passed(&self) -> bool {
-        self.status == "passed"
+        self.status == StepStatus::Passed
     }
 
     fn attrs(&self) -> Value {
@@ -93,6 +93,7 @@ struct Gate<'a> {
     counters: Arc<RunCounters>,
     events: EventLog,
     notes: Vec<String>,
+    /// When the chain's time runs out, on CLOCK_MONOTONIC.
     chain_deadline: Option<u64>,
     /// Every supervised command's health claims, for the plan's health.
     layers: Vec<Claims>,
@@ -153,7 +154,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
         counters,
         events,
         notes: Vec::new(),
-        chain_deadline: chain_timeout.map(|t| clock::now_ns().saturating_add(nanos(t))),
+        chain_deadline: chain_timeout.map(|t| clock::mono_ns().saturating_add(nanos(t))),
         layers: Vec::new(),
         cancelled: false,
     };
@@ -188,8 +189,10 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     trace.summary.contract_violations = found;
     let steps: Vec<StepRow> = rows.into_iter().map(|(r, _)| r).collect();
     trace.summary.first_failure_step = steps.iter().find(|r| is_failure(r)).map(|r| r.name.clone());
-    trace.summary.skipped_step_count =
-        steps.iter().filter(|r| r.status == "skipped").count() as u64;
+    trace.summary.skipped_step_count = steps
+        .iter()
+        .filter(|r| r.status == StepStatus::Skipped)
+        .count() as u64;
     trace.summary.aborted_after_step = aborted_after(&steps);
     trace.summary.steps = steps;
 
@@ -243,7 +246,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
 }
 
 fn is_failure(r: &StepRow) -> bool {
-    !matches!(r.status.as_str(), "passed" | "skipped")
+    r.status.is_failure()
 }
 
 /// The step after which the gate stopped running steps: the first failure when fail-fast
@@ -265,7 +268,7 @@ fn nanos(d: Duration) -> u64 {
 fn skipped(step: &Step, why: &str, blocked_by: Option<&str>) -> StepRow {
     StepRow {
         name: step.name.clone(),
-        status: "skipped".into(),
+        status: StepStatus::Skipped,
         exit_code: None,
         signal: None,
         duration_ms: 0,
@@ -289,13 +292,13 @@ impl Gate<'_> {
         for (i, step) in steps.iter().enumerate() {
             let blocked = step.depends_on.iter().find_map(|dep| {
                 let row = rows.iter().find(|(r, _)| &r.name == dep)?;
-                match row.0.status.as_str() {
-                    "passed" => None,
-                    "skipped" => Some((dep, skip::DEPENDENCY_SKIPPED)),
+                match row.0.status {
+                    StepStatus::Passed => None,
+                    StepStatus::Skipped => Some((dep, skip::DEPENDENCY_SKIPPED)),
                     _ => Some((dep, skip::DEPENDENCY_FAILED)),
                 }
             });
-            if stop.is_none() && self.chain_deadline.is_some_and(|d| clock::now_ns() >= d) {
+            if stop.is_none() && self.chain_deadline.is_some_and(|d| clock::mono_ns() >= d) {
                 // The chain's time ran out between steps: blocked by the step that used it up.
                 let last = rows.last().map(|(r, _)| r.name.clone()).unwrap_or_default();
                 stop = Some((last, skip::CHAIN_TIMEOUT));
@@ -306,7 +309,7 @@ impl Gate<'_> {
                 (None, None) => self.run_step(i, step, chain).await,
             };
             let cancelled = std::mem::take(&mut self.cancelled);
-            if row.0.status == "skipped" {
+            if row.0.status == StepStatus::Skipped {
                 let s = self.tree.open(span::CASE_RUN, Some(chain));
                 s.close_now(
                     "skipped",
@@ -398,10 +401,10 @@ impl Gate<'_> {
             (true, true) => Some(Triage::not_run()),
             (true, false) => Some(self.triage(&id, step, &case, step_timeout).await),
         };
-        case.close_now(outcome.status, outcome.attrs());
+        case.close_now(outcome.status.as_str(), outcome.attrs());
         let row = StepRow {
             name: step.name.clone(),
-            status: outcome.status.into(),
+            status: outcome.status,
             exit_code: outcome.code,
             signal: outcome.signal,
             duration_ms: outcome.duration_ms,
@@ -455,19 +458,15 @@ impl Gate<'_> {
         if let (Some(into), Value::Object(more)) = (a.as_object_mut(), attrs) {
             into.extend(more);
         }
-        span.close_now(ran.status, a);
+        span.close_now(ran.status.as_str(), a);
         ran
     }
 
     fn absorb(&mut self, id: &str, r: RunResult) -> Ran {
         self.counters.absorb(&r.counters);
-        self.layers.push(Claims {
-            kernel: r.kernel_layer.clone(),
-            policy: r.policy_layer.clone(),
-            sdk: r.sdk_layer.clone(),
-        });
+        self.layers.push(r.claims);
         let status = if r.commit_error.is_some() {
-            "error"
+            StepStatus::Error
         } else {
             r.outcome.step_status()
         };
@@ -518,7 +517,7 @@ impl Gate<'_> {
         spec.timeout_source = timeout.map(|_| "the plan".to_string());
         // What is left of the chain's time.
         spec.liveness.chain_timeout = self.chain_deadline.map(|d| {
-            Duration::from_nanos(d.saturating_sub(clock::now_ns())).max(Duration::from_millis(1))
+            Duration::from_nanos(d.saturating_sub(clock::mono_ns())).max(Duration::from_millis(1))
         });
         Ok(spec)
     }
@@ -592,7 +591,7 @@ impl Gate<'_> {
             }
             reruns.push(r);
         }
-        let result = if reruns.iter().any(|r| r.status == "timed_out") {
+        let result = if reruns.iter().any(|r| r.status == StepStatus::TimedOut) {
             "stalled"
         } else if reruns.iter().all(Ran::passed) {
             "pass"
@@ -630,17 +629,10 @@ fn modified(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// What one supervised command's health claimed.
-struct Claims {
-    kernel: String,
-    policy: String,
-    sdk: String,
-}
-
 /// A command vigil could not run at all (its bundle was never created).
 fn error_ran(id: &str) -> Ran {
     Ran {
-        status: "error",
+        status: StepStatus::Error,
         exit_code: ExitCode::VIGIL_FAILED,
         code: None,
         signal: None,
@@ -652,48 +644,28 @@ fn error_ran(id: &str) -> Ran {
     }
 }
 
-/// The gate's health: each layer claims no more than its weakest step.
+/// The gate's health: each layer claims no more than its weakest step (a step without a
+/// policy makes the gate's policy layer absent, however enforced the others were). Each step's
+/// own claims are in its bundle and listed in the notes.
 fn plan_health(
     run_id: &str,
     layers: &[Claims],
     events: &EventLog,
     mut notes: Vec<String>,
 ) -> ObservationHealth {
-    let kernel: Vec<&str> = layers.iter().map(|l| l.kernel.as_str()).collect();
-    let kernel_layer = if !kernel.is_empty() && kernel.iter().all(|k| *k == "observed") {
-        "observed"
-    } else if kernel.iter().any(|k| *k == "observed" || *k == "partial") {
-        "partial"
-    } else {
-        "absent"
-    };
+    let weakest = Claims::weakest(layers);
     notes.insert(
         0,
-        "a plan: each step ran as its own supervised run; its bundle (with its layers, output and health) is under steps/".into(),
+        "a plan: each step ran as its own supervised run; its bundle (with its layers, output and health) is under steps/; the plan claims, per layer, what its weakest step observed".into(),
     );
     ObservationHealth {
         schema: schema::OBSERVATION_HEALTH.into(),
         run_id: run_id.to_string(),
-        kernel_layer: kernel_layer.into(),
-        cgroup_correlation: if layers.is_empty() { "absent" } else { "full" }.into(),
-        policy_layer: {
-            let p: Vec<&str> = layers.iter().map(|l| l.policy.as_str()).collect();
-            if p.contains(&"enforced") {
-                "enforced"
-            } else if p.contains(&"audited") {
-                "audited"
-            } else {
-                "absent"
-            }
-        }
-        .into(),
+        kernel_layer: weakest.kernel,
+        cgroup_correlation: weakest.correlation,
+        policy_layer: weakest.policy,
         policy_mechanisms: Vec::new(),
-        sdk_layer: if layers.iter().any(|l| l.sdk == "self_reported") {
-            "self_reported"
-        } else {
-            "absent"
-        }
-        .into(),
+        sdk_layer: weakest.sdk,
         process_tree_source: "steps".into(),
         process_tree_sample_ms: supervisor::PROCESS_SAMPLE.as_millis() as u64,
         lost_events: LostEvents {

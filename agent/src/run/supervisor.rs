@@ -32,6 +32,7 @@ use crate::contracts::{RunCounters, Violations};
 use crate::evidence::bundle::{Bundle, BundleError};
 use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::files;
+use crate::evidence::health::Claims;
 use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
 use crate::evidence::trace::{RunTrace, span};
@@ -85,10 +86,8 @@ pub struct RunResult {
     /// What the run did, for a plan's contracts.
     pub counters: Arc<RunCounters>,
     pub duration_ms: u64,
-    /// `kernel_layer`, `policy_layer` and `sdk_layer` of the run's health.
-    pub kernel_layer: String,
-    pub policy_layer: String,
-    pub sdk_layer: String,
+    /// The layer claims of the run's health (a plan claims the weakest of its steps').
+    pub claims: Claims,
 }
 
 impl RunResult {
