@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod clock;
 pub mod contracts;
+pub mod diag;
 pub mod evidence;
 pub mod kernel;
 pub mod policy;

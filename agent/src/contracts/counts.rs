@@ -176,6 +176,12 @@ impl RunCounters {
     }
 }
 
+impl crate::kernel::bus::KernelObserver for std::sync::Arc<RunCounters> {
+    fn observe(&mut self, batch: &[Observed]) {
+        RunCounters::observe(self, batch);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +239,7 @@ mod tests {
         let c = RunCounters::default();
         let open = |result| Observed {
             seq: 0,
+            ts_ns: 0,
             event: KernelEvent::Open {
                 hdr: Header::default(),
                 result,

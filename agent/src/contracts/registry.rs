@@ -17,8 +17,8 @@ use marked_yaml::{LoaderOptions, Spanned};
 use serde::Deserialize;
 
 use super::clause::Clause;
+use crate::diag::{loc, unknown_keys, yaml_error};
 use crate::evidence::trace::span;
-use crate::policy::parse::{loc, unknown_keys, yaml_error};
 
 #[derive(Debug, Clone)]
 pub struct Contract {

@@ -12,6 +12,9 @@ pub struct LostEvents {
     #[serde(default)]
     pub kernel_ring_buffer_by_kind: BTreeMap<String, u64>,
     pub reader: u64,
+    /// `reader` (events that did not decode) by the kind their header named.
+    #[serde(default)]
+    pub reader_by_kind: BTreeMap<String, u64>,
     pub queues: u64,
     /// Telemetry events shed from run-trace.json's in-memory copy (events.ndjson has them all).
     pub trace_shed: u64,
@@ -19,9 +22,10 @@ pub struct LostEvents {
 
 /// `kernel_layer`. Variants are declared weakest first, so the weakest of several claims is
 /// their `min()` (a plan claims what its weakest step observed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KernelClaim {
+    #[default]
     Absent,
     /// Lost events, or a probe failed to attach.
     Partial,

@@ -119,6 +119,17 @@ impl Redactor {
     }
 
     /// Mask every known secret value inside one string.
+    /// `s` with every secret value masked, borrowed when there is none (the common case: no
+    /// allocation on the kernel event path).
+    pub fn mask_cow<'a>(&self, s: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.masker {
+            Some(ac) if ac.is_match(s) => {
+                std::borrow::Cow::Owned(ac.replace_all(s, &vec![REDACTED; self.secrets.len()]))
+            }
+            _ => std::borrow::Cow::Borrowed(s),
+        }
+    }
+
     pub fn mask_str(&self, s: &str) -> String {
         match &self.masker {
             Some(ac) => ac.replace_all(s, &vec![REDACTED; self.secrets.len()]),

@@ -1,28 +1,13 @@
-//! The Rust view of `ebpf/include/vigil_event.h` and the decoder from ring-buffer bytes to
-//! `vigil.kernel_event.v1` records. The structs are read with zerocopy (valid for any bytes, no
-//! unsafe) and checked against the layout table the C compiler wrote into the object
-//! (`vigil_layout`): every field's offset and size, in declaration order, so the two sides cannot
-//! drift silently — a test also proves the Rust table tiles each struct (no field left out).
+//! Kernel events as vigil handles them: the decoder from ring-buffer bytes (the structs of
+//! `abi`) to [`KernelEvent`], its redaction, and [`Observed`], the decoded, redacted and stamped
+//! form every consumer of a drain shares.
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::FromBytes;
 
-pub const EVENT_VERSION: u32 = 1;
-pub const COMM_LEN: usize = 16;
-pub const PATH_LEN: usize = 256;
-pub const ARGV_LEN: usize = 512;
-pub const SOCKADDR_LEN: usize = 128;
+use crate::evidence::redact::Redactor;
 
-pub const KIND_FORK: u32 = 1;
-pub const KIND_EXEC: u32 = 2;
-pub const KIND_EXIT: u32 = 3;
-pub const KIND_SIGNAL: u32 = 4;
-pub const KIND_WRITE: u32 = 5;
-pub const KIND_OPEN: u32 = 6;
-pub const KIND_NET: u32 = 7;
-pub const KIND_OOM: u32 = 8;
-pub const KIND_EXEC_FAILED: u32 = 9;
-/// Size of the kernel's per-kind loss counters (`lost` map).
-pub const KIND_MAX: u32 = 16;
+pub use super::abi::*;
+pub use super::sockaddr::{Endpoint, decode_sockaddr};
 
 /// The `kind` of the events of a kernel kind number, for loss reports.
 pub fn kind_name(kind: u32) -> &'static str {
@@ -55,149 +40,6 @@ fn join_dir(dir: &str, path: &str) -> String {
         (true, _) => format!("{dir}{rel}"),
         (false, _) => format!("{dir}/{rel}"),
     }
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Hdr {
-    pub kind: u32,
-    pub version: u32,
-    pub ts_ns: u64,
-    pub cgroup_id: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub _pad: u32,
-    pub comm: [u8; COMM_LEN],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Fork {
-    pub h: Hdr,
-    pub child_pid: u32,
-    pub child_tid: u32,
-    pub is_thread: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Exec {
-    pub h: Hdr,
-    pub uid: u32,
-    pub gid: u32,
-    pub euid: u32,
-    pub egid: u32,
-    pub argv_len: u32,
-    pub argv_truncated: u32,
-    pub filename: [u8; PATH_LEN],
-    pub argv: [u8; ARGV_LEN],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Exit {
-    pub h: Hdr,
-    pub exit_code: u32,
-    pub group_exit_code: u32,
-    pub group_dead: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Signal {
-    pub h: Hdr,
-    pub target_pid: u32,
-    pub target_tid: u32,
-    pub sig: i32,
-    pub result: i32,
-    pub group: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Write {
-    pub h: Hdr,
-    pub bytes: u64,
-    pub pages: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Open {
-    pub h: Hdr,
-    pub ret: i64,
-    pub dirfd: i32,
-    pub flags: u32,
-    pub mode: u32,
-    pub path_truncated: u32,
-    pub dir_state: u32,
-    pub _pad: u32,
-    pub path: [u8; PATH_LEN],
-    pub dir: [u8; PATH_LEN],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Net {
-    pub h: Hdr,
-    pub ret: i64,
-    pub op: u32,
-    pub fd: i32,
-    pub addr_len: u32,
-    pub addr_source: u32,
-    pub addr: [u8; SOCKADDR_LEN],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct Oom {
-    pub h: Hdr,
-    pub trigger_pid: u32,
-    pub _pad: u32,
-    pub trigger_comm: [u8; COMM_LEN],
-}
-
-/// One field of an event struct: (offset, size).
-fn field<S, F>(offset: usize, _: fn(&S) -> &F) -> [u32; 2] {
-    let v = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    [v(offset), v(std::mem::size_of::<F>())]
-}
-
-/// `[size_of::<S>(), field count, (offset, size) of each field in declaration order]`.
-macro_rules! layout_of {
-    ($s:ident: $($f:ident),+ $(,)?) => {{
-        let fields: Vec<[u32; 2]> =
-            vec![$(field(std::mem::offset_of!($s, $f), |x: &$s| &x.$f)),+];
-        let mut row = vec![
-            u32::try_from(std::mem::size_of::<$s>()).unwrap_or(u32::MAX),
-            u32::try_from(fields.len()).unwrap_or(u32::MAX),
-        ];
-        row.extend(fields.into_iter().flatten());
-        row
-    }};
-}
-
-/// The layout table as the Rust side sees it, in the order `vigil_layout` lists it: the event
-/// version, then per struct its size, field count and every field's (offset, size).
-pub fn rust_layout() -> Vec<u32> {
-    let mut t = vec![EVENT_VERSION];
-    t.extend(layout_of!(Hdr: kind, version, ts_ns, cgroup_id, pid, tid, ppid, _pad, comm));
-    t.extend(layout_of!(Fork: h, child_pid, child_tid, is_thread, _pad));
-    t.extend(layout_of!(Exec: h, uid, gid, euid, egid, argv_len, argv_truncated, filename, argv));
-    t.extend(layout_of!(Exit: h, exit_code, group_exit_code, group_dead, _pad));
-    t.extend(layout_of!(Signal: h, target_pid, target_tid, sig, result, group, _pad));
-    t.extend(layout_of!(Write: h, bytes, pages, _pad));
-    t.extend(
-        layout_of!(Open: h, ret, dirfd, flags, mode, path_truncated, dir_state, _pad, path, dir),
-    );
-    t.extend(layout_of!(Net: h, ret, op, fd, addr_len, addr_source, addr));
-    t.extend(layout_of!(Oom: h, trigger_pid, _pad, trigger_comm));
-    t
 }
 
 /// One decoded kernel event (before seq, wall-clock time and redaction are added; the reader's
@@ -294,70 +136,14 @@ impl NetOp {
     }
 }
 
-/// A decoded `struct sockaddr`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// `inet`, `inet6`, `unix`, or `af_<n>` for other families.
-    pub family: String,
-    /// The IP address, or the unix socket path (`@name` for the abstract namespace).
-    pub address: Option<String>,
-    pub port: Option<u16>,
-}
-
-const AF_UNIX: u16 = 1;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-
-/// Decode a sockaddr of the kernel's layout (family in host order, port and address in network
-/// order). None when no family could be read.
-pub fn decode_sockaddr(a: &[u8]) -> Option<Endpoint> {
-    let family = u16::from_ne_bytes([*a.first()?, *a.get(1)?]);
-    let port = || Some(u16::from_be_bytes([*a.get(2)?, *a.get(3)?]));
-    let (family, address, port) = match family {
-        AF_INET => {
-            let ip: [u8; 4] = a.get(4..8)?.try_into().ok()?;
-            (
-                "inet".to_string(),
-                Some(std::net::Ipv4Addr::from(ip).to_string()),
-                port(),
-            )
-        }
-        AF_INET6 => {
-            let ip: [u8; 16] = a.get(8..24)?.try_into().ok()?;
-            (
-                "inet6".to_string(),
-                Some(std::net::Ipv6Addr::from(ip).to_string()),
-                port(),
-            )
-        }
-        AF_UNIX => {
-            let path = a.get(2..).unwrap_or_default();
-            let address = match path.first() {
-                None => None,
-                // Abstract namespace: a leading NUL, the name is the rest of the length.
-                Some(0) if path.len() > 1 => Some(format!(
-                    "@{}",
-                    String::from_utf8_lossy(&path[1..]).trim_end_matches('\0')
-                )),
-                Some(0) => None,
-                Some(_) => Some(cstr(path)),
-            };
-            ("unix".to_string(), address, None)
-        }
-        other => (format!("af_{other}"), None, None),
-    };
-    Some(Endpoint {
-        family,
-        address,
-        port,
-    })
-}
-
 /// A decoded event and the `seq` it was written under in layers/kernel.ndjson (what policy
 /// decisions cite as their evidence).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub seq: u64,
+    /// Wall-clock ns of the event: its boot-clock time through the sensor's one conversion.
+    pub ts_ns: u64,
+    /// Already redacted: consumers never see a secret value.
     pub event: KernelEvent,
 }
 
@@ -399,6 +185,55 @@ impl KernelEvent {
             | KernelEvent::Net { hdr, .. }
             | KernelEvent::ExecFailed { hdr, .. }
             | KernelEvent::Oom { hdr, .. } => hdr,
+        }
+    }
+}
+
+impl KernelEvent {
+    /// Mask secret values in everything a process chose (program, argv, paths, socket
+    /// addresses) — once, before any consumer or file sees the event.
+    pub fn redact(&mut self, r: &Redactor) {
+        let mask = |s: &mut String| {
+            if let std::borrow::Cow::Owned(m) = r.mask_cow(s) {
+                *s = m;
+            }
+        };
+        match self {
+            KernelEvent::Exec { filename, argv, .. } => {
+                mask(filename);
+                *argv = r.redact_argv(argv);
+            }
+            KernelEvent::Open {
+                path,
+                resolved_path,
+                ..
+            }
+            | KernelEvent::ExecFailed {
+                path,
+                resolved_path,
+                ..
+            } => {
+                mask(path);
+                if let Some(p) = resolved_path {
+                    mask(p);
+                }
+            }
+            KernelEvent::Net {
+                endpoint:
+                    Some(Endpoint {
+                        address: Some(a), ..
+                    }),
+                ..
+            } => mask(a),
+            _ => {}
+        }
+    }
+
+    /// The kernel kind number a decode error was about, for per-kind counts.
+    pub fn error_kind(e: &DecodeError) -> &'static str {
+        match e {
+            DecodeError::Short(_) | DecodeError::Version(_) => "unknown",
+            DecodeError::Kind(k) | DecodeError::Truncated { kind: k, .. } => kind_name(*k),
         }
     }
 }
@@ -583,39 +418,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 mod tests {
     use super::*;
 
+    use zerocopy::{Immutable, IntoBytes};
+
     fn bytes<T: IntoBytes + Immutable>(v: &T) -> Vec<u8> {
         v.as_bytes().to_vec()
-    }
-
-    /// Every struct's fields, as the Rust table lists them, tile it exactly: each starts where
-    /// the one before ended and the last ends at the struct's size. So no field is left out of
-    /// the table the object's is compared with (a field swapped, resized or added on either
-    /// side fails that comparison).
-    #[test]
-    fn the_layout_table_covers_every_byte_of_every_struct() {
-        let t = rust_layout();
-        assert_eq!(t[0], EVENT_VERSION);
-        let mut i = 1;
-        let mut structs = 0;
-        while i < t.len() {
-            let (size, n) = (t[i], t[i + 1] as usize);
-            let mut end = 0;
-            for k in 0..n {
-                let (off, len) = (t[i + 2 + 2 * k], t[i + 3 + 2 * k]);
-                assert_eq!(
-                    off, end,
-                    "struct #{structs}: field {k} at {off}, previous ended at {end}"
-                );
-                end = off + len;
-            }
-            assert_eq!(
-                end, size,
-                "struct #{structs}: fields end at {end}, size {size}"
-            );
-            i += 2 + 2 * n;
-            structs += 1;
-        }
-        assert_eq!(structs, 9);
     }
 
     fn hdr(kind: u32) -> Hdr {
@@ -703,40 +509,6 @@ mod tests {
         assert_eq!(join_dir("/w", "./a/b"), "/w/a/b");
         assert_eq!(join_dir("/w", "."), "/w");
         assert_eq!(join_dir("/w", "../x"), "/w/../x");
-    }
-
-    #[test]
-    fn decodes_socket_addresses() {
-        let mut v4 = vec![0u8; 16];
-        v4[..2].copy_from_slice(&AF_INET.to_ne_bytes());
-        v4[2..4].copy_from_slice(&8080u16.to_be_bytes());
-        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
-        let e = decode_sockaddr(&v4).expect("v4");
-        assert_eq!(
-            (e.family.as_str(), e.address.as_deref(), e.port),
-            ("inet", Some("127.0.0.1"), Some(8080))
-        );
-        let mut v6 = vec![0u8; 28];
-        v6[..2].copy_from_slice(&AF_INET6.to_ne_bytes());
-        v6[2..4].copy_from_slice(&443u16.to_be_bytes());
-        v6[23] = 1;
-        let e = decode_sockaddr(&v6).expect("v6");
-        assert_eq!((e.address.as_deref(), e.port), (Some("::1"), Some(443)));
-        let mut un = AF_UNIX.to_ne_bytes().to_vec();
-        un.extend_from_slice(b"/run/x.sock\0");
-        assert_eq!(
-            decode_sockaddr(&un).and_then(|e| e.address).as_deref(),
-            Some("/run/x.sock")
-        );
-        let mut abs = AF_UNIX.to_ne_bytes().to_vec();
-        abs.extend_from_slice(b"\0name");
-        assert_eq!(
-            decode_sockaddr(&abs).and_then(|e| e.address).as_deref(),
-            Some("@name")
-        );
-        assert_eq!(decode_sockaddr(&[2]), None);
-        // A v4 address cut short is not an endpoint.
-        assert_eq!(decode_sockaddr(&v4[..6]), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub struct KernelLayer {
 }
 
 /// What the kernel layer observed, for observation-health.json.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct KernelReport {
     pub kernel_layer: KernelClaim,
     pub probes: BTreeMap<String, ProbeHealth>,
@@ -26,9 +26,21 @@ pub struct KernelReport {
     /// `ring_lost` by event kind.
     pub ring_lost_by_kind: BTreeMap<String, u64>,
     pub decode_errors: u64,
+    /// `decode_errors` by the kind the event's header named.
+    pub decode_errors_by_kind: BTreeMap<String, u64>,
     pub written: u64,
     pub notes: Vec<String>,
     pub write_error: Option<String>,
+}
+
+impl KernelReport {
+    /// A source that observed nothing, with the reason.
+    pub fn absent(why: &str) -> Self {
+        KernelReport {
+            notes: vec![format!("kernel layer absent: {why}")],
+            ..KernelReport::default()
+        }
+    }
 }
 
 fn probe(status: ProbeState, reason: Option<String>) -> ProbeHealth {
@@ -131,10 +143,18 @@ impl KernelLayer {
             .map(|(k, n)| (k.to_string(), n))
             .collect();
         let ring_lost = ring_lost_by_kind.values().sum();
-        let (written, decode_errors, write_error) = match self.reader.as_mut() {
-            Some(r) => (r.written(), r.decode_errors(), r.finish().err()),
-            None => (0, 0, None),
+        let (written, decode_errors_by_kind, write_error) = match self.reader.as_mut() {
+            Some(r) => (
+                r.written(),
+                r.decode_errors()
+                    .iter()
+                    .map(|(k, n)| (k.to_string(), *n))
+                    .collect(),
+                r.finish().err(),
+            ),
+            None => (0, BTreeMap::new(), None),
         };
+        let decode_errors = decode_errors_by_kind.values().sum();
         let probes = self.probes.clone();
         let attached = probes
             .values()
@@ -163,9 +183,28 @@ impl KernelLayer {
             ring_lost,
             ring_lost_by_kind,
             decode_errors,
+            decode_errors_by_kind,
             written,
             notes,
             write_error,
         }
+    }
+}
+
+impl super::bus::EventSource for KernelLayer {
+    async fn readable(&self) {
+        KernelLayer::readable(self).await;
+    }
+    fn active(&self) -> bool {
+        KernelLayer::active(self)
+    }
+    fn drain(&mut self, redactor: &Redactor, out: &mut Vec<Observed>) {
+        KernelLayer::drain(self, redactor, out);
+    }
+    fn finish(&mut self, redactor: &Redactor, out: &mut Vec<Observed>) -> KernelReport {
+        KernelLayer::finish(self, redactor, out)
+    }
+    fn boot_to_wall_ns(&self) -> i128 {
+        KernelLayer::boot_to_wall_ns(self)
     }
 }

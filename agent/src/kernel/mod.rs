@@ -3,13 +3,18 @@
 //!
 //! One sensor (`ebpf/vigil.bpf.c`) reports process lifecycle, signals, OOM kills, file-write
 //! progress, file opens, network calls and failed execs into `layers/kernel.ndjson`; the
-//! process tree, liveness, the policy oracle and contract counters all consume that stream.
+//! process tree, liveness, the policy oracle and contract counters all consume that stream:
+//! each drain is decoded, redacted and stamped once ([`event::Observed`]) and fanned out through
+//! one observer trait ([`bus`]).
 
+pub mod abi;
+pub mod bus;
 pub mod event;
 pub mod layer;
 pub mod probe;
 pub mod reader;
 pub mod sensor;
+pub mod sockaddr;
 pub mod tree;
 
 pub use event::{KernelEvent, decode};

@@ -4,6 +4,7 @@
 //! supervisor drains until empty once the cgroup is empty — every event of the run has been
 //! committed by then, because a task's exit tracepoint fires before it leaves the cgroup.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
@@ -31,7 +32,8 @@ pub struct KernelReader {
     /// Wall clock minus boot clock, to turn bpf_ktime_get_boot_ns() into Unix time: taken once
     /// per sensor, so an event has one `ts` in every file that names it.
     boot_to_wall_ns: i128,
-    decode_errors: u64,
+    /// Events that could not be decoded, by the kind their header named.
+    decode_errors: BTreeMap<&'static str, u64>,
     /// The last drain stopped at DRAIN_MAX with events left in the ring.
     more: bool,
 }
@@ -68,7 +70,7 @@ impl KernelReader {
             out: NdjsonWriter::spawn(layer, QUEUE_BATCHES)?,
             seq: 0,
             boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
-            decode_errors: 0,
+            decode_errors: BTreeMap::new(),
             more: false,
         })
     }
@@ -106,9 +108,13 @@ impl KernelReader {
         while let Some(item) = self.map.next() {
             handled += 1;
             match decode(&item) {
-                Ok(ev) => {
+                Ok(mut ev) => {
+                    // Decoded, redacted and stamped once: the layer file and every consumer
+                    // of `seen` get the same event with the same `ts`.
+                    ev.redact(redactor);
                     let seq = self.seq;
-                    let record = record(seq, self.boot_to_wall_ns, &ev, redactor);
+                    let ts_ns = clock::boot_to_wall(ev.header().boot_ns, self.boot_to_wall_ns);
+                    let record = record(seq, ts_ns, &ev);
                     if serde_json::to_writer(&mut batch, &record).is_ok() {
                         batch.push(b'\n');
                         self.seq += 1;
@@ -119,9 +125,18 @@ impl KernelReader {
                         urgent |=
                             matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
                     }
-                    seen.push(Observed { seq, event: ev });
+                    seen.push(Observed {
+                        seq,
+                        ts_ns,
+                        event: ev,
+                    });
                 }
-                Err(_) => self.decode_errors += 1,
+                Err(e) => {
+                    *self
+                        .decode_errors
+                        .entry(KernelEvent::error_kind(&e))
+                        .or_default() += 1;
+                }
             }
             if lines == BATCH_EVENTS {
                 self.out
@@ -196,8 +211,8 @@ enum Body<'a> {
     },
     #[serde(rename = "process.exec")]
     Exec {
-        filename: String,
-        argv: Vec<String>,
+        filename: &'a str,
+        argv: &'a [String],
         argv_truncated: bool,
         uid: u32,
         gid: u32,
@@ -222,8 +237,8 @@ enum Body<'a> {
     },
     #[serde(rename = "file.open")]
     Open {
-        path: String,
-        resolved_path: Option<String>,
+        path: &'a str,
+        resolved_path: Option<&'a str>,
         path_truncated: bool,
         dirfd: i32,
         flags: u32,
@@ -244,8 +259,8 @@ enum Body<'a> {
     Send(Net<'a>),
     #[serde(rename = "process.exec_failed")]
     ExecFailed {
-        path: String,
-        resolved_path: Option<String>,
+        path: &'a str,
+        resolved_path: Option<&'a str>,
         result: i64,
         errno: Option<String>,
     },
@@ -260,23 +275,18 @@ enum Body<'a> {
 struct Net<'a> {
     fd: i32,
     family: Option<&'a str>,
-    address: Option<String>,
+    address: Option<&'a str>,
     port: Option<u16>,
     endpoint_source: &'static str,
     result: i64,
     errno: Option<String>,
 }
 
-fn record<'a>(
-    seq: u64,
-    boot_to_wall_ns: i128,
-    ev: &'a KernelEvent,
-    redactor: &Redactor,
-) -> Record<'a> {
+/// The record of an event that is already redacted and stamped: fields are borrowed.
+fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
     const O_CREAT: u32 = 0o100;
     const O_TRUNC: u32 = 0o1000;
     let h = ev.header();
-    let ts_ns = clock::boot_to_wall(h.boot_ns, boot_to_wall_ns);
     let body = match ev {
         KernelEvent::Fork {
             child_pid,
@@ -297,8 +307,8 @@ fn record<'a>(
             cred_changed,
             ..
         } => Body::Exec {
-            filename: redactor.mask_str(filename),
-            argv: redactor.redact_argv(argv),
+            filename,
+            argv,
             argv_truncated: *argv_truncated,
             uid: *uid,
             gid: *gid,
@@ -344,8 +354,8 @@ fn record<'a>(
             resolved_path,
             ..
         } => Body::Open {
-            path: redactor.mask_str(path),
-            resolved_path: resolved_path.as_deref().map(|p| redactor.mask_str(p)),
+            path,
+            resolved_path: resolved_path.as_deref(),
             path_truncated: *path_truncated,
             dirfd: *dirfd,
             flags: *flags,
@@ -367,9 +377,7 @@ fn record<'a>(
             let net = Net {
                 fd: *fd,
                 family: endpoint.as_ref().map(|e| e.family.as_str()),
-                address: endpoint
-                    .as_ref()
-                    .and_then(|e| e.address.as_deref().map(|a| redactor.mask_str(a))),
+                address: endpoint.as_ref().and_then(|e| e.address.as_deref()),
                 port: endpoint.as_ref().and_then(|e| e.port),
                 endpoint_source,
                 result: *result,
@@ -388,8 +396,8 @@ fn record<'a>(
             resolved_path,
             ..
         } => Body::ExecFailed {
-            path: redactor.mask_str(path),
-            resolved_path: resolved_path.as_deref().map(|p| redactor.mask_str(p)),
+            path,
+            resolved_path: resolved_path.as_deref(),
             result: *result,
             errno: errno_name(*result),
         },
@@ -428,9 +436,9 @@ impl KernelReader {
         self.seq
     }
 
-    /// Events that did not decode (a reader-side loss).
-    pub fn decode_errors(&self) -> u64 {
-        self.decode_errors
+    /// Events that did not decode (a reader-side loss), by kind.
+    pub fn decode_errors(&self) -> &BTreeMap<&'static str, u64> {
+        &self.decode_errors
     }
 
     /// Flush and fsync the layer; returns its first write error.
@@ -457,8 +465,11 @@ mod tests {
     }
 
     fn json_of(ev: &KernelEvent) -> serde_json::Value {
+        // As the reader does: redact once, then serialize the redacted event.
         let r = Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]);
-        serde_json::to_value(record(3, 0, ev, &r)).expect("serialize")
+        let mut ev = ev.clone();
+        ev.redact(&r);
+        serde_json::to_value(record(3, 0, &ev)).expect("serialize")
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::event::KernelEvent;
-use crate::evidence::redact::Redactor;
 
 /// Signals whose default action ends a process.
 const FATAL: [i32; 18] = [
@@ -81,7 +80,8 @@ impl KernelTree {
     }
 
     /// The `subprocess_state` records one kernel event implies.
-    pub fn apply(&mut self, ev: &KernelEvent, redactor: &Redactor) -> Vec<Value> {
+    /// The event is already redacted (the reader redacts once, before any consumer).
+    pub fn apply(&mut self, ev: &KernelEvent) -> Vec<Value> {
         match ev {
             KernelEvent::Fork {
                 is_thread: true, ..
@@ -114,8 +114,7 @@ impl KernelTree {
                 filename,
                 ..
             } => {
-                let argv = redactor.redact_argv(argv);
-                let filename = redactor.mask_str(filename);
+                let (argv, filename) = (argv.clone(), filename.clone());
                 if let Some(life) = self.live.get_mut(&hdr.pid) {
                     life.exec_boot_ns.get_or_insert(hdr.boot_ns);
                     life.exec_chain.push(filename.clone());
@@ -218,7 +217,6 @@ mod tests {
 
     #[test]
     fn builds_spawn_exec_exit_and_attributes_kills() {
-        let r = Redactor::new(&[]);
         let mut t = KernelTree::new(10);
         let fork = KernelEvent::Fork {
             hdr: h(10, 1, "sh"),
@@ -226,14 +224,14 @@ mod tests {
             child_tid: 11,
             is_thread: false,
         };
-        assert_eq!(t.apply(&fork, &r)[0]["state"], "spawned");
+        assert_eq!(t.apply(&fork)[0]["state"], "spawned");
         let thread = KernelEvent::Fork {
             hdr: h(11, 10, "x"),
             child_pid: 11,
             child_tid: 12,
             is_thread: true,
         };
-        assert!(t.apply(&thread, &r).is_empty());
+        assert!(t.apply(&thread).is_empty());
         assert_eq!(t.threads, 1);
         let exec = KernelEvent::Exec {
             hdr: h(11, 10, "sleep"),
@@ -244,7 +242,7 @@ mod tests {
             gid: 0,
             cred_changed: false,
         };
-        assert_eq!(t.apply(&exec, &r)[0]["argv"], json!(["sleep", "30"]));
+        assert_eq!(t.apply(&exec)[0]["argv"], json!(["sleep", "30"]));
         let kill = KernelEvent::Signal {
             hdr: h(10, 1, "sh"),
             target_pid: 11,
@@ -253,7 +251,7 @@ mod tests {
             result: 0,
             group: false,
         };
-        assert!(t.apply(&kill, &r).is_empty());
+        assert!(t.apply(&kill).is_empty());
         let exit = KernelEvent::Exit {
             hdr: h(11, 10, "sleep"),
             exit_code: None,
@@ -261,24 +259,21 @@ mod tests {
             core_dumped: false,
             group_dead: true,
         };
-        let out = t.apply(&exit, &r);
+        let out = t.apply(&exit);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0]["state"], "killed_by");
         assert_eq!(out[0]["killer_pid"], 10);
         assert_eq!(out[1]["state"], "exited");
         assert_eq!(out[1]["signal"], 15);
         // An exit by another cause than the signal sent is not attributed to the sender.
-        t.apply(
-            &KernelEvent::Signal {
-                hdr: h(10, 1, "sh"),
-                target_pid: 12,
-                target_tid: 12,
-                signal: 15,
-                result: 0,
-                group: false,
-            },
-            &r,
-        );
+        t.apply(&KernelEvent::Signal {
+            hdr: h(10, 1, "sh"),
+            target_pid: 12,
+            target_tid: 12,
+            signal: 15,
+            result: 0,
+            group: false,
+        });
         let clean = KernelEvent::Exit {
             hdr: h(12, 10, "t"),
             exit_code: Some(0),
@@ -286,7 +281,7 @@ mod tests {
             core_dumped: false,
             group_dead: true,
         };
-        assert_eq!(t.apply(&clean, &r).len(), 1);
+        assert_eq!(t.apply(&clean).len(), 1);
         // The main child's exit comes from waitid, not from here.
         let main = KernelEvent::Exit {
             hdr: h(10, 1, "sh"),
@@ -295,7 +290,7 @@ mod tests {
             core_dumped: false,
             group_dead: true,
         };
-        assert!(t.apply(&main, &r).is_empty());
+        assert!(t.apply(&main).is_empty());
         // Lives: 11 forked, exec'd sleep, killed; 12 was never seen forked (no life).
         let lives = t.lives();
         assert_eq!(lives.len(), 1);
@@ -307,49 +302,36 @@ mod tests {
 
     #[test]
     fn oom_victim_is_oom_killed_not_killed_by_the_trigger() {
-        let r = Redactor::new(&[]);
         let mut t = KernelTree::new(10);
-        t.apply(
-            &KernelEvent::Fork {
-                hdr: h(10, 1, "sh"),
-                child_pid: 11,
-                child_tid: 11,
-                is_thread: false,
-            },
-            &r,
-        );
-        let oom = t.apply(
-            &KernelEvent::Oom {
-                hdr: h(11, 10, "hog"),
-                trigger_pid: 11,
-                trigger_comm: "hog".into(),
-            },
-            &r,
-        );
+        t.apply(&KernelEvent::Fork {
+            hdr: h(10, 1, "sh"),
+            child_pid: 11,
+            child_tid: 11,
+            is_thread: false,
+        });
+        let oom = t.apply(&KernelEvent::Oom {
+            hdr: h(11, 10, "hog"),
+            trigger_pid: 11,
+            trigger_comm: "hog".into(),
+        });
         assert_eq!(oom[0]["state"], "oom_killed");
         assert_eq!(oom[0]["trigger_pid"], 11);
         // The OOM killer's SIGKILL, generated in the trigger's context.
-        t.apply(
-            &KernelEvent::Signal {
-                hdr: h(11, 10, "hog"),
-                target_pid: 11,
-                target_tid: 11,
-                signal: 9,
-                result: 0,
-                group: true,
-            },
-            &r,
-        );
-        let exit = t.apply(
-            &KernelEvent::Exit {
-                hdr: h(11, 10, "hog"),
-                exit_code: None,
-                signal: Some(9),
-                core_dumped: false,
-                group_dead: true,
-            },
-            &r,
-        );
+        t.apply(&KernelEvent::Signal {
+            hdr: h(11, 10, "hog"),
+            target_pid: 11,
+            target_tid: 11,
+            signal: 9,
+            result: 0,
+            group: true,
+        });
+        let exit = t.apply(&KernelEvent::Exit {
+            hdr: h(11, 10, "hog"),
+            exit_code: None,
+            signal: Some(9),
+            core_dumped: false,
+            group_dead: true,
+        });
         assert_eq!(exit.len(), 1);
         assert_eq!(exit[0]["state"], "exited");
         assert!(t.lives()[0].oom_killed);

@@ -12,7 +12,6 @@ use super::model::{Action, Mode, Policy};
 use super::oracle::{Oracle, Vars, result_of};
 use crate::clock;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
-use crate::evidence::redact::Redactor;
 use crate::evidence::schema;
 use crate::kernel::event::Observed;
 
@@ -75,7 +74,6 @@ pub struct PolicyLayer {
     out: NdjsonWriter,
     seq: u64,
     denied: u64,
-    boot_to_wall_ns: i128,
 }
 
 /// What health says about the policy layer.
@@ -90,14 +88,7 @@ pub struct PolicyReport {
 const QUEUE: usize = 8;
 
 impl PolicyLayer {
-    /// `boot_to_wall_ns` is the sensor's one conversion, so a decision's `ts` is its kernel
-    /// event's.
-    pub fn start(
-        spec: &PolicySpec,
-        vars: &Vars,
-        layer: &Path,
-        boot_to_wall_ns: i128,
-    ) -> std::io::Result<Self> {
+    pub fn start(spec: &PolicySpec, vars: &Vars, layer: &Path) -> std::io::Result<Self> {
         Ok(PolicyLayer {
             name: spec.policy.name.clone(),
             mode: spec.policy.mode,
@@ -106,12 +97,11 @@ impl PolicyLayer {
             out: NdjsonWriter::spawn(layer, QUEUE)?,
             seq: 0,
             denied: 0,
-            boot_to_wall_ns,
         })
     }
 
-    /// Judge a batch of kernel events and write the decisions.
-    pub fn observe(&mut self, seen: &[Observed], redactor: &Redactor) {
+    /// Judge a batch of kernel events (already redacted and stamped) and write the decisions.
+    pub fn observe(&mut self, seen: &[Observed]) {
         let mut batch = Vec::new();
         for o in seen {
             let Some(d) = self.oracle.evaluate(&o.event) else {
@@ -139,7 +129,7 @@ impl PolicyLayer {
             let rec = DecisionRecord {
                 schema: schema::POLICY_DECISION,
                 seq: self.seq,
-                ts: clock::rfc3339(clock::boot_to_wall(h.boot_ns, self.boot_to_wall_ns)),
+                ts: clock::rfc3339(o.ts_ns),
                 decision: format!("{verdict}:{}", d.op.as_str()),
                 rule_id: &d.rule_id,
                 mode,
@@ -147,7 +137,7 @@ impl PolicyLayer {
                 kernel_event_seq: Some(o.seq),
                 enforcement_evidence,
                 policy: &self.name,
-                subject: redactor.mask_str(&d.subject),
+                subject: d.subject.clone(),
                 pid: h.pid,
                 comm: &h.comm,
             };
@@ -168,5 +158,11 @@ impl PolicyLayer {
             write_error: self.out.finish().err(),
             name: self.name,
         }
+    }
+}
+
+impl crate::kernel::bus::KernelObserver for PolicyLayer {
+    fn observe(&mut self, batch: &[Observed]) {
+        PolicyLayer::observe(self, batch);
     }
 }

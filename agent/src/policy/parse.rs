@@ -4,37 +4,12 @@
 
 use std::net::IpAddr;
 
-use marked_yaml::{LoaderOptions, Marker, Node, Spanned};
+use marked_yaml::{LoaderOptions, Node, Spanned};
 use serde::Deserialize;
 
 use super::model::{Action, Cidr, Loc, Mode, NetRule, PathRule, Policy, Ports, VARIABLES};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Severity {
-    Error,
-    Warning,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub severity: Severity,
-    pub at: Loc,
-    pub message: String,
-}
-
-impl Diagnostic {
-    /// `file:line:column: error: message`, as compilers print it.
-    pub fn render(&self, file: &str) -> String {
-        let sev = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        format!(
-            "{file}:{}:{}: {sev}: {}",
-            self.at.line, self.at.column, self.message
-        )
-    }
-}
+pub use crate::diag::{Diagnostic, Severity};
+use crate::diag::{loc, unknown_keys, yaml_error};
 
 /// The policy (when it has no errors) and everything said about it.
 #[derive(Debug)]
@@ -103,13 +78,6 @@ struct RawNetRule {
 /// Every item, when every item checked out (each was checked, so each error was reported).
 fn all<T>(items: Vec<Option<T>>) -> Option<Vec<T>> {
     items.into_iter().collect()
-}
-
-pub(crate) fn loc(m: Option<&Marker>) -> Loc {
-    m.map_or(Loc { line: 1, column: 1 }, |m| Loc {
-        line: m.line(),
-        column: m.column(),
-    })
 }
 
 fn at<T>(s: &Spanned<T>) -> Loc {
@@ -448,27 +416,6 @@ const NET_KEYS: [&str; 2] = ["connect", "send"];
 const PATH_RULE_KEYS: [&str; 3] = ["id", "action", "paths"];
 const NET_RULE_KEYS: [&str; 4] = ["id", "action", "cidrs", "ports"];
 
-/// Every key of a mapping that is not accepted, as errors at the key. (serde's unknown-field
-/// errors carry no position with marked-yaml and stop at the first one.)
-pub(crate) fn unknown_keys(node: &Node, what: &str, accepted: &[&str]) -> Vec<Diagnostic> {
-    let Some(map) = node.as_mapping() else {
-        return Vec::new();
-    };
-    let list: Vec<String> = accepted.iter().map(|k| format!("`{k}`")).collect();
-    map.keys()
-        .filter(|key| !accepted.contains(&key.as_str()))
-        .map(|key| Diagnostic {
-            severity: Severity::Error,
-            at: loc(key.span().start()),
-            message: format!(
-                "unknown key `{}` in {what}; accepted: {}",
-                key.as_str(),
-                list.join(", ")
-            ),
-        })
-        .collect()
-}
-
 impl Checker {
     fn keys(&mut self, node: &Node, what: &str, accepted: &[&str]) {
         self.out.extend(unknown_keys(node, what, accepted));
@@ -596,203 +543,6 @@ pub fn parse(text: &str) -> Parsed {
     }
 }
 
-/// A YAML loading error as a diagnostic; `document` names what was being read ("the policy").
-pub(crate) fn yaml_error(e: &marked_yaml::FromYamlError, document: &str) -> Diagnostic {
-    use marked_yaml::LoadError;
-    let (mark, message) = match e {
-        marked_yaml::FromYamlError::ParseYaml(l) => match l {
-            LoadError::TopLevelMustBeMapping(m) => {
-                (Some(*m), format!("{document} must be a YAML mapping"))
-            }
-            LoadError::ScanError(m, s) => (Some(*m), format!("YAML syntax: {}", s.info())),
-            LoadError::DuplicateKey(d) => (
-                d.key.span().start().copied(),
-                format!(
-                    "duplicate key `{}` (first at line {})",
-                    d.key.as_str(),
-                    loc(d.prev_key.span().start()).line
-                ),
-            ),
-            LoadError::UnexpectedAnchor(m) => (Some(*m), "YAML anchors are not accepted".into()),
-            LoadError::UnexpectedTag(m) => (Some(*m), "YAML tags are not accepted".into()),
-            LoadError::MappingKeyMustBeScalar(m) => {
-                (Some(*m), "mapping keys must be plain strings".into())
-            }
-            other => (None, other.to_string()),
-        },
-        marked_yaml::FromYamlError::FromNode(n) => {
-            (n.start_mark(), lowercase_first(&n.to_string()))
-        }
-    };
-    Diagnostic {
-        severity: Severity::Error,
-        at: loc(mark.as_ref()),
-        message,
-    }
-}
-
-fn lowercase_first(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => String::new(),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = "version: 1\nname: t\nmode: enforce\ndefault: deny\n";
-
-    /// Every diagnostic as `line:column: severity: message`.
-    fn said(yaml: &str) -> Vec<String> {
-        parse(yaml)
-            .diagnostics
-            .iter()
-            .map(|d| d.render("f").trim_start_matches("f:").to_string())
-            .collect()
-    }
-
-    fn with(body: &str) -> String {
-        format!("{GOOD}{body}")
-    }
-
-    #[test]
-    fn a_good_policy_parses_with_its_rules_in_order() {
-        let p = parse(&with(
-            "filesystem:\n  write:\n    - id: w\n      paths: [\"${WORKSPACE}/out\", /tmp]\nnetwork:\n  connect:\n    - id: web\n      cidrs: [\"0.0.0.0/0\", \"::/0\"]\n      ports: [443, \"8000-8080\"]\n",
-        ));
-        assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
-        let policy = p.policy.expect("policy");
-        assert_eq!(policy.mode, Mode::Enforce);
-        assert_eq!(policy.write[0].paths, ["${WORKSPACE}/out", "/tmp"]);
-        assert_eq!(
-            policy.write[0].at,
-            Loc { line: 7, column: 9 },
-            "the rule's first key"
-        );
-        assert_eq!(
-            policy.connect[0].ports,
-            [Ports { lo: 443, hi: 443 }, Ports { lo: 8000, hi: 8080 }]
-        );
-        assert_eq!(policy.connect[0].cidrs[1].prefix, 0);
-    }
-
-    #[test]
-    fn each_kind_of_mistake_is_named_where_it_is() {
-        let cases: [(&str, String, &str); 14] = [
-            (
-                "syntax",
-                "version: 1\nname: [unclosed\n".into(),
-                "3:1: error: YAML syntax",
-            ),
-            (
-                "not a mapping",
-                "- a\n- b\n".into(),
-                "1:1: error: the policy must be a YAML mapping",
-            ),
-            (
-                "duplicate key",
-                format!("{GOOD}mode: audit\n"),
-                "5:1: error: duplicate key `mode` (first at line 3)",
-            ),
-            (
-                "unknown top key",
-                with("rules: []\n"),
-                "5:1: error: unknown key `rules` in the policy; accepted: `version`, `name`, `mode`, `default`, `filesystem`, `network`",
-            ),
-            (
-                "unknown rule key",
-                with("filesystem:\n  read:\n    - id: r\n      path: [/]\n"),
-                "8:7: error: unknown key `path` in a filesystem.read rule; accepted: `id`, `action`, `paths`",
-            ),
-            (
-                "missing field",
-                "version: 1\nname: t\nmode: audit\n".into(),
-                "1:1: error: missing `default`",
-            ),
-            (
-                "bad version",
-                "version: 2\nname: t\nmode: audit\ndefault: deny\n".into(),
-                "1:10: error: `version` is `2`; accepted: 1",
-            ),
-            (
-                "bad mode",
-                "version: 1\nname: t\nmode: watch\ndefault: deny\n".into(),
-                "3:7: error: `mode` is `watch`; accepted: audit, enforce",
-            ),
-            (
-                "bad action",
-                with("filesystem:\n  read:\n    - id: r\n      action: maybe\n      paths: [/]\n"),
-                "8:15: error: `action` is `maybe`; accepted: allow, deny",
-            ),
-            (
-                "duplicate id",
-                with(
-                    "filesystem:\n  read:\n    - id: r\n      paths: [/usr]\n  write:\n    - id: r\n      paths: [/tmp]\n",
-                ),
-                "10:11: error: rule id `r` is already used at line 7",
-            ),
-            (
-                "relative path",
-                with("filesystem:\n  exec:\n    - id: e\n      paths: [bin]\n"),
-                "8:15: error: path `bin` is relative; paths are absolute or start with a variable",
-            ),
-            (
-                "unknown variable",
-                with("filesystem:\n  exec:\n    - id: e\n      paths: [\"${REPO}/bin\"]\n"),
-                "8:15: error: path `${REPO}/bin`: unknown variable `${REPO}`; accepted: ${WORKSPACE}, ${HOME}, ${TMPDIR}",
-            ),
-            (
-                "bad cidr",
-                with("network:\n  connect:\n    - id: n\n      cidrs: [\"10.0.0.0/33\"]\n"),
-                "8:15: error: `10.0.0.0/33`: prefix length must be 0–32",
-            ),
-            (
-                "bad port range",
-                with(
-                    "network:\n  send:\n    - id: n\n      cidrs: [\"::1\"]\n      ports: [\"90-80\"]\n",
-                ),
-                "9:15: error: `90-80` is not a port or port range; accepted: 1–65535 or LO-HI with LO ≤ HI",
-            ),
-        ];
-        for (what, yaml, expected) in cases {
-            let p = parse(&yaml);
-            assert!(
-                p.policy.is_none(),
-                "{what}: a policy with errors is refused"
-            );
-            let got = said(&yaml);
-            assert!(
-                got.iter().any(|g| g.starts_with(expected)),
-                "{what}: expected `{expected}`, got {got:#?}"
-            );
-        }
-    }
-
-    #[test]
-    fn every_bad_value_of_a_list_is_reported_not_just_the_first() {
-        let got = said(&with(
-            "network:\n  connect:\n    - id: n\n      cidrs: [\"300.1.1.1\", \"10.0.0.0/40\"]\n      ports: [0, 70000]\n",
-        ));
-        assert_eq!(got.len(), 4, "{got:#?}");
-    }
-
-    #[test]
-    fn shadowed_and_contradicting_rules_are_warnings() {
-        let p = parse(&with(
-            "filesystem:\n  read:\n    - id: all\n      paths: [/]\n    - id: usr\n      paths: [/usr]\n    - id: no-etc\n      action: deny\n      paths: [/etc]\nnetwork:\n  connect:\n    - id: web\n      cidrs: [\"0.0.0.0/0\"]\n      ports: [\"1-1024\"]\n    - id: https\n      cidrs: [\"10.0.0.0/8\"]\n      ports: [443]\n    - id: other\n      cidrs: [\"10.0.0.0/8\"]\n      ports: [8080]\n",
-        ));
-        assert!(p.policy.is_some(), "warnings do not refuse a policy");
-        let got: Vec<String> = p.diagnostics.iter().map(|d| d.render("f")).collect();
-        assert_eq!(got.len(), 3, "{got:#?}");
-        assert!(got[0].starts_with(
-            "f:9:9: warning: filesystem.read rule `usr` is shadowed by rule `all` (line 7)"
-        ));
-        assert!(got[1].starts_with(
-            "f:11:9: warning: filesystem.read rule `no-etc` contradicts rule `all` (line 7)"
-        ));
-        assert!(got[2].contains("network.connect rule `https` is shadowed by rule `web`"));
-    }
-}
+#[path = "parse_tests.rs"]
+mod tests;

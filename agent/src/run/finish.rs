@@ -7,18 +7,15 @@ use serde_json::json;
 use super::dispatch::{PROCESS_SAMPLE, RunState};
 use super::guard::Guard;
 use super::outcome::Outcome;
-use super::recorder::{settle_contracts, spec_detailed, write_documents, write_profile_copies};
 use super::supervisor::{RunResult, RunSpans, Supervised, Supervisor};
 use crate::clock;
-use crate::evidence::bundle::Bundle;
-use crate::evidence::events::EventKind;
 use crate::evidence::files;
 use crate::evidence::health::{
     CgroupHealth, CorrelationClaim, KernelClaim, LostEvents, ObservationHealth, PolicyClaim,
     SdkClaim, SdkHealth,
 };
 use crate::evidence::schema;
-use crate::evidence::trace::{RunStatus, RunTrace, StepRow, span};
+use crate::evidence::trace::{StepRow, span};
 use crate::policy::layer::PolicyLayer;
 
 impl Supervisor<'_> {
@@ -27,22 +24,14 @@ impl Supervisor<'_> {
     pub(super) fn finish(
         mut self,
         sup: Supervised,
-        bundle: Bundle,
         spans: RunSpans,
-        mut trace: RunTrace,
         guard: Guard,
         started_ns: u64,
     ) -> RunResult {
         let RunSpans {
-            tree,
-            writer,
-            violations,
-            total,
-            chain,
-            case,
-            ..
+            total, chain, case, ..
         } = spans;
-        let teardown = tree.open(span::CASE_HARNESS, Some(&total));
+        let teardown = self.rec.tree.open(span::CASE_HARNESS, Some(&total));
         // The one terminal outcome comes from the state (or from why the child never started);
         // a violated contract under --contracts-strict is the state's call too, below.
         let decide = |violated: bool| match (&sup.state, &sup.not_started) {
@@ -71,7 +60,7 @@ impl Supervisor<'_> {
         total.close_now(outcome.status(), step_attrs);
 
         // Every span has closed, so every contract has been checked.
-        let found = settle_contracts(&mut self.events, &mut self.notes, self.spec, &violations);
+        let found = self.rec.settle_contracts(self.spec, &mut self.notes);
         let concluded = decide(!found.is_empty());
         if concluded != outcome {
             eprintln!(
@@ -85,15 +74,9 @@ impl Supervisor<'_> {
             .as_ref()
             .and_then(|s| s.stall_phase())
             .map(String::from);
-        trace.summary.contract_violations = found;
-
-        self.events.emit(
-            EventKind::RunFinished,
-            outcome.reason(),
-            json!({
-            "status": outcome.status(), "exit_code": outcome.exit_code()}),
-        );
-        let events_result = self.events.finish();
+        self.rec.trace.summary.contract_violations = found;
+        self.rec
+            .finish(outcome.status(), outcome.reason(), outcome.exit_code());
 
         let step = StepRow {
             name: "main".into(),
@@ -110,16 +93,8 @@ impl Supervisor<'_> {
             bundle: None,
         };
         let failed = outcome.is_failure();
-        trace.summary.first_failure_step = failed.then(|| "main".to_string());
-        trace.summary.steps = vec![step];
-        trace.ended_at = Some(clock::rfc3339(ended_ns));
-        trace.status = outcome.status().into();
-        trace.exit_code = Some(outcome.exit_code());
-        trace.run_status = RunStatus {
-            state: "committed".into(),
-            reason: None,
-        };
-        trace.events = self.events.trace_events().to_vec();
+        self.rec.trace.summary.first_failure_step = failed.then(|| "main".to_string());
+        self.rec.trace.summary.steps = vec![step];
 
         // The oracle saw every kernel event (the last drain came before this).
         let policy = self.policy.take().map(PolicyLayer::finish);
@@ -198,7 +173,7 @@ impl Supervisor<'_> {
         }
         let health = ObservationHealth {
             schema: schema::OBSERVATION_HEALTH.into(),
-            run_id: trace.run_id.clone(),
+            run_id: self.rec.trace.run_id.clone(),
             kernel_layer: sup.kernel.kernel_layer,
             cgroup_correlation: CorrelationClaim::Full,
             policy_layer,
@@ -210,8 +185,9 @@ impl Supervisor<'_> {
                 kernel_ring_buffer: sup.kernel.ring_lost,
                 kernel_ring_buffer_by_kind: sup.kernel.ring_lost_by_kind.clone(),
                 reader: sup.kernel.decode_errors,
-                queues: self.events.shed(),
-                trace_shed: self.events.trace_shed(),
+                reader_by_kind: sup.kernel.decode_errors_by_kind.clone(),
+                queues: self.rec.events.shed(),
+                trace_shed: self.rec.events.trace_shed(),
             },
             probes: sup.kernel.probes.clone(),
             cgroup: Some(CgroupHealth {
@@ -232,27 +208,25 @@ impl Supervisor<'_> {
             },
         };
 
-        let detailed = spec_detailed(self.spec.profile.level);
-        let commit = (|| -> Result<(), String> {
-            events_result?;
-            if let Some(e) = &sup.kernel.write_error {
-                return Err(e.clone());
-            }
-            if let Some(lines) = &sdk_lines {
-                bundle
-                    .write_bytes(files::SDK_LAYER, lines)
-                    .map_err(|e| e.to_string())?;
-            }
-            trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
-            write_documents(&bundle, &health, &trace)?;
-            let known: Vec<_> = sup
-                .streams
-                .iter()
-                .filter_map(|r| r.capture.clone())
-                .collect();
-            bundle.commit(&known).map_err(|e| e.to_string())?;
-            Ok(())
-        })();
+        let known: Vec<_> = sup
+            .streams
+            .iter()
+            .filter_map(|r| r.capture.clone())
+            .collect();
+        let kernel_error = sup.kernel.write_error.clone();
+        let commit = self
+            .rec
+            .commit(&health, &known, &self.spec.profile, failed, |bundle| {
+                if let Some(e) = kernel_error {
+                    return Err(e);
+                }
+                if let Some(lines) = &sdk_lines {
+                    bundle
+                        .write_bytes(files::SDK_LAYER, lines)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            });
         if let Err(e) = &commit {
             eprintln!(
                 "vigil: bundle not committed: {e} (run outcome: {}, exit {})",
@@ -260,29 +234,26 @@ impl Supervisor<'_> {
                 outcome.exit_code()
             );
         }
-        // The copies outside the bundle are written whatever became of the commit: they are
-        // what an operator looks at first when something went wrong.
-        write_profile_copies(&self.spec.profile, &mut trace, &writer, failed);
         if failed {
             eprintln!(
                 "vigil: run {} {}{} (exit {}); bundle {}",
-                trace.run_id,
+                self.rec.trace.run_id,
                 outcome.status(),
                 outcome
                     .reason()
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default(),
                 outcome.exit_code(),
-                bundle.dir().display()
+                self.rec.bundle.dir().display()
             );
         }
         RunResult {
             outcome,
-            bundle_dir: bundle.dir().to_path_buf(),
+            bundle_dir: self.rec.bundle.dir().to_path_buf(),
             commit_error: commit.err(),
             main_exit: (code, sig),
             stall_phase,
-            counters: self.counters.clone(),
+            counters: self.rec.counters.clone(),
             duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
             claims: health.claims(),
         }

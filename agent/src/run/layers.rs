@@ -9,9 +9,8 @@ use super::supervisor::{NotStarted, SDK_DRAIN, Shell, Supervisor};
 use super::tee::{TeeConfig, TeeMsg, spawn_tee};
 use crate::cli::AgentShim;
 use crate::clock;
-use crate::evidence::bundle::Bundle;
 use crate::evidence::files;
-use crate::kernel::KernelLayer;
+use crate::kernel::bus::{self, KernelObserver};
 use crate::kernel::event::Observed;
 use crate::policy::layer::PolicyLayer;
 use crate::policy::sockaddr::{self, SockAddrEnforcer};
@@ -41,8 +40,8 @@ impl Supervisor<'_> {
 
     /// Start the audit oracle for the run's policy. Without kernel events there is nothing to
     /// judge, and health says so instead of claiming an audit.
-    pub(super) fn start_policy(&mut self, bundle: &Bundle, kernel: &KernelLayer) {
-        let kernel_active = kernel.active();
+    pub(super) fn start_policy(&mut self, kernel_active: bool) {
+        let bundle = &self.rec.bundle;
         let Some(spec) = &self.spec.policy else {
             return;
         };
@@ -76,12 +75,7 @@ impl Supervisor<'_> {
             ));
             return;
         }
-        match PolicyLayer::start(
-            spec,
-            vars,
-            &bundle.path(files::POLICY_LAYER),
-            kernel.boot_to_wall_ns(),
-        ) {
+        match PolicyLayer::start(spec, vars, &bundle.path(files::POLICY_LAYER)) {
             Ok(layer) => self.policy = Some(layer),
             Err(e) => self
                 .notes
@@ -89,16 +83,18 @@ impl Supervisor<'_> {
         }
     }
 
-    /// One drain's kernel events to the consumers the shell holds: the policy oracle, the SDK
-    /// layer's tool-call windows and the contract counters (the process tree is the state's).
+    /// One drain's kernel events to the consumers the shell holds, through the bus: the policy
+    /// oracle, the SDK layer's tool-call windows and the contract counters (the process tree
+    /// is the state's: it gets the same batch as a `RunEvent::Kernel`).
     pub(super) fn observe_kernel(&mut self, seen: &[Observed]) {
+        let mut observers: Vec<&mut dyn KernelObserver> = vec![&mut self.rec.counters];
         if let Some(p) = self.policy.as_mut() {
-            p.observe(seen, &self.redactor);
+            observers.push(p);
         }
         if let Some(sdk) = self.sdk.as_mut() {
-            sdk.observe_kernel(seen);
+            observers.push(sdk);
         }
-        self.counters.observe(seen);
+        bus::fan_out(seen, &mut observers);
     }
 
     /// Offer the child an SDK socket: `VIGIL_SDK_SOCKET` in its environment, with the run id
@@ -112,7 +108,11 @@ impl Supervisor<'_> {
                 self.spec.agent_shim.as_str().into(),
             ));
         }
-        match SdkSocket::bind(self.cg.path(), &self.cgroup_mount, self.redactor.clone()) {
+        match SdkSocket::bind(
+            self.cg.path(),
+            &self.cgroup_mount,
+            self.rec.redactor.clone(),
+        ) {
             Ok(sock) => {
                 env.push(("VIGIL_SDK_SOCKET".into(), sock.path().into()));
                 if self.spec.agent_shim != AgentShim::None {
@@ -189,7 +189,6 @@ impl Supervisor<'_> {
     /// pipe to wait for).
     pub(super) fn start_tees(
         &mut self,
-        bundle: &Bundle,
         stdout: std::fs::File,
         stderr: std::fs::File,
         tx: mpsc::Sender<TeeMsg>,
@@ -199,7 +198,7 @@ impl Supervisor<'_> {
             (Stream::Stdout, stdout, files::STDOUT, 1),
             (Stream::Stderr, stderr, files::STDERR, 2),
         ] {
-            let capture = match std::fs::File::create(bundle.path(rel)) {
+            let capture = match std::fs::File::create(self.rec.bundle.path(rel)) {
                 Ok(f) => f,
                 Err(e) => {
                     self.notes
@@ -229,8 +228,8 @@ impl Supervisor<'_> {
             };
             if let Err(e) = spawn_tee(
                 cfg,
-                self.redactor.clone(),
-                self.counters.clone(),
+                self.rec.redactor.clone(),
+                self.rec.counters.clone(),
                 self.fence.clone(),
                 tx.clone(),
             ) {

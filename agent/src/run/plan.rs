@@ -18,22 +18,18 @@ use super::junit::{self, FailingCheck};
 use super::liveness::reason;
 use super::outcome::Outcome;
 use super::plan_file::{Plan, Step, StepCommand};
-use super::recorder::{
-    profile_level_name, settle_contracts, span_tree, spec_detailed, write_documents,
-    write_profile_copies,
-};
+use super::recorder::{Opened, RunRecorder};
+use super::schedule::{Next, Schedule, aborted_after, skipped};
 use super::spec::{RunId, RunSpec};
 use super::supervisor::{self, RunResult, SetupError};
 use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail, TriageMode};
 use crate::clock;
-use crate::contracts::{Registry, RunCounters, Violations};
-use crate::evidence::bundle::Bundle;
+use crate::contracts::Registry;
 use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::health::{Claims, LostEvents, ObservationHealth};
-use crate::evidence::redact::Redactor;
-use crate::evidence::spans::{RunSpan, SpanTree};
-use crate::evidence::trace::{RunStatus, RunTrace, StepRow, StepStatus, Triage, TriageCheck, span};
-use crate::evidence::{files, schema};
+use crate::evidence::schema;
+use crate::evidence::spans::RunSpan;
+use crate::evidence::trace::{StepRow, StepStatus, Triage, TriageCheck, span};
 
 /// A plan and the flags it runs under (`base` holds every `vigil run` flag; its command is
 /// unused).
@@ -48,16 +44,6 @@ pub struct PlanResult {
     pub exit_code: i32,
     pub bundle_dir: PathBuf,
     pub commit_error: Option<String>,
-}
-
-/// Why a step was skipped (`skip_reason`).
-pub mod skip {
-    pub const FAIL_FAST: &str = "fail_fast";
-    pub const DEPENDENCY_FAILED: &str = "dependency_failed";
-    pub const DEPENDENCY_SKIPPED: &str = "dependency_skipped";
-    pub const CHAIN_TIMEOUT: &str = "chain_timeout";
-    /// vigil was asked to stop (SIGINT/SIGTERM) during an earlier step.
-    pub const CANCELLED: &str = "cancelled";
 }
 
 /// How one supervised command of a step ended.
@@ -88,10 +74,8 @@ impl Ran {
 
 struct Gate<'a> {
     spec: &'a PlanSpec,
-    bundle: &'a Bundle,
-    tree: SpanTree,
-    counters: Arc<RunCounters>,
-    events: EventLog,
+    /// The gate's own bundle, events, trace and span stream.
+    rec: RunRecorder,
     notes: Vec<String>,
     /// When the chain's time runs out, on CLOCK_MONOTONIC.
     chain_deadline: Option<u64>,
@@ -105,39 +89,16 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     let started_ns = clock::now_ns();
     let base = &spec.base;
     let run_id = base.run_id.to_string();
-    let counters = Arc::new(RunCounters::default());
-    let violations = Arc::new(Violations::default());
-    let (tree, writer) = span_tree(&base.contracts, &counters, &violations);
-    let total = tree.open_at(span::RUN_TOTAL, None, started_ns);
-    let dispatch = tree.open_at(span::RUNNER_DISPATCH, Some(&total), started_ns);
-
-    let bundle = Bundle::create(&base.out_dir, &run_id)?;
-    for rel in [files::KERNEL_LAYER, files::POLICY_LAYER, files::SDK_LAYER] {
-        bundle.write_plain(rel, b"")?;
-    }
-    let events_path = bundle.path(files::EVENTS);
-    let mut events = EventLog::create(&events_path, &run_id).map_err(|source| SetupError::Io {
-        path: events_path,
-        source,
-    })?;
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let redactor = Redactor::new(&env);
     let argv = vec![
         "vigil".to_string(),
         "run".into(),
         "--plan".into(),
         spec.file.display().to_string(),
     ];
-    let mut trace = RunTrace::start(
-        &run_id,
-        started_ns,
-        &argv,
-        redactor.env_profile(&env),
-        profile_level_name(base.profile.level),
-        base.fail_fast,
-    );
+    let (mut rec, Opened { total, dispatch }) = RunRecorder::create(base, started_ns, &argv, &env)?;
     let step_names: Vec<&str> = spec.plan.steps.iter().map(|s| s.name.as_str()).collect();
-    events.emit(
+    rec.events.emit(
         EventKind::RunStarted,
         None,
         json!({"plan": spec.file.display().to_string(), "steps": step_names,
@@ -146,13 +107,10 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     dispatch.close_now("passed", json!({}));
 
     let chain_timeout = spec.plan.timeout.or(base.liveness.chain_timeout);
-    let chain = tree.open(span::CASE_CHAIN, Some(&total));
+    let chain = rec.tree.open(span::CASE_CHAIN, Some(&total));
     let mut gate = Gate {
         spec: &spec,
-        bundle: &bundle,
-        tree,
-        counters,
-        events,
+        rec,
         notes: Vec::new(),
         chain_deadline: chain_timeout.map(|t| clock::mono_ns().saturating_add(nanos(t))),
         layers: Vec::new(),
@@ -164,7 +122,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     }
     let rows = gate.run_steps(&chain).await;
 
-    let first_failure = rows.iter().find(|(r, _)| is_failure(r));
+    let first_failure = rows.iter().find(|(r, _)| r.status.is_failure());
     let exit_code = first_failure.map_or(0, |(_, code)| *code);
     let status = if first_failure.is_some() {
         "failed"
@@ -174,8 +132,13 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     chain.close_now(status, json!({"exit_code": exit_code}));
     total.close_now(status, json!({"exit_code": exit_code}));
 
-    let mut notes = std::mem::take(&mut gate.notes);
-    let found = settle_contracts(&mut gate.events, &mut notes, base, &violations);
+    let Gate {
+        mut rec,
+        mut notes,
+        layers,
+        ..
+    } = gate;
+    let found = rec.settle_contracts(base, &mut notes);
     let mut exit_code = exit_code;
     let mut status = status;
     if base.contracts_strict && !found.is_empty() && exit_code == 0 {
@@ -186,52 +149,35 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
         exit_code = ExitCode::CONTRACT_VIOLATED;
         status = "failed";
     }
-    trace.summary.contract_violations = found;
+    let summary = &mut rec.trace.summary;
+    summary.contract_violations = found;
     let steps: Vec<StepRow> = rows.into_iter().map(|(r, _)| r).collect();
-    trace.summary.first_failure_step = steps.iter().find(|r| is_failure(r)).map(|r| r.name.clone());
-    trace.summary.skipped_step_count = steps
+    summary.first_failure_step = steps
+        .iter()
+        .find(|r| r.status.is_failure())
+        .map(|r| r.name.clone());
+    summary.skipped_step_count = steps
         .iter()
         .filter(|r| r.status == StepStatus::Skipped)
         .count() as u64;
-    trace.summary.aborted_after_step = aborted_after(&steps);
-    trace.summary.steps = steps;
-
-    let ended_ns = clock::now_ns();
-    gate.events.emit(
-        EventKind::RunFinished,
-        None,
-        json!({"status": status, "exit_code": exit_code}),
-    );
-    let events_result = gate.events.finish();
-    trace.ended_at = Some(clock::rfc3339(ended_ns));
-    trace.status = status.into();
-    trace.exit_code = Some(exit_code);
-    trace.run_status = RunStatus {
-        state: "committed".into(),
-        reason: None,
-    };
-    trace.events = gate.events.trace_events().to_vec();
-    let health = plan_health(&run_id, &gate.layers, &gate.events, notes);
-    let detailed = spec_detailed(base.profile.level);
-    let commit = (|| -> Result<(), String> {
-        events_result?;
-        trace.spans = writer.with(|r| r.export(detailed, clock::now_ns()));
-        write_documents(&bundle, &health, &trace)?;
-        bundle.commit(&[]).map_err(|e| e.to_string())?;
-        Ok(())
-    })();
+    summary.aborted_after_step = aborted_after(&steps);
+    summary.steps = steps;
+    rec.finish(status, None, exit_code);
+    let health = plan_health(&run_id, &layers, &rec.events, notes);
     let failed = status != "passed";
-    match &commit {
-        Err(e) => {
-            eprintln!("vigil: plan bundle not committed: {e} (gate {status}, exit {exit_code})")
-        }
-        Ok(()) => write_profile_copies(&base.profile, &mut trace, &writer, failed),
+    let commit = rec.commit(&health, &[], &base.profile, failed, |_| Ok(()));
+    if let Err(e) = &commit {
+        eprintln!("vigil: plan bundle not committed: {e} (gate {status}, exit {exit_code})");
     }
     if failed {
         eprintln!(
             "vigil: gate {run_id} failed at step {} (exit {exit_code}); bundle {}",
-            trace.summary.first_failure_step.as_deref().unwrap_or("-"),
-            bundle.dir().display()
+            rec.trace
+                .summary
+                .first_failure_step
+                .as_deref()
+                .unwrap_or("-"),
+            rec.bundle.dir().display()
         );
     }
     Ok(PlanResult {
@@ -240,105 +186,52 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
         } else {
             exit_code
         },
-        bundle_dir: bundle.dir().to_path_buf(),
+        bundle_dir: rec.bundle.dir().to_path_buf(),
         commit_error: commit.err(),
     })
-}
-
-fn is_failure(r: &StepRow) -> bool {
-    r.status.is_failure()
-}
-
-/// The step after which the gate stopped running steps: the first failure when fail-fast
-/// skipped later steps, or the step during which the chain timed out.
-fn aborted_after(steps: &[StepRow]) -> Option<String> {
-    let stopped = steps.iter().find(|r| {
-        matches!(
-            r.skip_reason.as_deref(),
-            Some(skip::FAIL_FAST | skip::CHAIN_TIMEOUT | skip::CANCELLED)
-        )
-    })?;
-    stopped.blocked_by.clone()
 }
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn skipped(step: &Step, why: &str, blocked_by: Option<&str>) -> StepRow {
-    StepRow {
-        name: step.name.clone(),
-        status: StepStatus::Skipped,
-        exit_code: None,
-        signal: None,
-        duration_ms: 0,
-        reason: None,
-        skip_reason: Some(why.into()),
-        blocked_by: blocked_by.map(String::from),
-        stall_detected: Some(false),
-        stall_phase: None,
-        triage: step.governance.then(Triage::not_run),
-        bundle: None,
-    }
-}
-
 impl Gate<'_> {
     /// Run the steps in order; each row with the exit code it contributes.
     async fn run_steps(&mut self, chain: &RunSpan) -> Vec<(StepRow, i32)> {
         let steps = &self.spec.plan.steps;
-        let mut rows: Vec<(StepRow, i32)> = Vec::with_capacity(steps.len());
-        // The step that stops every later one: (name, skip reason).
-        let mut stop: Option<(String, &'static str)> = None;
+        let mut rows: Vec<StepRow> = Vec::with_capacity(steps.len());
+        let mut codes: Vec<i32> = Vec::with_capacity(steps.len());
+        let mut schedule = Schedule::new(self.spec.base.fail_fast);
         for (i, step) in steps.iter().enumerate() {
-            let blocked = step.depends_on.iter().find_map(|dep| {
-                let row = rows.iter().find(|(r, _)| &r.name == dep)?;
-                match row.0.status {
-                    StepStatus::Passed => None,
-                    StepStatus::Skipped => Some((dep, skip::DEPENDENCY_SKIPPED)),
-                    _ => Some((dep, skip::DEPENDENCY_FAILED)),
-                }
-            });
-            if stop.is_none() && self.chain_deadline.is_some_and(|d| clock::mono_ns() >= d) {
-                // The chain's time ran out between steps: blocked by the step that used it up.
-                let last = rows.last().map(|(r, _)| r.name.clone()).unwrap_or_default();
-                stop = Some((last, skip::CHAIN_TIMEOUT));
-            }
-            let row = match (&stop, blocked) {
-                (Some((by, why)), _) => (skipped(step, why, Some(by)), 0),
-                (None, Some((dep, why))) => (skipped(step, why, Some(dep)), 0),
-                (None, None) => self.run_step(i, step, chain).await,
+            let expired = self.chain_deadline.is_some_and(|d| clock::mono_ns() >= d);
+            let row = match schedule.next(step, &rows, expired) {
+                Next::Skip { why, blocked_by } => (skipped(step, why, Some(&blocked_by)), 0),
+                Next::Run => self.run_step(i, step, chain).await,
             };
             let cancelled = std::mem::take(&mut self.cancelled);
             if row.0.status == StepStatus::Skipped {
-                let s = self.tree.open(span::CASE_RUN, Some(chain));
+                let s = self.rec.tree.open(span::CASE_RUN, Some(chain));
                 s.close_now(
                     "skipped",
                     json!({"step": step.name, "skip_reason": row.0.skip_reason, "blocked_by": row.0.blocked_by}),
                 );
             }
-            self.events.emit(
+            self.rec.events.emit(
                 EventKind::Note,
                 row.0.reason.as_deref(),
                 json!({"step": step.name, "status": row.0.status, "exit_code": row.0.exit_code,
                        "bundle": row.0.bundle, "skip_reason": row.0.skip_reason}),
             );
-            if stop.is_none() {
-                if cancelled {
-                    stop = Some((step.name.clone(), skip::CANCELLED));
-                } else if row.0.reason.as_deref() == Some(reason::CASE_CHAIN) {
-                    stop = Some((step.name.clone(), skip::CHAIN_TIMEOUT));
-                } else if self.spec.base.fail_fast && is_failure(&row.0) {
-                    stop = Some((step.name.clone(), skip::FAIL_FAST));
-                }
-            }
-            rows.push(row);
+            schedule.after(&row.0, cancelled);
+            rows.push(row.0);
+            codes.push(row.1);
         }
-        rows
+        rows.into_iter().zip(codes).collect()
     }
 
     /// Setup, the step's command, teardown, and triage when a governance step failed.
     async fn run_step(&mut self, i: usize, step: &Step, chain: &RunSpan) -> (StepRow, i32) {
-        let case = self.tree.open(span::CASE_RUN, Some(chain));
+        let case = self.rec.tree.open(span::CASE_RUN, Some(chain));
         let id = format!("{:02}-{}", i + 1, step.name);
         let harness_timeout = step.harness_timeout.or(self
             .spec
@@ -434,7 +327,7 @@ impl Gate<'_> {
         (timeout, timeout_reason): (Option<Duration>, &'static str),
         attrs: Value,
     ) -> Ran {
-        let span = self.tree.open(span_name, Some(parent));
+        let span = self.rec.tree.open(span_name, Some(parent));
         let spec = self.step_spec(&id, step, command, timeout, timeout_reason);
         let ran = match spec {
             Err(e) => {
@@ -463,7 +356,7 @@ impl Gate<'_> {
     }
 
     fn absorb(&mut self, id: &str, r: RunResult) -> Ran {
-        self.counters.absorb(&r.counters);
+        self.rec.counters.absorb(&r.counters);
         self.layers.push(r.claims);
         let status = if r.commit_error.is_some() {
             StepStatus::Error
@@ -503,7 +396,7 @@ impl Gate<'_> {
         let (program, args) = argv.split_first().ok_or("empty command")?;
         let mut spec = base.clone();
         spec.run_id = id.parse::<RunId>().map_err(|e| e.to_string())?;
-        spec.out_dir = self.bundle.path("steps");
+        spec.out_dir = self.rec.bundle.path("steps");
         spec.program = program.into();
         spec.args = args.iter().map(Into::into).collect();
         spec.cwd = step.cwd.clone();

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use marked_yaml::{LoaderOptions, Node};
 
-use crate::policy::parse::{Diagnostic, loc, unknown_keys, yaml_error};
+use crate::diag::{Diagnostic, loc, unknown_keys, yaml_error};
 
 /// A command: an argv, or a shell string run with `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,8 @@
-//! What every run and plan writes the same way: the documents before the index (health, the
-//! trace and its people's version), the contract verdicts once every span closed, the run's
-//! span stream (run-trace writer + contract checker layers), the profile copies outside the
-//! bundle, and the per-process spans of the detailed profile.
+//! What every run and plan records the same way: [`RunRecorder`] (the bundle, the event log, the
+//! redactor, the trace and the run's span stream with its run-trace writer and contract checker
+//! layers, opened and committed alike by single runs and plans), the profile copies outside the
+//! bundle — written whatever became of the commit — and the per-process spans of the detailed
+//! profile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,19 +11,144 @@ use serde_json::json;
 use tracing_subscriber::layer::SubscriberExt;
 
 use super::spec::{ProfileConfig, RunSpec};
+use super::supervisor::SetupError;
 use crate::cli::{ProfileLevel, ProfileOnFail};
 use crate::clock;
-use crate::contracts::{ContractLayer, RunCounters, Violations};
-use crate::evidence::bundle::{self, Bundle};
+use crate::contracts::{ContractLayer, RunCounters, Violation, Violations};
+use crate::evidence::bundle::{self, Bundle, FileDigest};
 use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::files;
 use crate::evidence::health::ObservationHealth;
+use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
-use crate::evidence::trace::{RunTrace, render_summary_md, span};
+use crate::evidence::trace::{RunStatus, RunTrace, render_summary_md, span};
 use crate::kernel::tree::ProcessLife;
 
+/// One run's (or plan's) evidence while it is recorded.
+pub struct RunRecorder {
+    pub bundle: Bundle,
+    pub events: EventLog,
+    pub redactor: Arc<Redactor>,
+    pub trace: RunTrace,
+    /// The run's spans, on its own `tracing` dispatcher.
+    pub tree: SpanTree,
+    /// The run-trace writer layer, read when the trace is written.
+    writer: SpanWriter,
+    /// What the contract layer found as spans closed.
+    violations: Arc<Violations>,
+    /// What contracts count: kernel operations, output bytes, lost events.
+    pub counters: Arc<RunCounters>,
+    /// `events.ndjson`'s last write result, once the log is finished.
+    events_result: Result<(), String>,
+}
+
+/// The two spans every run opens at its start.
+pub struct Opened {
+    pub total: RunSpan,
+    pub dispatch: RunSpan,
+}
+
+impl RunRecorder {
+    /// Open `run.total` and `runner.dispatch` at `started_ns`, then create the bundle (an
+    /// unwritable `--out` fails here, before anything runs), its empty layers and its event log.
+    /// `argv` is what the trace names as the command; `env` the environment the run sees, whose
+    /// profile goes into the trace and whose secret values are masked everywhere.
+    pub fn create(
+        spec: &RunSpec,
+        started_ns: u64,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<(Self, Opened), SetupError> {
+        let run_id = spec.run_id.to_string();
+        let counters = Arc::new(RunCounters::default());
+        let violations = Arc::new(Violations::default());
+        let (tree, writer) = span_tree(&spec.contracts, &counters, &violations);
+        let total = tree.open_at(span::RUN_TOTAL, None, started_ns);
+        let dispatch = tree.open_at(span::RUNNER_DISPATCH, Some(&total), started_ns);
+        let bundle = Bundle::create(&spec.out_dir, &run_id)?;
+        // Setup files are written without fsync: `reindex --repair` recreates any of them, and
+        // the first fsync on a fresh directory can cost tens of ms before anything started.
+        for rel in [files::KERNEL_LAYER, files::POLICY_LAYER, files::SDK_LAYER] {
+            bundle.write_plain(rel, b"")?;
+        }
+        let path = bundle.path(files::EVENTS);
+        let events =
+            EventLog::create(&path, &run_id).map_err(|source| SetupError::Io { path, source })?;
+        let redactor = Arc::new(Redactor::new(env));
+        let trace = RunTrace::start(
+            &run_id,
+            started_ns,
+            &redactor.redact_argv(argv),
+            redactor.env_profile(env),
+            profile_level_name(spec.profile.level),
+            spec.fail_fast,
+        );
+        let rec = RunRecorder {
+            bundle,
+            events,
+            redactor,
+            trace,
+            tree,
+            writer,
+            violations,
+            counters,
+            events_result: Ok(()),
+        };
+        Ok((rec, Opened { total, dispatch }))
+    }
+
+    /// Once every span has closed: the contracts' verdicts, as events and notes.
+    pub fn settle_contracts(&mut self, spec: &RunSpec, notes: &mut Vec<String>) -> Vec<Violation> {
+        settle_contracts(&mut self.events, notes, spec, &self.violations)
+    }
+
+    /// The run is over: `run_finished`, the trace's status and end, its events. The event log
+    /// is finished here, so health can say what it shed.
+    pub fn finish(&mut self, status: &str, reason: Option<&'static str>, exit_code: i32) {
+        let ended_ns = clock::now_ns();
+        self.events.emit(
+            EventKind::RunFinished,
+            reason,
+            json!({"status": status, "exit_code": exit_code}),
+        );
+        self.events_result = self.events.finish();
+        self.trace.ended_at = Some(clock::rfc3339(ended_ns));
+        self.trace.status = status.into();
+        self.trace.exit_code = Some(exit_code);
+        self.trace.run_status = RunStatus {
+            state: "committed".into(),
+            reason: None,
+        };
+        self.trace.events = self.events.trace_events().to_vec();
+    }
+
+    /// Write what `extra` adds, health and the trace, then the index (the commit barrier) over
+    /// the files plus `known` digests; then the profile copies outside the bundle, whatever
+    /// became of the commit (they are what an operator looks at first when something failed).
+    pub fn commit(
+        &mut self,
+        health: &ObservationHealth,
+        known: &[FileDigest],
+        profile: &ProfileConfig,
+        failed: bool,
+        extra: impl FnOnce(&Bundle) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let detailed = spec_detailed(profile.level);
+        let commit = (|| -> Result<(), String> {
+            self.events_result.clone()?;
+            extra(&self.bundle)?;
+            self.trace.spans = self.writer.with(|r| r.export(detailed, clock::now_ns()));
+            write_documents(&self.bundle, health, &self.trace)?;
+            self.bundle.commit(known).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        write_profile_copies(profile, &mut self.trace, &self.writer, failed);
+        commit
+    }
+}
+
 /// The run's documents, before the index: health, the trace and its people's version.
-pub fn write_documents(
+fn write_documents(
     bundle: &Bundle,
     health: &ObservationHealth,
     trace: &RunTrace,
@@ -43,7 +169,7 @@ pub fn write_documents(
 
 /// Once every span has closed: each violation becomes a `contract_violation` event, and the
 /// notes say what was checked.
-pub fn settle_contracts(
+fn settle_contracts(
     events: &mut EventLog,
     notes: &mut Vec<String>,
     spec: &RunSpec,
@@ -80,7 +206,7 @@ pub fn settle_contracts(
 
 /// The run's spans go to its own dispatcher: the run-trace writer and the contract checker
 /// consume the same stream.
-pub fn span_tree(
+fn span_tree(
     contracts: &Arc<crate::contracts::Registry>,
     counters: &Arc<RunCounters>,
     violations: &Arc<Violations>,
@@ -100,12 +226,7 @@ pub fn span_tree(
 
 /// Copies outside the bundle (CONTRACT.md §2): at the profile level, or — for a failing run
 /// with profiling off — at the `--profile-on-fail` level.
-pub fn write_profile_copies(
-    p: &ProfileConfig,
-    trace: &mut RunTrace,
-    spans: &SpanWriter,
-    failed: bool,
-) {
+fn write_profile_copies(p: &ProfileConfig, trace: &mut RunTrace, spans: &SpanWriter, failed: bool) {
     let detailed = match (p.level, p.on_fail) {
         (ProfileLevel::Off, ProfileOnFail::Off) => return,
         (ProfileLevel::Off, on_fail) if failed => on_fail == ProfileOnFail::Detailed,
@@ -194,11 +315,11 @@ pub fn exit_status(code: Option<i32>, sig: Option<i32>) -> &'static str {
     }
 }
 
-pub fn spec_detailed(level: ProfileLevel) -> bool {
+fn spec_detailed(level: ProfileLevel) -> bool {
     matches!(level, ProfileLevel::Detailed | ProfileLevel::Debug)
 }
 
-pub fn profile_level_name(level: ProfileLevel) -> &'static str {
+fn profile_level_name(level: ProfileLevel) -> &'static str {
     match level {
         ProfileLevel::Off => "off",
         ProfileLevel::Basic => "basic",

@@ -15,27 +15,27 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::cgroup::{self, CgroupError, RunCgroup};
-use super::dispatch::{Action, DispatchConfig, RunEvent, RunState, Stream};
+use super::dispatch::{DispatchConfig, RunEvent, RunState};
 use super::guard::Guard;
 use super::kill::Escalation;
-use super::liveness::reason;
 use super::outcome::Outcome;
+use super::perform::on_tee;
 use super::proctree::{ProcInfo, ProcTracker, read_stat};
-use super::recorder::{exit_status, profile_level_name, record_process_spans, span_tree};
+use super::recorder::{Opened, RunRecorder, exit_status, record_process_spans};
 use super::spawn::{self, SpawnError};
 use super::spec::RunSpec;
-use super::tee::{Fence, TeeMsg, TeeReport};
-use super::triage::{self, StallSnapshot};
+use super::tee::{Fence, TeeReport};
+use super::triage::StallSnapshot;
 use crate::cli::{ExitCode, KernelLayerMode};
 use crate::clock;
-use crate::contracts::{RunCounters, Violations};
-use crate::evidence::bundle::{Bundle, BundleError};
-use crate::evidence::events::{EventKind, EventLog};
+use crate::contracts::RunCounters;
+use crate::evidence::bundle::BundleError;
+use crate::evidence::events::EventKind;
 use crate::evidence::files;
 use crate::evidence::health::Claims;
-use crate::evidence::redact::Redactor;
-use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
-use crate::evidence::trace::{RunTrace, span};
+use crate::evidence::spans::RunSpan;
+use crate::evidence::trace::span;
+use crate::kernel::bus::EventSource;
 use crate::kernel::sensor::Scope;
 use crate::kernel::{KernelLayer, KernelReport};
 use crate::policy::layer::PolicyLayer;
@@ -46,7 +46,7 @@ pub use super::dispatch::PROCESS_SAMPLE;
 /// How long SDK connections may still be read after the run's processes are gone.
 pub(super) const SDK_DRAIN: Duration = Duration::from_millis(500);
 /// Window over which the run's CPU rate is measured for stall triage.
-const CPU_WINDOW: Duration = Duration::from_secs(1);
+pub(super) const CPU_WINDOW: Duration = Duration::from_secs(1);
 
 /// Failures before the child was started: nothing ran, nothing needs killing.
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +102,6 @@ impl RunResult {
 
 /// Spans of one run, opened in order, on the run's own `tracing` dispatcher.
 pub(super) struct RunSpans {
-    pub(super) tree: SpanTree,
-    /// The run-trace writer layer, read when the trace is written.
-    pub(super) writer: SpanWriter,
-    /// What the contract layer found as spans closed.
-    pub(super) violations: Arc<Violations>,
     pub(super) total: RunSpan,
     /// Closed when the child is spawned (or could not be).
     pub(super) dispatch: Option<RunSpan>,
@@ -127,26 +122,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
     let started_ns = clock::now_ns();
     let run_id = spec.run_id.to_string();
 
-    let counters = Arc::new(RunCounters::default());
-    let violations = Arc::new(Violations::default());
-    let (tree, writer) = span_tree(&spec.contracts, &counters, &violations);
-    let total = tree.open_at(span::RUN_TOTAL, None, started_ns);
-    let dispatch = tree.open_at(span::RUNNER_DISPATCH, Some(&total), started_ns);
-    let setup = tree.open_at(span::CASE_HARNESS, Some(&total), started_ns);
-
-    // Bundle first: an unwritable output directory fails here, before anything runs.
-    let bundle = Bundle::create(&spec.out_dir, &run_id)?;
-    // Setup files are written without fsync: `reindex --repair` recreates any of them, and the
-    // first fsync on a fresh directory can cost tens of ms before the child has even started.
-    for rel in [files::KERNEL_LAYER, files::POLICY_LAYER, files::SDK_LAYER] {
-        bundle.write_plain(rel, b"")?;
-    }
-    let io_err = |path: PathBuf| move |source| SetupError::Io { path, source };
-    let mut events = EventLog::create(&bundle.path(files::EVENTS), &run_id)
-        .map_err(io_err(bundle.path(files::EVENTS)))?;
-
-    // The child's environment as vigil sets it (a plan step's own variables over vigil's):
-    // its profile goes into the trace and its secret values are masked everywhere.
+    // The child's environment as vigil sets it (a plan step's own variables over vigil's).
     let lossy = |(k, v): (OsString, OsString)| {
         (
             k.to_string_lossy().into_owned(),
@@ -158,19 +134,15 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         env.retain(|(key, _)| *key != k);
         env.push((k, v));
     }
-    let redactor = Arc::new(Redactor::new(&env));
-    let argv = redactor.redact_argv(&spec.argv_lossy());
-    let mut trace = RunTrace::start(
-        &run_id,
-        started_ns,
-        &argv,
-        redactor.env_profile(&env),
-        profile_level_name(spec.profile.level),
-        spec.fail_fast,
-    );
-    bundle.write_plain(
+    // Bundle first: an unwritable output directory fails here, before anything runs.
+    let (rec, Opened { total, dispatch }) =
+        RunRecorder::create(&spec, started_ns, &spec.argv_lossy(), &env)?;
+    let setup = rec
+        .tree
+        .open_at(span::CASE_HARNESS, Some(&total), started_ns);
+    rec.bundle.write_plain(
         files::RUN_TRACE,
-        &serde_json::to_vec_pretty(&trace).unwrap_or_default(),
+        &serde_json::to_vec_pretty(&rec.trace).unwrap_or_default(),
     )?;
 
     let mut notes = Vec::new();
@@ -211,57 +183,60 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
             return Err(e.into());
         }
     };
-    trace.cgroup = Some(json!({"path": cg.path().display().to_string(), "id": cg.id()}));
+    let mut rec = rec;
+    rec.trace.cgroup = Some(json!({"path": cg.path().display().to_string(), "id": cg.id()}));
     setup.close_now("passed", json!({"phase": "setup"}));
 
-    let chain = tree.open(span::CASE_CHAIN, Some(&total));
-    let case = tree.open(span::CASE_RUN, Some(&chain));
+    let chain = rec.tree.open(span::CASE_CHAIN, Some(&total));
+    let case = rec.tree.open(span::CASE_RUN, Some(&chain));
     let mut spans = RunSpans {
-        tree,
-        writer,
-        violations,
         total,
         dispatch: Some(dispatch),
         chain,
         case,
     };
-    events.emit(
-        EventKind::RunStarted,
-        None,
-        json!({"command": trace.command, "args": trace.args, "cgroup": trace.cgroup, "vigil_pid": std::process::id(),
+    let started = json!({"command": rec.trace.command, "args": rec.trace.args, "cgroup": rec.trace.cgroup, "vigil_pid": std::process::id(),
                // What ${WORKSPACE}, ${HOME} and ${TMPDIR} meant for this run (for `vigil policy suggest`).
-               "policy_vars": spec.vars}),
-    );
+               "policy_vars": spec.vars});
+    rec.events.emit(EventKind::RunStarted, None, started);
 
     let mut sup = Supervisor {
         spec: &spec,
         cg: &cg,
-        events,
-        redactor,
+        rec,
         notes,
         fence: Arc::new(Fence::default()),
         escalation: None,
         cpu_samples: VecDeque::new(),
         policy: None,
         network_mechanism: None,
-        counters,
         cgroup_mount: mount,
         child_env: Vec::new(),
         sdk: None,
         sdk_stats: None,
     };
+    // The sensor watches the run's cgroup before the child exists: its first exec is seen.
+    let kernel = KernelLayer::start(
+        match spec.kernel_layer {
+            KernelLayerMode::Auto => Some(Scope::Full),
+            KernelLayerMode::Process => Some(Scope::Process),
+            KernelLayerMode::Off => None,
+        },
+        cg.id(),
+        &sup.rec.bundle.path(files::KERNEL_LAYER),
+    );
     let outcome = sup
-        .supervise(&bundle, &mut spans, &mut sigint, &mut sigterm)
+        .supervise(&mut spans, &mut sigint, &mut sigterm, kernel)
         .await;
-    let result = sup.finish(outcome, bundle, spans, trace, guard, started_ns);
+    let result = sup.finish(outcome, spans, guard, started_ns);
     Ok(result)
 }
 
 pub(super) struct Supervisor<'a> {
     pub(super) spec: &'a RunSpec,
     pub(super) cg: &'a RunCgroup,
-    pub(super) events: EventLog,
-    pub(super) redactor: Arc<Redactor>,
+    /// The bundle, event log, redactor, trace, span stream and counters.
+    pub(super) rec: RunRecorder,
     pub(super) notes: Vec<String>,
     pub(super) fence: Arc<Fence>,
     pub(super) escalation: Option<Escalation>,
@@ -270,8 +245,6 @@ pub(super) struct Supervisor<'a> {
     pub(super) policy: Option<PolicyLayer>,
     /// Enforce mode: what holds the network rules (health names it).
     pub(super) network_mechanism: Option<String>,
-    /// What contracts count: kernel operations, output bytes, lost events.
-    pub(super) counters: Arc<RunCounters>,
     /// Where cgroup v2 is mounted (the SDK socket checks its peers' cgroups against it).
     pub(super) cgroup_mount: PathBuf,
     /// Variables vigil adds to the child's environment (`VIGIL_SDK_SOCKET`, …).
@@ -311,10 +284,10 @@ pub(super) struct Supervised {
 /// What the shell keeps while performing the state's actions: the procfs sampler, the pending
 /// triage, whether emptiness must come from samples.
 pub(super) struct Shell {
-    tracker: ProcTracker,
-    kernel_tree: bool,
-    watch_empty: bool,
-    triage: Option<tokio::task::JoinHandle<StallSnapshot>>,
+    pub(super) tracker: ProcTracker,
+    pub(super) kernel_tree: bool,
+    pub(super) watch_empty: bool,
+    pub(super) triage: Option<tokio::task::JoinHandle<StallSnapshot>>,
 }
 
 /// Output messages in flight from the two tee threads (chunk counts coalesce when full).
@@ -328,29 +301,21 @@ async fn join_opt(h: &mut Option<tokio::task::JoinHandle<StallSnapshot>>) -> Opt
 }
 
 impl Supervisor<'_> {
-    async fn supervise(
+    /// Spawn the child and dispatch until the run is over. `kernel` is the run's event source,
+    /// already watching its cgroup (so the child's first exec is seen).
+    async fn supervise<K: EventSource>(
         &mut self,
-        bundle: &Bundle,
         spans: &mut RunSpans,
         sigint: &mut tokio::signal::unix::Signal,
         sigterm: &mut tokio::signal::unix::Signal,
+        mut kernel: K,
     ) -> Supervised {
-        // The sensor watches the run's cgroup before the child exists: its first exec is seen.
-        let mut kernel = KernelLayer::start(
-            match self.spec.kernel_layer {
-                KernelLayerMode::Auto => Some(Scope::Full),
-                KernelLayerMode::Process => Some(Scope::Process),
-                KernelLayerMode::Off => None,
-            },
-            self.cg.id(),
-            &bundle.path(files::KERNEL_LAYER),
-        );
-        self.start_policy(bundle, &kernel);
+        self.start_policy(kernel.active());
         let mut sdk_socket = self.offer_sdk(kernel.active());
         // Held until the run ends: dropping it detaches the network programs.
         let network = self.enforce_network();
-        let check = spans.tree.open(span::CHECK_EXECUTE, Some(&spans.case));
-        let exec_span = spans.tree.open(span::SUBPROCESS_EXEC, Some(&check));
+        let check = self.rec.tree.open(span::CHECK_EXECUTE, Some(&spans.case));
+        let exec_span = self.rec.tree.open(span::SUBPROCESS_EXEC, Some(&check));
         let started = network.and_then(|n| {
             spawn::spawn(self.spec, self.cg.path(), &self.child_env)
                 .map(|s| (s, n))
@@ -378,7 +343,7 @@ impl Supervisor<'_> {
                 // What the kernel saw of the attempt (a Landlock-denied first exec) still
                 // reaches its consumers: the policy layer gets its decision.
                 let mut seen = Vec::new();
-                let kernel = kernel.finish(&self.redactor, &mut seen);
+                let kernel = kernel.finish(&self.rec.redactor, &mut seen);
                 self.observe_kernel(&seen);
                 return Supervised {
                     state: None,
@@ -397,7 +362,8 @@ impl Supervisor<'_> {
         if let Some(d) = spans.dispatch.take() {
             d.close("passed", json!({}), spawned_ns);
         }
-        let wait_span = spans
+        let wait_span = self
+            .rec
             .tree
             .open_at(span::SUBPROCESS_WAIT, Some(&check), spawned_ns);
         // Closed at the child's exit; the registry ends it for the contract layer only after
@@ -416,11 +382,11 @@ impl Supervisor<'_> {
             argv: argv.clone(),
         };
         for state in ["spawned", "running"] {
-            self.events.emit(
+            self.rec.events.emit(
                 EventKind::SubprocessState,
                 None,
                 json!({"pid": main_pid, "ppid": main_info.ppid, "state": state, "comm": main_info.comm,
-                       "argv": self.redactor.redact_argv(&argv), "exit_code": null, "signal": null, "source": "spawn"}),
+                       "argv": self.rec.redactor.redact_argv(&argv), "exit_code": null, "signal": null, "source": "spawn"}),
             );
         }
         tracker.adopt_main(main_info);
@@ -435,13 +401,12 @@ impl Supervisor<'_> {
                 main_pid,
                 kernel_tree,
             },
-            self.redactor.clone(),
             spawned_mono,
             spawned_ns,
         );
         let (tee_tx, mut tee_rx) = mpsc::channel(TEE_CHANNEL);
         let mut reports: [TeeReport; 2] = Default::default();
-        for stream in self.start_tees(bundle, spawned.stdout, spawned.stderr, tee_tx) {
+        for stream in self.start_tees(spawned.stdout, spawned.stderr, tee_tx) {
             // A tee that could not start has no pipe to wait for.
             state.handle(RunEvent::StreamClosed(stream), clock::mono_ns());
         }
@@ -465,7 +430,7 @@ impl Supervisor<'_> {
 
         while !state.is_done() {
             // One batch of this iteration's events to the writer thread.
-            self.events.flush_pending();
+            self.rec.events.flush_pending();
             let now = clock::mono_ns();
             if state.next_deadline() <= now {
                 // Deadlines fire here, before any source is polled, so no storm of kernel
@@ -517,7 +482,7 @@ impl Supervisor<'_> {
                 },
                 _ = kernel.readable() => {
                     seen.clear();
-                    kernel.drain(&self.redactor, &mut seen);
+                    kernel.drain(&self.rec.redactor, &mut seen);
                     self.observe_kernel(&seen);
                     state.handle(RunEvent::Kernel(&seen), clock::mono_ns())
                 }
@@ -530,17 +495,25 @@ impl Supervisor<'_> {
         // The cgroup is empty, so every kernel event of the run is committed: finish drains them.
         seen.clear();
         let boot_to_wall = kernel.boot_to_wall_ns();
-        let kernel = kernel.finish(&self.redactor, &mut seen);
+        let kernel = kernel.finish(&self.rec.redactor, &mut seen);
         self.observe_kernel(&seen);
         let acts = state.handle(RunEvent::Kernel(&seen), clock::mono_ns());
         self.perform(&mut state, &mut shell, acts);
-        self.counters
+        self.rec
+            .counters
             .set_lost_events(kernel.ring_lost + kernel.decode_errors);
-        record_process_spans(&spans.tree, &wait_span, &state.tree().lives(), boot_to_wall);
+        record_process_spans(
+            &self.rec.tree,
+            &wait_span,
+            &state.tree().lives(),
+            boot_to_wall,
+        );
         // Without the kernel layer, everything the sampler still knows has exited.
         if !kernel_tree {
-            for ch in shell.tracker.update(&[], &self.redactor) {
-                self.events.emit(EventKind::SubprocessState, None, ch.data);
+            for ch in shell.tracker.update(&[], &self.rec.redactor) {
+                self.rec
+                    .events
+                    .emit(EventKind::SubprocessState, None, ch.data);
             }
         }
         self.fence.close();
@@ -558,143 +531,6 @@ impl Supervisor<'_> {
             process_tree: true,
             process_tree_source: if kernel_tree { "kernel" } else { "procfs" },
             kernel,
-        }
-    }
-
-    /// Perform the state's actions in order; those that ask a question (probe, sample) feed
-    /// their answer back to the state at once.
-    pub(super) fn perform(&mut self, state: &mut RunState, shell: &mut Shell, acts: Vec<Action>) {
-        let mut queue: VecDeque<Action> = acts.into();
-        while let Some(action) = queue.pop_front() {
-            match action {
-                Action::Emit(kind, why, data) => {
-                    self.events.emit(kind, why, data);
-                }
-                Action::Note(n) => self.notes.push(n),
-                Action::Say(s) => eprintln!("vigil: {s}"),
-                Action::CloseFence => self.fence.close(),
-                Action::GiveUpStreams => {}
-                Action::AcceptSdk(r) => {
-                    if let Some(checkpoint) = self.sdk.as_mut().and_then(|l| l.accept(r)) {
-                        self.events.emit(EventKind::Checkpoint, None, checkpoint);
-                    }
-                }
-                Action::Terminate { cause } => self.terminate(cause),
-                Action::KillRemaining { watchdog } => self.kill_remaining(watchdog),
-                Action::KillComplete => {
-                    if let Some(esc) = &self.escalation {
-                        let data = json!({"what": "kill_complete", "term_to_empty_ms": esc.elapsed_ms(),
-                            "term_sent": esc.term_sent, "escalated": esc.escalated()});
-                        self.events.emit(EventKind::Note, None, data);
-                    }
-                }
-                Action::Triage { silent_ms } => {
-                    let cg = RunCgroup::clone(self.cg);
-                    let redactor = self.redactor.clone();
-                    let rate = self.cpu_rate();
-                    shell.triage = Some(tokio::task::spawn_blocking(move || {
-                        triage::snapshot(&cg, rate, silent_ms, &redactor)
-                    }));
-                }
-                Action::ProbeCgroup => {
-                    let processes = self.cg.procs().len();
-                    let ev = RunEvent::CgroupProbed { processes };
-                    queue.extend(state.handle(ev, clock::mono_ns()));
-                }
-                Action::Sample => {
-                    let pids = self.cg.procs();
-                    let changes = if shell.kernel_tree {
-                        Vec::new()
-                    } else {
-                        shell.tracker.update(&pids, &self.redactor)
-                    };
-                    if let Some(u) = self.cg.cpu_usage_usec() {
-                        let now = Instant::now();
-                        self.cpu_samples.push_back((now, u));
-                        while self
-                            .cpu_samples
-                            .front()
-                            .is_some_and(|(t, _)| now.duration_since(*t) > CPU_WINDOW * 2)
-                        {
-                            self.cpu_samples.pop_front();
-                        }
-                    }
-                    let now = clock::mono_ns();
-                    let processes = pids.len();
-                    queue.extend(state.handle(RunEvent::Sampled { changes, processes }, now));
-                    if shell.watch_empty && pids.is_empty() {
-                        queue.extend(state.handle(RunEvent::CgroupEmpty, now));
-                    }
-                }
-            }
-        }
-    }
-
-    /// SIGTERM to every process of the run's cgroup (the grace is the state's deadline).
-    fn terminate(&mut self, cause: Option<&'static str>) {
-        if self.escalation.is_some() {
-            return;
-        }
-        let esc = Escalation::start(self.cg);
-        let data = json!({"term_sent": esc.term_sent, "grace_ms": self.spec.liveness.kill_grace.as_millis() as u64, "cause": cause});
-        if cause.is_some() {
-            self.events
-                .emit(EventKind::Watchdog, Some(reason::KILL_TERM), data);
-        } else {
-            self.events.emit(
-                EventKind::Note,
-                None,
-                json!({"what": "kill_term", "detail": data}),
-            );
-        }
-        self.escalation = Some(esc);
-    }
-
-    fn kill_remaining(&mut self, watchdog: bool) {
-        let cg = self.cg;
-        let esc = self.escalation.get_or_insert_with(|| Escalation::start(cg));
-        if esc.escalated() {
-            return;
-        }
-        let remaining = cg.procs().len();
-        let result = esc.kill_now(cg);
-        let data = json!({"remaining": remaining, "after_ms": esc.elapsed_ms(),
-            "mechanism": result.as_ref().map(|m| m.as_str()).unwrap_or("failed"),
-            "error": result.as_ref().err().map(ToString::to_string)});
-        if watchdog {
-            self.events
-                .emit(EventKind::Watchdog, Some(reason::KILL_KILLED), data);
-        } else {
-            self.events.emit(
-                EventKind::Note,
-                None,
-                json!({"what": "kill_killed", "detail": data}),
-            );
-        }
-    }
-
-    fn cpu_rate(&self) -> Option<f64> {
-        let (t1, u1) = *self.cpu_samples.back()?;
-        let (t0, u0) = *self
-            .cpu_samples
-            .iter()
-            .find(|(t, _)| t1.duration_since(*t) <= CPU_WINDOW)?;
-        let dt = t1.duration_since(t0).as_secs_f64();
-        (dt > 0.0).then(|| (u1.saturating_sub(u0)) as f64 / 1e6 / dt)
-    }
-}
-
-/// A tee message as a run event; a closed stream's report is kept for health.
-fn on_tee(msg: TeeMsg, reports: &mut [TeeReport; 2]) -> RunEvent<'static> {
-    match msg {
-        TeeMsg::Chunks(chunks) => RunEvent::Output { chunks },
-        TeeMsg::Closed(stream, report) => {
-            let i = match stream {
-                Stream::Stdout => 0,
-                Stream::Stderr => 1,
-            };
-            reports[i] = report;
-            RunEvent::StreamClosed(stream)
         }
     }
 }

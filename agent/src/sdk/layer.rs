@@ -69,7 +69,6 @@ pub struct SdkLayer {
     dropped_before: u64,
     parents: HashMap<u32, u32>,
     kernel: bool,
-    offset: i128,
 }
 
 /// What the layer reports for health.
@@ -90,7 +89,6 @@ impl SdkLayer {
             dropped_before: 0,
             parents: HashMap::new(),
             kernel,
-            offset: clock::boot_to_wall_offset_ns(),
         }
     }
 
@@ -156,7 +154,8 @@ impl SdkLayer {
             if hdr.ppid != 0 {
                 self.parents.insert(hdr.pid, hdr.ppid);
             }
-            let at = clock::boot_to_wall(hdr.boot_ns, self.offset);
+            // The reader's stamp: the same `ts` the kernel layer file gives the event.
+            let at = o.ts_ns;
             latest = latest.max(at);
             self.kept.push_back(Seen {
                 at,
@@ -257,6 +256,12 @@ impl SdkLayer {
     }
 }
 
+impl crate::kernel::bus::KernelObserver for SdkLayer {
+    fn observe(&mut self, batch: &[Observed]) {
+        self.observe_kernel(batch);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,15 +277,15 @@ mod tests {
         }
     }
 
-    fn exec(pid: u32, ppid: u32, wall_ns: u64, offset: i128) -> Observed {
+    fn exec(pid: u32, ppid: u32, wall_ns: u64) -> Observed {
         Observed {
             seq: 0,
+            ts_ns: wall_ns,
             event: KernelEvent::Exec {
                 hdr: Header {
                     pid,
                     tid: pid,
                     ppid,
-                    boot_ns: u64::try_from(i128::from(wall_ns) - offset).expect("boot ns"),
                     ..Header::default()
                 },
                 filename: "/bin/true".into(),
@@ -297,16 +302,15 @@ mod tests {
     fn kernel_events_inside_a_tool_call_of_the_caller_or_its_children_are_counted() {
         let mut l = SdkLayer::new(true);
         let s = clock::now_ns();
-        let off = l.offset;
         l.accept(received(
             r#"{"event":"tool_call_started","tool":"sh","tool_call_id":"c1"}"#,
             100,
             s,
         ));
         l.observe_kernel(&[
-            exec(101, 100, s + 10, off), // child of the caller, inside
-            exec(300, 1, s + 20, off),   // unrelated process, inside
-            exec(102, 101, s + 30, off), // grandchild, inside
+            exec(101, 100, s + 10), // child of the caller, inside
+            exec(300, 1, s + 20),   // unrelated process, inside
+            exec(102, 101, s + 30), // grandchild, inside
         ]);
         let cp = l.accept(received(
             r#"{"event":"tool_call_completed","tool":"sh","tool_call_id":"c1"}"#,
@@ -314,7 +318,7 @@ mod tests {
             s + 1_000,
         ));
         assert!(cp.is_none());
-        l.observe_kernel(&[exec(103, 100, s + 5_000, off)]); // after the call
+        l.observe_kernel(&[exec(103, 100, s + 5_000)]); // after the call
         let cp = l.accept(received(
             r#"{"event":"checkpoint","name":"half"}"#,
             100,
@@ -337,9 +341,8 @@ mod tests {
     fn events_drained_before_the_start_was_read_still_count() {
         let mut l = SdkLayer::new(true);
         let s = clock::now_ns();
-        let off = l.offset;
         // vigil drains the child's exec before it processes the line that opened the call.
-        l.observe_kernel(&[exec(101, 100, s + 10, off)]);
+        l.observe_kernel(&[exec(101, 100, s + 10)]);
         l.accept(received(
             r#"{"event":"tool_call_started","tool":"sh","tool_call_id":"c1"}"#,
             100,
@@ -362,7 +365,6 @@ mod tests {
     fn a_plausible_client_time_opens_the_window_before_the_line_was_read() {
         let mut l = SdkLayer::new(true);
         let s = clock::now_ns();
-        let off = l.offset;
         let started = |client: u64| {
             let mut r = received(
                 r#"{"event":"tool_call_started","tool":"sh","tool_call_id":"c1"}"#,
@@ -374,7 +376,7 @@ mod tests {
         };
         l.accept(started(s - 50));
         // The child exec'd after the client wrote the line, before vigil read it.
-        l.observe_kernel(&[exec(101, 100, s - 20, off)]);
+        l.observe_kernel(&[exec(101, 100, s - 20)]);
         l.accept(received(
             r#"{"event":"tool_call_completed","tool":"sh","tool_call_id":"c1"}"#,
             100,
@@ -384,7 +386,7 @@ mod tests {
         let mut late = started(s + 1_000_000);
         late.event.fields.insert("tool_call_id".into(), json!("c2"));
         l.accept(late);
-        l.observe_kernel(&[exec(102, 100, s + 500, off)]);
+        l.observe_kernel(&[exec(102, 100, s + 500)]);
         let (bytes, _) = l.finish();
         let first_completed: Value = bytes
             .split(|&b| b == b'\n')

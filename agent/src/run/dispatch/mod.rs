@@ -19,7 +19,6 @@ use super::proctree::StateChange;
 use super::spec::LivenessConfig;
 use super::triage::StallSnapshot;
 use crate::evidence::events::EventKind;
-use crate::evidence::redact::Redactor;
 use crate::kernel::event::Observed;
 use crate::kernel::tree::KernelTree;
 use crate::sdk::Received;
@@ -150,7 +149,6 @@ fn ns(d: Duration) -> u64 {
 /// The run's state: outcome, escalation, liveness, streams, the process tree.
 pub struct RunState {
     cfg: DispatchConfig,
-    redactor: std::sync::Arc<Redactor>,
     /// Wall-clock ns at `mono0`: the one conversion for display.
     wall0: u64,
     mono0: Mono,
@@ -181,12 +179,7 @@ pub struct RunState {
 impl RunState {
     /// The state of a run whose main child was spawned at `spawned` (monotonic), when the wall
     /// clock read `wall_at_spawn`.
-    pub fn new(
-        cfg: DispatchConfig,
-        redactor: std::sync::Arc<Redactor>,
-        spawned: Mono,
-        wall_at_spawn: u64,
-    ) -> Self {
+    pub fn new(cfg: DispatchConfig, spawned: Mono, wall_at_spawn: u64) -> Self {
         let liveness = Liveness::new(cfg.liveness.clone(), cfg.profile_stall, spawned);
         let progress = Progress::new(cfg.liveness.min_events);
         RunState {
@@ -194,7 +187,6 @@ impl RunState {
             next_sample: spawned,
             tree: KernelTree::new(cfg.main_pid.unsigned_abs()),
             cfg,
-            redactor,
             wall0: wall_at_spawn,
             mono0: spawned,
             spawned,
@@ -335,7 +327,7 @@ impl RunState {
                     self.progress.record(now);
                 }
                 for ev in seen.iter().map(|o| &o.event) {
-                    for state in self.tree.apply(ev, &self.redactor) {
+                    for state in self.tree.apply(ev) {
                         out.push(Action::Emit(EventKind::SubprocessState, None, state));
                     }
                 }

@@ -1,11 +1,9 @@
 //! `RunState` with a fake clock and no processes: every rule of the run's state machine.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 use crate::cli::LivenessLevel;
-use crate::evidence::redact::Redactor;
 use crate::kernel::event::{Header, KernelEvent, Observed};
 use crate::run::liveness::reason;
 use crate::sdk::event::SdkEvent;
@@ -37,7 +35,6 @@ fn state_with(l: LivenessConfig) -> RunState {
             main_pid: 4242,
             kernel_tree: true,
         },
-        Arc::new(Redactor::new(&[])),
         T0,
         5_000_000 * MS,
     )
@@ -488,7 +485,6 @@ fn heartbeats_keep_their_period_and_count_live_processes() {
             main_pid: 10,
             kernel_tree: true,
         },
-        Arc::new(Redactor::new(&[])),
         T0,
         0,
     );
@@ -504,6 +500,7 @@ fn heartbeats_keep_their_period_and_count_live_processes() {
     let forks: Vec<Observed> = (0..3)
         .map(|i| Observed {
             seq: i,
+            ts_ns: i,
             event: KernelEvent::Fork {
                 hdr: hdr(10),
                 child_pid: 20 + i as u32,
