@@ -673,3 +673,31 @@ fn malformed_policies_stop_a_run_before_anything_starts() {
         );
     }
 }
+
+/// A first exec Landlock refuses never starts the command (126), and the kernel's record of the
+/// refused exec still reaches the policy layer: the denial is in the bundle, grounded.
+#[test]
+fn a_denied_first_exec_is_not_started_and_still_gets_its_decision() {
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let stray = elsewhere.path().join("stray-true");
+    std::fs::copy("/bin/true", &stray).expect("copy");
+    let policy = fs_only_policy(elsewhere.path(), "/usr, /bin, /lib, /lib64");
+    let (f, _dir) = VigilRun::new("enforce-first-exec")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args(["--".as_ref(), stray.as_os_str()])
+        .run();
+    assert_eq!(
+        f.code(),
+        126,
+        "not executable under the policy: {}",
+        f.stderr()
+    );
+    let decisions = read_ndjson(&f.bundle.join("layers/policy.ndjson"));
+    let subject = stray.display().to_string();
+    let d = decisions
+        .iter()
+        .find(|d| d["decision"] == "deny:process.exec" && d["subject"] == subject.as_str())
+        .unwrap_or_else(|| panic!("no decision for the refused first exec: {decisions:#?}"));
+    assert_eq!(d["enforcement_evidence"], "EACCES", "{d}");
+    assert_valid_bundle(&f.bundle);
+}

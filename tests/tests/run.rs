@@ -1092,3 +1092,24 @@ fn continue_on_fail_wins_over_the_environment_and_stall_phase_is_null_not_missin
     assert_eq!(row.get("stall_phase"), Some(&Value::Null), "{row:?}");
     assert_eq!(row["stall_detected"], false);
 }
+
+/// Heartbeats count the run's live processes (the main child and what it spawned), from the
+/// kernel's process tree.
+#[test]
+fn heartbeats_count_the_live_processes_of_the_run() {
+    let (f, _dir) = VigilRun::new("hb-procs")
+        .args(["--profile-heartbeat-ms", "200"])
+        .args(["--", "sh", "-c", "sleep 1.5 & sleep 1.5 & sleep 1.5 & wait"])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let events = f.events();
+    let counts: Vec<u64> = events_of(&events, "heartbeat")
+        .iter()
+        .filter_map(|e| e["data"]["processes"].as_u64())
+        .collect();
+    assert_eq!(
+        counts.iter().max(),
+        Some(&4),
+        "sh and its three sleeps at once: {counts:?}"
+    );
+}

@@ -7,30 +7,60 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+/// What the privileged commands need from the host and no package provides.
+#[derive(Debug, Clone, Copy)]
+struct HostFacts {
+    root: bool,
+    cgroup2: bool,
+    btf: bool,
+}
+
+impl HostFacts {
+    fn read() -> Self {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        HostFacts {
+            // SAFETY: geteuid has no preconditions.
+            root: unsafe { libc::geteuid() } == 0,
+            cgroup2: mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("cgroup2")),
+            btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        }
+    }
+}
+
+/// The first missing prerequisite as one line (an error), or a warning for BTF when the
+/// command can go on without it.
+fn host_problem(what: &str, f: &HostFacts, btf_required: bool) -> Result<Option<String>, String> {
+    if !f.root {
+        return Err(format!(
+            "{what} needs root (vigil creates cgroups and loads eBPF programs): run it as root, e.g. `sudo -E cargo xtask {what}`"
+        ));
+    }
+    if !f.cgroup2 {
+        return Err(format!(
+            "{what} needs cgroup v2, and /proc/self/mounts has no cgroup2 mount: boot with systemd.unified_cgroup_hierarchy=1, or mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`)"
+        ));
+    }
+    if !f.btf {
+        let msg = "this kernel has no BTF (/sys/kernel/btf/vmlinux): vigil's eBPF sensor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's and Ubuntu's are)";
+        if btf_required {
+            return Err(format!("{what}: {msg}"));
+        }
+        return Ok(Some(format!(
+            "{msg}; the run goes on with kernel_layer: absent"
+        )));
+    }
+    Ok(None)
+}
+
 /// The host facts vigil's privileged commands need. `btf` is needed by the tests (they load
 /// the real sensor); a run without it goes on with `kernel_layer: absent`, so `run` only warns.
 pub fn check_host(what: &str, btf_required: bool) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "{what} needs root (vigil creates cgroups and loads eBPF programs): run it as root, e.g. `sudo -E cargo xtask {what}`"
-        );
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    if !mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-    {
-        bail!(
-            "{what} needs cgroup v2, and /proc/self/mounts has no cgroup2 mount: boot with systemd.unified_cgroup_hierarchy=1, or mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`)"
-        );
-    }
-    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        let msg = "this kernel has no BTF (/sys/kernel/btf/vmlinux): vigil's eBPF sensor needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's and Ubuntu's are)";
-        if btf_required {
-            bail!("{what}: {msg}");
-        }
-        eprintln!("xtask: warning: {msg}; the run goes on with kernel_layer: absent");
+    match host_problem(what, &HostFacts::read(), btf_required) {
+        Err(e) => bail!("{e}"),
+        Ok(Some(warning)) => eprintln!("xtask: warning: {warning}"),
+        Ok(None) => {}
     }
     Ok(())
 }
@@ -129,4 +159,49 @@ pub fn rust_components(components: &[(&str, &str)]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_prerequisite_is_one_line_naming_it_and_what_to_do() {
+        let ok = HostFacts {
+            root: true,
+            cgroup2: true,
+            btf: true,
+        };
+        assert_eq!(host_problem("test", &ok, true), Ok(None));
+        let cases = [
+            (
+                HostFacts { root: false, ..ok },
+                "needs root",
+                "sudo -E cargo xtask test",
+            ),
+            (
+                HostFacts {
+                    cgroup2: false,
+                    ..ok
+                },
+                "needs cgroup v2",
+                "mount -t cgroup2",
+            ),
+            (
+                HostFacts { btf: false, ..ok },
+                "no BTF",
+                "CONFIG_DEBUG_INFO_BTF=y",
+            ),
+        ];
+        for (facts, what, todo) in cases {
+            let e = host_problem("test", &facts, true).expect_err(what);
+            assert!(
+                e.contains(what) && e.contains(todo) && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        // `run` goes on without BTF, with a warning.
+        let warned = host_problem("run", &HostFacts { btf: false, ..ok }, false);
+        assert!(matches!(warned, Ok(Some(w)) if w.contains("kernel_layer: absent")));
+    }
 }
