@@ -152,11 +152,6 @@ fn write_index_with(
     Ok(index)
 }
 
-/// Every file of the bundle except the index and temporaries, sorted by path.
-pub fn digest_files(dir: &Path) -> io::Result<Vec<FileDigest>> {
-    digest_files_with(dir, &[])
-}
-
 fn digest_files_with(dir: &Path, known: &[FileDigest]) -> io::Result<Vec<FileDigest>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

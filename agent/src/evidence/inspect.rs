@@ -6,24 +6,16 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::beneath::BundleDir;
 use super::files;
 use super::reader::{self, BundleProblem};
 
+/// The bundle is untrusted input: it is read beneath its directory (links refused), bounded.
 pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
-    let read = |rel: &str| -> Result<Value, BundleProblem> {
-        let path = dir.join(rel);
-        let bytes = std::fs::read(&path).map_err(|e| BundleProblem::Io {
-            path: path.clone(),
-            error: e.to_string(),
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| BundleProblem::Parse {
-            path,
-            error: e.to_string(),
-        })
-    };
-    let trace = read(files::RUN_TRACE)?;
-    let health = read(files::HEALTH).unwrap_or(Value::Null);
-    let events = reader::read_events(&dir.join(files::EVENTS));
+    let b = BundleDir::open(dir)?;
+    let trace: Value = b.read_json(files::RUN_TRACE)?;
+    let health: Value = b.read_json(files::HEALTH).unwrap_or(Value::Null);
+    let events = reader::read_events(&b);
     let committed = reader::validate(dir).is_ok();
     let s = |v: &Value, p: &str| {
         v.pointer(p).map_or_else(
@@ -201,7 +193,7 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
             );
         }
     }
-    write_decisions(&mut out, &dir.join(files::POLICY_LAYER));
+    write_decisions(&mut out, &b);
     let _ = writeln!(
         out,
         "\nhealth: kernel_layer {}  cgroup_correlation {}  policy_layer {}  sdk_layer {}",
@@ -222,8 +214,11 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
 }
 
 /// Policy decisions: a count per decision, then the denials (at most ten).
-fn write_decisions(out: &mut String, layer: &Path) {
-    let text = std::fs::read_to_string(layer).unwrap_or_default();
+fn write_decisions(out: &mut String, b: &BundleDir) {
+    let bytes = b
+        .read(files::POLICY_LAYER, super::beneath::MAX_DOCUMENT)
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let decisions: Vec<Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

@@ -1,6 +1,7 @@
 //! Evidence: the bundle's models (events, run trace, health), redaction, the writer that commits
 //! a bundle and the reader that validates, repairs and summarises one.
 
+pub mod beneath;
 pub mod bundle;
 pub mod events;
 pub mod health;

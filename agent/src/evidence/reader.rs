@@ -1,11 +1,14 @@
 //! Reading bundles back: strict validation, strict reindex, and repair of an interrupted bundle.
+//! A bundle is untrusted input: every file is read and written beneath its directory fd
+//! ([`BundleDir`]), links are refused, never followed, and what is read is bounded.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
-use super::bundle::{self, ArtifactIndex, BundleError};
+use super::beneath::{BundleDir, MAX_DOCUMENT, MAX_FILES, Refused};
+use super::bundle::{ArtifactIndex, BundleError, FileDigest, is_temporary};
 use super::events::RunnerEvent;
 use super::files;
 use super::ndjson::salvage_lines;
@@ -44,40 +47,33 @@ pub enum BundleProblem {
     Write(#[from] BundleError),
     #[error("reading {path}: {error}")]
     Io { path: PathBuf, error: String },
-}
-
-fn read_json(path: &Path) -> Result<Value, BundleProblem> {
-    let bytes = fs::read(path).map_err(|e| BundleProblem::Io {
-        path: path.to_path_buf(),
-        error: e.to_string(),
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| BundleProblem::Parse {
-        path: path.to_path_buf(),
-        error: e.to_string(),
-    })
+    #[error("refused: {0}")]
+    Refused(#[from] Refused),
+    #[error("the index lists {0} files; vigil reads at most {MAX_FILES}")]
+    IndexTooLarge(usize),
 }
 
 /// `vigil validate`: the commit barrier exists, the run is not in progress, every file's digest
-/// and size match, and nothing is in the bundle that the index does not list.
+/// and size match, and nothing is in the bundle that the index does not list (links, FIFOs and
+/// devices are refused by name, never opened).
 pub fn validate(dir: &Path) -> Result<ArtifactIndex, Vec<BundleProblem>> {
-    if !dir.is_dir() {
-        return Err(vec![BundleProblem::NotADirectory(dir.to_path_buf())]);
-    }
-    let index_path = dir.join(files::INDEX);
-    if !index_path.exists() {
-        return Err(vec![BundleProblem::NoIndex(index_path)]);
-    }
-    let index: ArtifactIndex = match read_json(&index_path).and_then(|v| {
-        serde_json::from_value(v).map_err(|e| BundleProblem::Parse {
-            path: index_path.clone(),
-            error: e.to_string(),
-        })
-    }) {
+    let b = BundleDir::open(dir).map_err(|r| vec![r.into()])?;
+    validate_dir(&b)
+}
+
+fn validate_dir(b: &BundleDir) -> Result<ArtifactIndex, Vec<BundleProblem>> {
+    let index: ArtifactIndex = match b.read_json(files::INDEX) {
         Ok(i) => i,
-        Err(p) => return Err(vec![p]),
+        Err(r) if r.is_missing() => {
+            return Err(vec![BundleProblem::NoIndex(b.path().join(files::INDEX))]);
+        }
+        Err(r) => return Err(vec![r.into()]),
     };
-    let mut problems = compare_digests(dir, &index);
-    match read_json(&dir.join(files::RUN_TRACE)) {
+    if index.files.len() > MAX_FILES {
+        return Err(vec![BundleProblem::IndexTooLarge(index.files.len())]);
+    }
+    let mut problems = compare_digests(b, &index);
+    match b.read_json::<Value>(files::RUN_TRACE) {
         Ok(trace) => {
             if trace.pointer("/run_status/state").and_then(Value::as_str) == Some("in_progress") {
                 problems.push(BundleProblem::InProgress);
@@ -93,7 +89,7 @@ pub fn validate(dir: &Path) -> Result<ArtifactIndex, Vec<BundleProblem>> {
                 });
             }
         }
-        Err(p) => problems.push(p),
+        Err(r) => problems.push(r.into()),
     }
     if problems.is_empty() {
         Ok(index)
@@ -102,38 +98,63 @@ pub fn validate(dir: &Path) -> Result<ArtifactIndex, Vec<BundleProblem>> {
     }
 }
 
-fn compare_digests(dir: &Path, index: &ArtifactIndex) -> Vec<BundleProblem> {
-    let actual = match bundle::digest_files(dir) {
-        Ok(a) => a,
-        Err(e) => {
-            return vec![BundleProblem::Io {
-                path: dir.to_path_buf(),
-                error: e.to_string(),
-            }];
-        }
+/// sha256 and size of one regular file beneath the bundle, streamed.
+fn digest(b: &BundleDir, rel: &str) -> Result<FileDigest, Refused> {
+    let mut file = b.open_file(rel)?;
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut file, &mut hasher).map_err(|e| Refused::Io {
+        path: rel.to_string(),
+        error: e.to_string(),
+    })?;
+    Ok(FileDigest {
+        path: rel.to_string(),
+        sha256: hex::encode(hasher.finalize()),
+        bytes,
+    })
+}
+
+fn compare_digests(b: &BundleDir, index: &ArtifactIndex) -> Vec<BundleProblem> {
+    let (present, refused) = match b.walk() {
+        Ok(w) => w,
+        Err(r) => return vec![r.into()],
     };
-    let mut problems = Vec::new();
+    let mut problems: Vec<BundleProblem> = refused.into_iter().map(Into::into).collect();
     for want in &index.files {
-        match actual.iter().find(|a| a.path == want.path) {
-            None => problems.push(BundleProblem::Missing(want.path.clone())),
-            Some(got) if got.bytes != want.bytes => problems.push(BundleProblem::SizeMismatch {
+        if !present.contains(&want.path) {
+            // Named by the index but not a plain file of the bundle: a bad path (`..`), a
+            // link or a FIFO is said as such; a file that is simply gone is missing.
+            match b.open_file(&want.path) {
+                Err(r) if !r.is_missing() => {
+                    if !problems
+                        .iter()
+                        .any(|p| matches!(p, BundleProblem::Refused(x) if *x == r))
+                    {
+                        problems.push(r.into());
+                    }
+                }
+                _ => problems.push(BundleProblem::Missing(want.path.clone())),
+            }
+            continue;
+        }
+        match digest(b, &want.path) {
+            Err(r) => problems.push(r.into()),
+            Ok(got) if got.bytes != want.bytes => problems.push(BundleProblem::SizeMismatch {
                 path: want.path.clone(),
                 expected: want.bytes,
                 actual: got.bytes,
             }),
-            Some(got) if got.sha256 != want.sha256 => {
-                problems.push(BundleProblem::DigestMismatch {
-                    path: want.path.clone(),
-                    expected: want.sha256.clone(),
-                    actual: got.sha256.clone(),
-                })
-            }
-            Some(_) => {}
+            Ok(got) if got.sha256 != want.sha256 => problems.push(BundleProblem::DigestMismatch {
+                path: want.path.clone(),
+                expected: want.sha256.clone(),
+                actual: got.sha256,
+            }),
+            Ok(_) => {}
         }
     }
-    for got in &actual {
-        if !index.files.iter().any(|w| w.path == got.path) {
-            problems.push(BundleProblem::Unindexed(got.path.clone()));
+    for got in &present {
+        if got != files::INDEX && !is_temporary(got) && !index.files.iter().any(|w| &w.path == got)
+        {
+            problems.push(BundleProblem::Unindexed(got.clone()));
         }
     }
     problems
@@ -158,11 +179,11 @@ pub struct RepairReport {
 /// A committed bundle that verifies is left alone; one that does not is refused, because
 /// re-indexing it would launder an alteration.
 pub fn repair(dir: &Path) -> Result<RepairReport, BundleProblem> {
-    if !dir.is_dir() {
-        return Err(BundleProblem::NotADirectory(dir.to_path_buf()));
-    }
-    if dir.join(files::INDEX).exists() {
-        return match validate(dir) {
+    let b = BundleDir::open(dir)?;
+    match b.open_file(files::INDEX) {
+        Err(r) if r.is_missing() => repair_interrupted(&b),
+        Err(r) => Err(r.into()),
+        Ok(_) => match validate_dir(&b) {
             Ok(_) => Ok(RepairReport {
                 already_committed: true,
                 torn_lines_dropped: 0,
@@ -173,7 +194,7 @@ pub fn repair(dir: &Path) -> Result<RepairReport, BundleProblem> {
                     .iter()
                     .all(|p| matches!(p, BundleProblem::InProgress));
                 if only_in_progress {
-                    repair_interrupted(dir)
+                    repair_interrupted(&b)
                 } else {
                     Err(BundleProblem::TamperedCommitted(
                         problems
@@ -184,47 +205,65 @@ pub fn repair(dir: &Path) -> Result<RepairReport, BundleProblem> {
                     ))
                 }
             }
-        };
+        },
     }
-    repair_interrupted(dir)
 }
 
-fn repair_interrupted(dir: &Path) -> Result<RepairReport, BundleProblem> {
+/// Create `rel` empty beneath the bundle when it is missing (with its directory).
+fn ensure_empty(b: &BundleDir, rel: &str) -> Result<(), BundleProblem> {
+    match b.open_file(rel) {
+        Ok(_) => Ok(()),
+        Err(r) if r.is_missing() => {
+            if let Some((parent, _)) = rel.rsplit_once('/') {
+                b.ensure_dir(parent)?;
+            }
+            Ok(b.write_atomic(rel, b"")?)
+        }
+        Err(r) => Err(r.into()),
+    }
+}
+
+fn json_bytes(b: &BundleDir, rel: &str, v: &Value) -> Result<Vec<u8>, BundleProblem> {
+    let mut bytes = serde_json::to_vec_pretty(v).map_err(|e| BundleProblem::Io {
+        path: b.path().join(rel),
+        error: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+fn repair_interrupted(b: &BundleDir) -> Result<RepairReport, BundleProblem> {
+    // A bundle holding links, FIFOs or devices is not salvaged: what it would index is not
+    // what vigil wrote.
+    let (_, refused) = b.walk()?;
+    if let Some(r) = refused.into_iter().next() {
+        return Err(r.into());
+    }
     let mut dropped = 0;
     for rel in files::NDJSON {
-        let path = dir.join(rel);
-        match fs::read(&path) {
+        match b.read(rel, MAX_DOCUMENT) {
             Ok(bytes) => {
                 let (kept, n) = salvage_lines(&bytes);
                 if n > 0 {
-                    bundle::write_atomic(&path, &kept)?;
+                    b.write_atomic(rel, &kept)?;
                     dropped += n;
                 }
             }
-            Err(_) => {
-                if let Some(parent) = path.parent() {
-                    let _ = fs::create_dir_all(parent);
-                }
-                bundle::write_atomic(&path, b"")?;
-            }
+            Err(r) if r.is_missing() => ensure_empty(b, rel)?,
+            Err(r) => return Err(r.into()),
         }
     }
+    // vigil may have died before it created output/ at all.
     for rel in [files::STDOUT, files::STDERR] {
-        let path = dir.join(rel);
-        if !path.exists() {
-            // vigil may have died before it created output/ at all.
-            if let Some(parent) = path.parent() {
-                let _ = fs::create_dir_all(parent);
-            }
-            bundle::write_atomic(&path, b"")?;
-        }
+        ensure_empty(b, rel)?;
     }
-    let events = read_events(&dir.join(files::EVENTS));
+    let events = read_events(b);
+    let dir = b.path();
     let run_id = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut trace = read_json(&dir.join(files::RUN_TRACE)).unwrap_or_else(|_| {
+    let mut trace = b.read_json::<Value>(files::RUN_TRACE).unwrap_or_else(|_| {
         serde_json::json!({
             "schema": super::schema::RUN_TRACE, "version": 1, "run_id": run_id,
             "runner_impl": "vigil-rust", "started_at": events.first().map_or_else(|| dir_time(dir), |e| e.ts.clone()),
@@ -273,13 +312,8 @@ fn repair_interrupted(dir: &Path) -> Result<RepairReport, BundleProblem> {
         .and_then(Value::as_str)
         .unwrap_or(&run_id)
         .to_string();
-    let mut bytes = serde_json::to_vec_pretty(&trace).map_err(|e| BundleProblem::Io {
-        path: dir.join(files::RUN_TRACE),
-        error: e.to_string(),
-    })?;
-    bytes.push(b'\n');
-    bundle::write_atomic(&dir.join(files::RUN_TRACE), &bytes)?;
-    if !dir.join(files::HEALTH).exists() {
+    b.write_atomic(files::RUN_TRACE, &json_bytes(b, files::RUN_TRACE, &trace)?)?;
+    if b.open_file(files::HEALTH).is_err() {
         let health = serde_json::json!({
             "schema": super::schema::OBSERVATION_HEALTH, "run_id": run_id,
             "kernel_layer": "absent", "cgroup_correlation": "absent", "policy_layer": "absent",
@@ -289,11 +323,9 @@ fn repair_interrupted(dir: &Path) -> Result<RepairReport, BundleProblem> {
             "probes": {}, "cgroup": null, "output": {},
             "notes": ["reconstructed by reindex --repair: the run's own health record was never written, so nothing is claimed"]
         });
-        let mut b = serde_json::to_vec_pretty(&health).unwrap_or_default();
-        b.push(b'\n');
-        bundle::write_atomic(&dir.join(files::HEALTH), &b)?;
+        b.write_atomic(files::HEALTH, &json_bytes(b, files::HEALTH, &health)?)?;
     }
-    bundle::write_index(dir, &run_id, "repaired")?;
+    write_index(b, &run_id)?;
     Ok(RepairReport {
         already_committed: false,
         torn_lines_dropped: dropped,
@@ -301,19 +333,48 @@ fn repair_interrupted(dir: &Path) -> Result<RepairReport, BundleProblem> {
     })
 }
 
-/// Parse events.ndjson, skipping lines that do not parse.
-pub fn read_events(path: &Path) -> Vec<RunnerEvent> {
-    fs::read_to_string(path)
+/// The index of a repaired bundle, over what is beneath it now.
+fn write_index(b: &BundleDir, run_id: &str) -> Result<(), BundleProblem> {
+    let (present, refused) = b.walk()?;
+    if let Some(r) = refused.into_iter().next() {
+        return Err(r.into());
+    }
+    let files = present
+        .iter()
+        .filter(|rel| rel.as_str() != files::INDEX && !is_temporary(rel))
+        .map(|rel| digest(b, rel))
+        .collect::<Result<Vec<_>, _>>()?;
+    let index = ArtifactIndex {
+        schema: super::schema::ARTIFACT_INDEX.to_string(),
+        run_id: run_id.to_string(),
+        created_at: crate::clock::rfc3339(crate::clock::now_ns()),
+        state: "repaired".into(),
+        files,
+    };
+    let value = serde_json::to_value(&index).map_err(|e| BundleProblem::Io {
+        path: b.path().join(files::INDEX),
+        error: e.to_string(),
+    })?;
+    b.write_atomic(files::INDEX, &json_bytes(b, files::INDEX, &value)?)?;
+    Ok(())
+}
+
+/// Parse events.ndjson (bounded), skipping lines that do not parse.
+pub fn read_events(b: &BundleDir) -> Vec<RunnerEvent> {
+    b.read(files::EVENTS, MAX_DOCUMENT)
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
         .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// When the bundle directory was last changed: the best start time a repair can claim when the
 /// run died before recording one.
 fn dir_time(dir: &Path) -> String {
-    let ns = fs::metadata(dir)
+    let ns = std::fs::symlink_metadata(dir)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -324,6 +385,7 @@ fn dir_time(dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// Every prefix of bundle creation that a SIGKILL can leave behind must be repairable.
     #[test]

@@ -27,12 +27,17 @@ struct Run {
     vars: Vec<(String, &'static str)>,
 }
 
+/// A file of an untrusted bundle: beneath its directory, links refused, bounded.
 fn read(dir: &Path, rel: &str) -> Result<String, CompareError> {
-    let path = dir.join(rel);
-    std::fs::read_to_string(&path).map_err(|e| CompareError {
-        path: path.display().to_string(),
+    let refused = |e: crate::evidence::beneath::Refused| CompareError {
+        path: dir.join(rel).display().to_string(),
         error: e.to_string(),
-    })
+    };
+    let b = crate::evidence::beneath::BundleDir::open(dir).map_err(refused)?;
+    let bytes = b
+        .read(rel, crate::evidence::beneath::MAX_DOCUMENT)
+        .map_err(refused)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn lines(text: &str) -> impl Iterator<Item = Value> + '_ {

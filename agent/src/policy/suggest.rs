@@ -186,12 +186,16 @@ pub fn suggest(bundles: &[PathBuf]) -> Result<String, SuggestError> {
     let mut seen = Seen::default();
     let mut vars = Vec::new();
     for b in bundles {
+        // An untrusted bundle: read beneath its directory, links refused, bounded.
+        let refused = |rel: &str, e: crate::evidence::beneath::Refused| SuggestError::Read {
+            path: b.join(rel).display().to_string(),
+            error: e.to_string(),
+        };
+        let dir = crate::evidence::beneath::BundleDir::open(b).map_err(|e| refused(".", e))?;
         let read = |rel: &str| {
-            let path = b.join(rel);
-            std::fs::read_to_string(&path).map_err(|e| SuggestError::Read {
-                path: path.display().to_string(),
-                error: e.to_string(),
-            })
+            dir.read(rel, crate::evidence::beneath::MAX_DOCUMENT)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .map_err(|e| refused(rel, e))
         };
         let events = read("events.ndjson")?;
         if vars.is_empty() {

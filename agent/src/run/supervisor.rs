@@ -290,6 +290,9 @@ pub(super) struct Shell {
     pub(super) triage: Option<tokio::task::JoinHandle<StallSnapshot>>,
 }
 
+/// The longest a kernel event without a wakeup waits in the ring buffer before it is read.
+const KERNEL_POLL: Duration = Duration::from_millis(100);
+
 /// Output messages in flight from the two tee threads (chunk counts coalesce when full).
 const TEE_CHANNEL: usize = 64;
 
@@ -427,6 +430,8 @@ impl Supervisor<'_> {
         };
         let mut seen = Vec::new();
         let mut tees_alive = true;
+        let mut kernel_poll = tokio::time::interval(KERNEL_POLL);
+        kernel_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
         while !state.is_done() {
             // One batch of this iteration's events to the writer thread.
@@ -483,6 +488,15 @@ impl Supervisor<'_> {
                 _ = kernel.readable() => {
                     seen.clear();
                     kernel.drain(&self.rec.redactor, &mut seen);
+                    self.observe_kernel(&seen);
+                    state.handle(RunEvent::Kernel(&seen), clock::mono_ns())
+                }
+                // Data events ride without a wakeup (BPF_RB_NO_WAKEUP): when a run goes quiet
+                // right after them, nothing would wake the reader. A poll bounds their delay.
+                _ = kernel_poll.tick(), if kernel.active() => {
+                    seen.clear();
+                    kernel.drain(&self.rec.redactor, &mut seen);
+                    if seen.is_empty() { continue; }
                     self.observe_kernel(&seen);
                     state.handle(RunEvent::Kernel(&seen), clock::mono_ns())
                 }
