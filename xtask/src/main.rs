@@ -5,6 +5,7 @@
 //!   cargo xtask bench           release build; overhead, throughput and latency vs bare runs
 //!   cargo xtask lint            rustfmt --check and clippy -D warnings
 //!   cargo xtask ebpf            recompile the eBPF objects committed under ebpf/obj/<arch>/
+//!   cargo xtask fuzz [--cases N]  every parser's property tests with N cases each (default 10,000)
 //!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
 //!
 //! `run` and `test` set up what they need on a fresh machine (setup.rs): a missing Debian or
@@ -31,10 +32,11 @@ fn main() {
         Some("bench") => bench::bench(&args[1..]),
         Some("lint") => lint(),
         Some("ebpf") => ebpf::regenerate(),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("codegen") => codegen(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | ebpf | codegen"
+                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | ebpf | codegen"
             );
             std::process::exit(2);
         }
@@ -139,6 +141,31 @@ fn count(summary: &str, what: &str) -> u64 {
         .find(|w| w[1] == what)
         .and_then(|w| w[0].parse().ok())
         .unwrap_or(0)
+}
+
+/// The property tests of every parser (agent/tests/parsers.rs) with `--cases N` each (CI runs
+/// them with the default 256 as part of `cargo xtask test`). Stable Rust: no nightly needed.
+fn fuzz(args: &[String]) -> Result<()> {
+    let cases = match args {
+        [] => 10_000,
+        [flag, n] if flag == "--cases" => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("--cases {n}: expected a whole number ≥ 1"))?,
+        _ => bail!("usage: cargo xtask fuzz [--cases N]"),
+    };
+    println!("xtask: property tests of every parser, {cases} cases each");
+    let status = cargo_cmd(&["test", "-p", "vigil", "--test", "parsers"])
+        .env("PROPTEST_CASES", cases.to_string())
+        .status()
+        .context("cargo test")?;
+    if !status.success() {
+        bail!(
+            "a parser property failed ({status}); pin its minimal input in agent/tests/parsers.rs `regressions`"
+        );
+    }
+    Ok(())
 }
 
 /// vmlinux.h for CO-RE: the kernel's types as C, from /sys/kernel/btf/vmlinux (Debian bpftool).

@@ -152,7 +152,8 @@ impl Redactor {
             }
             if let Some((name, _)) = arg.split_once('=') {
                 if is_secret_name(name) {
-                    out.push(format!("{name}={REDACTED}"));
+                    // The name can hold a secret value too (found by the parser properties).
+                    out.push(format!("{}={REDACTED}", self.mask_cow(name)));
                     continue;
                 }
             } else if arg.starts_with('-') && is_secret_name(arg.trim_start_matches('-')) {
@@ -161,6 +162,30 @@ impl Redactor {
             out.push(self.mask_str(arg));
         }
         out
+    }
+
+    /// Mask secret values in every string of a JSON value, keys included (secret-named keys
+    /// are [`redact_json`]'s job; this catches a secret under any other name).
+    pub fn mask_json(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        if self.masker.is_none() {
+            return;
+        }
+        match value {
+            Value::String(s) => {
+                if let std::borrow::Cow::Owned(m) = self.mask_cow(s) {
+                    *s = m;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.mask_json(v)),
+            Value::Object(map) => {
+                for (k, mut v) in std::mem::take(map) {
+                    self.mask_json(&mut v);
+                    map.insert(self.mask_cow(&k).into_owned(), v);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// A streaming masker for one output stream.

@@ -52,7 +52,8 @@ fn attr(e: &BytesStart<'_>, key: &str) -> Option<String> {
         .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
 }
 
-fn parse(text: &str, cwd: &Path) -> Result<Vec<FailingCheck>, String> {
+/// The failing checks of a report's text (`failing_checks` reads the file).
+pub fn parse(text: &str, cwd: &Path) -> Result<Vec<FailingCheck>, String> {
     let mut reader = quick_xml::Reader::from_str(text);
     let mut out: Vec<FailingCheck> = Vec::new();
     let mut case: Option<Case> = None;

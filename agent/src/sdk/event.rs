@@ -111,6 +111,8 @@ pub fn parse_line(line: &[u8], redactor: &Redactor) -> Result<SdkEvent, Rejected
         Some(d @ Value::Object(_)) if d.to_string().len() <= MAX_DATA => {
             let mut d = d.clone();
             redact_json(&mut d);
+            // A secret value under a name that does not look secret is masked too.
+            redactor.mask_json(&mut d);
             Some(d)
         }
         Some(_) => return Err(Rejected::BadField),
