@@ -6,6 +6,7 @@
 //!   cargo xtask lint            rustfmt --check and clippy -D warnings
 //!   cargo xtask ebpf            recompile the eBPF objects committed under ebpf/obj/<arch>/
 //!   cargo xtask fuzz [--cases N]  every parser's property tests with N cases each (default 10,000)
+//!   cargo xtask soak [--minutes M]  mixed runs for M minutes; leaks, leftovers, invalid bundles
 //!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
 //!
 //! `run` and `test` set up what they need on a fresh machine (setup.rs): a missing Debian or
@@ -18,6 +19,7 @@ mod bench_kernel;
 mod bench_policy;
 mod ebpf;
 mod setup;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,10 +35,11 @@ fn main() {
         Some("lint") => lint(),
         Some("ebpf") => ebpf::regenerate(),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("soak") => soak::soak_command(&args[1..]),
         Some("codegen") => codegen(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | ebpf | codegen"
+                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | soak [--minutes M] | ebpf | codegen"
             );
             std::process::exit(2);
         }
@@ -47,6 +50,9 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// How long `cargo xtask test` soaks (`cargo xtask soak --minutes M` for longer).
+const SOAK_MINUTES: f64 = 2.0;
 
 /// Python packages the tests use, pinned where a test depends on a version's internals.
 const TEST_PYTHON: [(&str, &str, &str); 3] = [
@@ -120,9 +126,20 @@ fn test() -> Result<()> {
         }
     }
     let status = child.wait()?;
+    // Then two minutes of mixed runs: what only time shows (leaks, leftovers).
+    match soak::soak(SOAK_MINUTES) {
+        Ok(()) => passed += 1,
+        Err(e) => {
+            eprintln!("xtask: soak: {e:#}");
+            failed += 1;
+        }
+    }
     println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("cargo test failed ({status})");
+    }
+    if failed > 0 {
+        bail!("the soak failed");
     }
     if passed == 0 {
         bail!("no test ran");

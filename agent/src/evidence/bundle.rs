@@ -4,10 +4,12 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::space::Space;
 use super::{files, schema};
 use crate::clock;
 
@@ -50,6 +52,8 @@ pub struct Bundle {
     out_dir: PathBuf,
     dir: PathBuf,
     run_id: String,
+    /// The reserve for the commit and the data writers' budget.
+    space: Arc<Space>,
 }
 
 impl Bundle {
@@ -74,11 +78,21 @@ impl Bundle {
                 source,
             })?;
         }
+        let space = Space::create(&dir).map_err(|source| BundleError::Create {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Bundle {
             out_dir: out_dir.to_path_buf(),
             dir,
             run_id: run_id.to_string(),
+            space: Arc::new(space),
         })
+    }
+
+    /// The bundle's disk budget: data writers ask it before writing.
+    pub fn space(&self) -> &Arc<Space> {
+        &self.space
     }
 
     pub fn dir(&self) -> &Path {
@@ -112,6 +126,7 @@ impl Bundle {
     /// `known` digests (computed while a file was streamed) are used for files whose size still
     /// matches; every other file is hashed.
     pub fn commit(&self, known: &[FileDigest]) -> Result<ArtifactIndex, BundleError> {
+        self.space.release();
         let index = write_index_with(&self.dir, &self.run_id, "committed", known)?;
         write_atomic(
             &self.out_dir.join("LATEST"),

@@ -172,6 +172,9 @@ pub struct OutputHealth {
     pub truncated: bool,
     /// Bytes that reached the pipe after the run's fence and were not accepted.
     pub bytes_fenced: u64,
+    /// Why the capture is shorter than the stream: `cap`, `disk_pressure`, `write_error`.
+    #[serde(default)]
+    pub truncated_reason: Option<String>,
     pub tee_error: Option<String>,
 }
 

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod ndjson;
 pub mod reader;
 pub mod redact;
+pub mod space;
 pub mod spans;
 pub mod trace;
 

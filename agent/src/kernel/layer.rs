@@ -9,6 +9,8 @@ use super::reader::KernelReader;
 use super::sensor::{KernelSensor, ProbeStatus, Scope};
 use crate::evidence::health::{KernelClaim, ProbeHealth, ProbeState};
 use crate::evidence::redact::Redactor;
+use crate::evidence::space::Space;
+use std::sync::Arc;
 
 pub struct KernelLayer {
     sensor: Option<KernelSensor>,
@@ -31,6 +33,9 @@ pub struct KernelReport {
     pub written: u64,
     pub notes: Vec<String>,
     pub write_error: Option<String>,
+    /// Events not written to the layer because the disk ran short (counted, and the claim is
+    /// partial).
+    pub dropped_for_space: u64,
 }
 
 impl KernelReport {
@@ -50,7 +55,7 @@ fn probe(status: ProbeState, reason: Option<String>) -> ProbeHealth {
 impl KernelLayer {
     /// Load and attach the programs of `scope` (none when None) and watch `cgroup_id`. Never
     /// fails: a missing feature lowers the claim and is recorded.
-    pub fn start(scope: Option<Scope>, cgroup_id: u64, layer: &Path) -> Self {
+    pub fn start(scope: Option<Scope>, cgroup_id: u64, layer: &Path, space: Arc<Space>) -> Self {
         let mut me = KernelLayer {
             sensor: None,
             reader: None,
@@ -89,7 +94,7 @@ impl KernelLayer {
         match sensor
             .take_events()
             .map_err(|e| e.to_string())
-            .and_then(|ring| KernelReader::new(ring, layer).map_err(|e| e.to_string()))
+            .and_then(|ring| KernelReader::new(ring, layer, space).map_err(|e| e.to_string()))
         {
             Ok(r) => me.reader = Some(r),
             Err(e) => me.notes.push(format!("kernel events cannot be read: {e}")),
@@ -143,17 +148,22 @@ impl KernelLayer {
             .map(|(k, n)| (k.to_string(), n))
             .collect();
         let ring_lost = ring_lost_by_kind.values().sum();
-        let (written, decode_errors_by_kind, write_error) = match self.reader.as_mut() {
-            Some(r) => (
-                r.written(),
-                r.decode_errors()
-                    .iter()
-                    .map(|(k, n)| (k.to_string(), *n))
-                    .collect(),
-                r.finish().err(),
-            ),
-            None => (0, BTreeMap::new(), None),
-        };
+        let (written, decode_errors_by_kind, write_error, dropped_for_space) =
+            match self.reader.as_mut() {
+                Some(r) => {
+                    let write_error = r.finish().err();
+                    (
+                        r.written(),
+                        r.decode_errors()
+                            .iter()
+                            .map(|(k, n)| (k.to_string(), *n))
+                            .collect(),
+                        write_error,
+                        r.dropped_for_space(),
+                    )
+                }
+                None => (0, BTreeMap::new(), None, 0),
+            };
         let decode_errors = decode_errors_by_kind.values().sum();
         let probes = self.probes.clone();
         let attached = probes
@@ -164,7 +174,11 @@ impl KernelLayer {
             attached > 0 && probes.values().all(|p| p.status == ProbeState::Attached);
         let kernel_layer = match (
             self.reader.is_some(),
-            all_attached && ring_lost == 0 && decode_errors == 0,
+            all_attached
+                && ring_lost == 0
+                && decode_errors == 0
+                && dropped_for_space == 0
+                && write_error.is_none(),
         ) {
             (false, _) => KernelClaim::Absent,
             (true, true) => KernelClaim::Observed,
@@ -177,6 +191,14 @@ impl KernelLayer {
                 probes.len()
             ));
         }
+        if dropped_for_space > 0 {
+            notes.push(format!(
+                "kernel layer: {dropped_for_space} events not written to layers/kernel.ndjson: the disk ran short (control evidence kept)"
+            ));
+        }
+        if let Some(e) = &write_error {
+            notes.push(format!("kernel layer: writing stopped: {e}"));
+        }
         KernelReport {
             kernel_layer,
             probes,
@@ -187,6 +209,7 @@ impl KernelLayer {
             written,
             notes,
             write_error,
+            dropped_for_space,
         }
     }
 }

@@ -17,6 +17,8 @@ use crate::clock;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
 use crate::evidence::redact::Redactor;
 use crate::evidence::schema;
+use crate::evidence::space::Space;
+use std::sync::Arc;
 
 /// Batches the kernel layer's writer may have queued: with BATCH_EVENTS lines each, at most
 /// ~5 MiB of JSON waits for the disk. Past that the reader waits, the ring buffer fills, and the
@@ -34,6 +36,11 @@ pub struct KernelReader {
     boot_to_wall_ns: i128,
     /// Events that could not be decoded, by the kind their header named.
     decode_errors: BTreeMap<&'static str, u64>,
+    /// The bundle's disk budget.
+    space: Arc<Space>,
+    /// Data events (opens, network, write progress) decoded, handed to the consumers, but not
+    /// written to the layer because the disk ran short.
+    dropped_for_space: u64,
     /// The last drain stopped at DRAIN_MAX with events left in the ring.
     more: bool,
 }
@@ -58,7 +65,9 @@ fn signal_result(r: i32) -> &'static str {
 }
 
 impl KernelReader {
-    pub fn new(map: RingBuf<MapData>, layer: &Path) -> std::io::Result<Self> {
+    /// `space` is the bundle's disk budget: the kernel layer is data, it yields to control
+    /// evidence when the disk runs short (what it could not write is counted).
+    pub fn new(map: RingBuf<MapData>, layer: &Path, space: Arc<Space>) -> std::io::Result<Self> {
         // SAFETY: the fd belongs to `map`, which this struct owns and drops after `ready`.
         let ready = unsafe {
             AsyncFd::register_with_interest(map.as_raw_fd(), tokio::io::Interest::READABLE)
@@ -68,6 +77,8 @@ impl KernelReader {
             ready,
             map,
             out: NdjsonWriter::spawn(layer, QUEUE_BATCHES)?,
+            space,
+            dropped_for_space: 0,
             seq: 0,
             boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
             decode_errors: BTreeMap::new(),
@@ -115,7 +126,26 @@ impl KernelReader {
                     let seq = self.seq;
                     let ts_ns = clock::boot_to_wall(ev.header().boot_ns, self.boot_to_wall_ns);
                     let record = record(seq, ts_ns, &ev);
-                    if serde_json::to_writer(&mut batch, &record).is_ok() {
+                    // Process lifecycle, signals, OOM kills and failed execs are control
+                    // evidence: always written (the headroom is theirs). Data events yield to
+                    // them when the disk runs short, and are counted; consumers still see
+                    // every event, so the process tree and contract counts stay exact.
+                    let control = !matches!(
+                        ev,
+                        KernelEvent::Open { .. }
+                            | KernelEvent::Net { .. }
+                            | KernelEvent::Write { .. }
+                    );
+                    let mark = batch.len();
+                    if serde_json::to_writer(&mut batch, &record).is_ok()
+                        && !control
+                        && !self.space.allow((batch.len() - mark) as u64 + 1)
+                    {
+                        // Its seq stays taken: decisions cite it, and the gap says so.
+                        batch.truncate(mark);
+                        self.dropped_for_space += 1;
+                        self.seq += 1;
+                    } else if batch.len() > mark {
                         batch.push(b'\n');
                         self.seq += 1;
                         lines += 1;
@@ -433,7 +463,12 @@ impl KernelReader {
 
     /// Kernel events written to the layer.
     pub fn written(&self) -> u64 {
-        self.seq
+        self.seq - self.dropped_for_space
+    }
+
+    /// Data events decoded but not written for lack of disk room.
+    pub fn dropped_for_space(&self) -> u64 {
+        self.dropped_for_space
     }
 
     /// Events that did not decode (a reader-side loss), by kind.

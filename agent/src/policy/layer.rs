@@ -74,6 +74,10 @@ pub struct PolicyLayer {
     out: NdjsonWriter,
     seq: u64,
     denied: u64,
+    /// The bundle's disk budget: allow decisions are data, denials control.
+    space: std::sync::Arc<crate::evidence::space::Space>,
+    /// Allow decisions not written because the disk ran short.
+    dropped_for_space: u64,
 }
 
 /// What health says about the policy layer.
@@ -82,19 +86,29 @@ pub struct PolicyReport {
     pub would_deny: u64,
     pub write_error: Option<String>,
     pub name: String,
+    /// Decisions not written because the disk ran short.
+    pub dropped_for_space: u64,
 }
 
 /// Lines the writer may have queued (decisions arrive in kernel drains of ≤ 4,096 events).
 const QUEUE: usize = 8;
 
 impl PolicyLayer {
-    pub fn start(spec: &PolicySpec, vars: &Vars, layer: &Path) -> std::io::Result<Self> {
+    /// `space`: decisions are data; they yield to control evidence when the disk runs short.
+    pub fn start(
+        spec: &PolicySpec,
+        vars: &Vars,
+        layer: &Path,
+        space: std::sync::Arc<crate::evidence::space::Space>,
+    ) -> std::io::Result<Self> {
         Ok(PolicyLayer {
             name: spec.policy.name.clone(),
             mode: spec.policy.mode,
             lane: spec.lane,
             oracle: Oracle::new(&spec.policy, vars),
             out: NdjsonWriter::spawn(layer, QUEUE)?,
+            space,
+            dropped_for_space: 0,
             seq: 0,
             denied: 0,
         })
@@ -141,8 +155,16 @@ impl PolicyLayer {
                 pid: h.pid,
                 comm: &h.comm,
             };
+            let mark = batch.len();
             if serde_json::to_writer(&mut batch, &rec).is_ok() {
-                batch.push(b'\n');
+                // Denials are control evidence, always written; allows yield to them when the
+                // disk runs short (counted, and said in health).
+                if d.action == Action::Allow && !self.space.allow((batch.len() - mark) as u64 + 1) {
+                    batch.truncate(mark);
+                    self.dropped_for_space += 1;
+                } else {
+                    batch.push(b'\n');
+                }
                 self.seq += 1;
             }
         }
@@ -152,11 +174,13 @@ impl PolicyLayer {
     }
 
     pub fn finish(mut self) -> PolicyReport {
+        let write_error = self.out.finish().err();
         PolicyReport {
             decisions: self.seq,
             would_deny: self.denied,
-            write_error: self.out.finish().err(),
+            write_error,
             name: self.name,
+            dropped_for_space: self.dropped_for_space,
         }
     }
 }

@@ -106,6 +106,12 @@ impl Supervisor<'_> {
         policy_mechanisms.extend(self.network_mechanism.take());
         match &policy {
             Some(p) if p.write_error.is_none() => {
+                if p.dropped_for_space > 0 {
+                    self.notes.push(format!(
+                        "policy {}: {} decisions not written: the disk ran short",
+                        p.name, p.dropped_for_space
+                    ));
+                }
                 self.notes.push(format!(
                     "policy {}: {} decisions, {} denials (layers/policy.ndjson){}",
                     p.name,
@@ -204,6 +210,12 @@ impl Supervisor<'_> {
                 }];
                 n.extend(sup.kernel.notes.iter().cloned());
                 n.extend(self.notes.iter().cloned());
+                // A data layer that stopped (disk pressure, a write error) is said, not fatal:
+                // the run's control evidence still commits.
+                n.extend(self.rec.bundle.space().notes());
+                n.extend(self.rec.events_error().map(|e| format!(
+                    "events.ndjson is incomplete ({e}); run-trace.json holds the trace's copy of the events"
+                )));
                 n
             },
         };
@@ -213,13 +225,9 @@ impl Supervisor<'_> {
             .iter()
             .filter_map(|r| r.capture.clone())
             .collect();
-        let kernel_error = sup.kernel.write_error.clone();
         let commit = self
             .rec
             .commit(&health, &known, &self.spec.profile, failed, |bundle| {
-                if let Some(e) = kernel_error {
-                    return Err(e);
-                }
                 if let Some(lines) = &sdk_lines {
                     bundle
                         .write_bytes(files::SDK_LAYER, lines)

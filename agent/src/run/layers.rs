@@ -75,7 +75,12 @@ impl Supervisor<'_> {
             ));
             return;
         }
-        match PolicyLayer::start(spec, vars, &bundle.path(files::POLICY_LAYER)) {
+        match PolicyLayer::start(
+            spec,
+            vars,
+            &bundle.path(files::POLICY_LAYER),
+            bundle.space().clone(),
+        ) {
             Ok(layer) => self.policy = Some(layer),
             Err(e) => self
                 .notes
@@ -225,6 +230,7 @@ impl Supervisor<'_> {
                 capture,
                 cap_bytes: self.spec.output_cap_bytes,
                 capture_rel: rel,
+                space: self.rec.bundle.space().clone(),
             };
             if let Err(e) = spawn_tee(
                 cfg,

@@ -163,6 +163,10 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     summary.aborted_after_step = aborted_after(&steps);
     summary.steps = steps;
     rec.finish(status, None, exit_code);
+    notes.extend(rec.bundle.space().notes());
+    notes.extend(rec.events_error().map(|e| {
+        format!("events.ndjson is incomplete ({e}); run-trace.json holds the trace's copy")
+    }));
     let health = plan_health(&run_id, &layers, &rec.events, notes);
     let failed = status != "passed";
     let commit = rec.commit(&health, &[], &base.profile, failed, |_| Ok(()));

@@ -38,7 +38,7 @@ pub struct RunRecorder {
     violations: Arc<Violations>,
     /// What contracts count: kernel operations, output bytes, lost events.
     pub counters: Arc<RunCounters>,
-    /// `events.ndjson`'s last write result, once the log is finished.
+    /// `events.ndjson`'s first write error, once the log is finished.
     events_result: Result<(), String>,
 }
 
@@ -122,6 +122,12 @@ impl RunRecorder {
         self.trace.events = self.events.trace_events().to_vec();
     }
 
+    /// Why `events.ndjson` is incomplete, if it is (a write failed: the disk filled). The
+    /// bundle still commits — its trace holds the events' copy — and health says so.
+    pub fn events_error(&self) -> Option<&str> {
+        self.events_result.as_ref().err().map(String::as_str)
+    }
+
     /// Write what `extra` adds, health and the trace, then the index (the commit barrier) over
     /// the files plus `known` digests; then the profile copies outside the bundle, whatever
     /// became of the commit (they are what an operator looks at first when something failed).
@@ -134,8 +140,9 @@ impl RunRecorder {
         extra: impl FnOnce(&Bundle) -> Result<(), String>,
     ) -> Result<(), String> {
         let detailed = spec_detailed(profile.level);
+        // The reserve held back for these documents is given back now.
+        self.bundle.space().release();
         let commit = (|| -> Result<(), String> {
-            self.events_result.clone()?;
             extra(&self.bundle)?;
             self.trace.spans = self.writer.with(|r| r.export(detailed, clock::now_ns()));
             write_documents(&self.bundle, health, &self.trace)?;

@@ -224,6 +224,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         },
         cg.id(),
         &sup.rec.bundle.path(files::KERNEL_LAYER),
+        sup.rec.bundle.space().clone(),
     );
     let outcome = sup
         .supervise(&mut spans, &mut sigint, &mut sigterm, kernel)

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::dispatch::Stream;
 use crate::contracts::RunCounters;
+use crate::evidence::space::Space;
 use sha2::{Digest, Sha256};
 
 use crate::evidence::bundle::FileDigest;
@@ -51,6 +52,9 @@ pub struct TeeConfig {
     pub cap_bytes: u64,
     /// The capture's path inside the bundle, for its digest.
     pub capture_rel: &'static str,
+    /// The bundle's disk budget: the capture is data and stops before control evidence
+    /// would lack room.
+    pub space: Arc<Space>,
 }
 
 /// Set when the run's outcome is final: nothing more is accepted into its output.
@@ -124,6 +128,7 @@ fn tee_loop(
     let mut masker = redactor.stream_masker();
     let mut masked = Vec::new();
     let mut capture_ok = true;
+    let mut capturing = true;
     let mut writeback_from = 0u64;
     loop {
         let n = match cfg.pipe.read(&mut buf) {
@@ -162,7 +167,18 @@ fn tee_loop(
             }
             None => chunk,
         };
-        capture_ok &= write_capped(&mut capture, &mut hasher, out, cfg.cap_bytes, &mut report);
+        if capturing && !cfg.space.allow(out.len() as u64) {
+            // Disk pressure: the rest of the stream is relayed, not captured.
+            capturing = false;
+            report.truncated = true;
+            report.truncated_reason = Some("disk_pressure".into());
+        }
+        if capturing && !write_capped(&mut capture, &mut hasher, out, cfg.cap_bytes, &mut report) {
+            capturing = false;
+            capture_ok = false;
+            report.truncated = true;
+            report.truncated_reason = Some("write_error".into());
+        }
         if report.bytes_captured - writeback_from >= WRITEBACK_EVERY && capture.flush().is_ok() {
             start_writeback(
                 capture.get_ref(),
@@ -171,7 +187,7 @@ fn tee_loop(
             );
         }
     }
-    if let Some(m) = masker.as_mut() {
+    if let Some(m) = masker.as_mut().filter(|_| capturing) {
         masked.clear();
         m.finish(&mut masked);
         capture_ok &= write_capped(
@@ -236,6 +252,7 @@ fn write_capped(
     let take = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
     if take < data.len() {
         report.truncated = true;
+        report.truncated_reason.get_or_insert_with(|| "cap".into());
     }
     if take == 0 {
         return true;
