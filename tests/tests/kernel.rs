@@ -311,6 +311,55 @@ fn an_open_storm_is_recorded_or_exactly_counted() {
     assert_valid_bundle(&f.bundle);
 }
 
+/// `--evidence-max-bytes`: a million-open storm under a 4 MiB budget leaves a layer within the
+/// budget (control events may pass it), every exec and exit of the run in it, and every open
+/// either recorded, downgraded to a per-target count, or counted lost — exactly. (4 MiB, not
+/// the 16 MiB of the issue: the debug-build reader keeps ~5 % of a tight 1M storm, ~20 MB,
+/// which a 16 MiB budget does not reliably cross.)
+#[test]
+fn an_evidence_budget_bounds_the_layer_and_keeps_control_events_and_exact_counts() {
+    const N: u64 = 1_000_000;
+    const BUDGET: u64 = 4 << 20;
+    let path = "/nonexistent/vigil-budget-5c1d";
+    let (f, _dir) = VigilRun::new("budget")
+        .args(["--evidence-max-bytes", &BUDGET.to_string()])
+        .fixture(&["open-storm", &N.to_string(), path])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let h = f.health();
+    let layer_path = f.bundle.join("layers/kernel.ndjson");
+    let size = std::fs::metadata(&layer_path).expect("layer").len();
+    assert!(
+        size <= BUDGET + 64 * 1024,
+        "layer {size} bytes, budget {BUDGET}"
+    );
+    let layer = std::fs::read_to_string(&layer_path).expect("layer");
+    let needle = format!("\"path\":\"{path}\"");
+    let seen = layer.lines().filter(|l| l.contains(&needle)).count() as u64;
+    let lost = h["lost_events"]["kernel_ring_buffer_by_kind"]["file.open"]
+        .as_u64()
+        .unwrap_or(0);
+    let downgraded = h["downgraded_events_by_kind"]["file.open"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(downgraded > 0, "the budget was reached: {h:#}");
+    assert_eq!(
+        seen + downgraded + lost,
+        N,
+        "{seen} recorded + {downgraded} downgraded + {lost} lost must be every open"
+    );
+    assert_eq!(h["downgraded_targets"][0]["target"], path);
+    assert_eq!(h["downgraded_targets"][0]["count"], downgraded);
+    assert_eq!(h["kernel_layer"], "partial");
+    for kind in ["process.exec", "process.exit"] {
+        assert!(
+            layer.contains(&format!("\"kind\":\"{kind}\"")),
+            "{kind} is control evidence and always written"
+        );
+    }
+    assert_valid_bundle(&f.bundle);
+}
+
 #[test]
 fn process_scope_leaves_out_the_syscall_probes_and_says_so() {
     let (f, _dir) = VigilRun::new("process_scope")

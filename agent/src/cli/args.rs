@@ -148,6 +148,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub output_cap_bytes: u64,
 
+    /// Bound on the kernel and policy layers together: past it, data events (opens, network,
+    /// write progress, allow decisions) are downgraded to per-kind, per-target counts; control
+    /// events are always written.
+    #[arg(long, env = "VIGIL_EVIDENCE_MAX_BYTES", default_value = "268435456",
+          value_parser = parse_bytes, value_name = "BYTES")]
+    pub evidence_max_bytes: u64,
+
     /// Contracts directory: every `*.yaml` in it is loaded (a missing directory loads none).
     #[arg(
         long,
@@ -379,6 +386,10 @@ fn parse_whole(s: &str, unit: &str) -> Result<u64, String> {
         Ok(v) => Ok(v),
         Err(_) => Err(format!("expected a whole number of {unit} ≥ 1 (too large)")),
     }
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_whole(s, "bytes")
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

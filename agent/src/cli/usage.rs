@@ -25,6 +25,7 @@ const ENV_OF_FLAG: &[(&str, &str)] = &[
         "SPEC_RUNNER_LIVENESS_KILL_GRACE_MS",
     ),
     ("--fail-fast", "SPEC_RUNNER_FAIL_FAST"),
+    ("--evidence-max-bytes", "VIGIL_EVIDENCE_MAX_BYTES"),
 ];
 
 /// Render a clap error as a single line: `vigil: invalid value 'x' for --flag (env VAR): …`.

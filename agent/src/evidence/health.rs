@@ -123,6 +123,12 @@ pub struct ObservationHealth {
     /// Interval of the procfs sampler; processes shorter than this may be missed.
     pub process_tree_sample_ms: u64,
     pub lost_events: LostEvents,
+    /// Data events past `--evidence-max-bytes`, by kind (downgraded to counts, not written).
+    #[serde(default)]
+    pub downgraded_events_by_kind: BTreeMap<String, u64>,
+    /// The same per target (path, endpoint, process), most first; bounded.
+    #[serde(default)]
+    pub downgraded_targets: Vec<crate::evidence::downgrade::DowngradedTarget>,
     pub probes: BTreeMap<String, ProbeHealth>,
     pub cgroup: Option<CgroupHealth>,
     pub output: BTreeMap<String, OutputHealth>,

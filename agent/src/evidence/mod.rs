@@ -3,6 +3,7 @@
 
 pub mod beneath;
 pub mod bundle;
+pub mod downgrade;
 pub mod events;
 pub mod health;
 pub mod inspect;

@@ -1,4 +1,4 @@
-//! Disk pressure. A run's data (captured output, the kernel and policy layers) may not take the
+//! Disk pressure and the evidence budget. A run's data (captured output, the kernel and policy layers) may not take the
 //! room its control evidence and its commit need, so that a chatty job on a small `--out` still
 //! leaves a committed, verifiable bundle that says what it could not keep.
 //!
@@ -35,6 +35,20 @@ pub struct Space {
     free_at_stop: AtomicU64,
     /// Why no reserve could be made, if so.
     reserve_error: Option<String>,
+    /// `--evidence-max-bytes`: what the kernel and policy layers may hold together.
+    evidence_max: AtomicU64,
+    /// Bytes those layers hold so far (control evidence included).
+    evidence_used: AtomicU64,
+}
+
+/// What a layer does with one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Write,
+    /// Past `--evidence-max-bytes`: downgraded to a count.
+    OverBudget,
+    /// The disk is short: dropped, counted.
+    DiskShort,
 }
 
 impl Space {
@@ -66,7 +80,37 @@ impl Space {
             stopped: AtomicBool::new(false),
             free_at_stop: AtomicU64::new(0),
             reserve_error,
+            evidence_max: AtomicU64::new(u64::MAX),
+            evidence_used: AtomicU64::new(0),
         })
+    }
+
+    /// Bound the kernel and policy layers to `max` bytes together.
+    pub fn set_evidence_max(&self, max: u64) {
+        self.evidence_max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn evidence_max(&self) -> u64 {
+        self.evidence_max.load(Ordering::Relaxed)
+    }
+
+    /// Whether a layer line of `n` bytes is written. Control evidence always is (and counts
+    /// toward the budget); data is downgraded once the budget is spent — deterministically,
+    /// by the bytes before it — or dropped when the disk is short.
+    pub fn admit(&self, n: u64, control: bool) -> Admit {
+        if control {
+            self.evidence_used.fetch_add(n, Ordering::Relaxed);
+            return Admit::Write;
+        }
+        let used = self.evidence_used.load(Ordering::Relaxed);
+        if used.saturating_add(n) > self.evidence_max() {
+            return Admit::OverBudget;
+        }
+        if !self.allow(n) {
+            return Admit::DiskShort;
+        }
+        self.evidence_used.fetch_add(n, Ordering::Relaxed);
+        Admit::Write
     }
 
     fn free_bytes(&self) -> Option<u64> {

@@ -7,6 +7,7 @@ use std::path::Path;
 use super::event::Observed;
 use super::reader::KernelReader;
 use super::sensor::{KernelSensor, ProbeStatus, Scope};
+use crate::evidence::downgrade::Downgraded;
 use crate::evidence::health::{KernelClaim, ProbeHealth, ProbeState};
 use crate::evidence::redact::Redactor;
 use crate::evidence::space::Space;
@@ -36,6 +37,8 @@ pub struct KernelReport {
     /// Events not written to the layer because the disk ran short (counted, and the claim is
     /// partial).
     pub dropped_for_space: u64,
+    /// Data events past `--evidence-max-bytes`, as per-kind, per-target counts.
+    pub downgraded: Downgraded,
 }
 
 impl KernelReport {
@@ -148,7 +151,7 @@ impl KernelLayer {
             .map(|(k, n)| (k.to_string(), n))
             .collect();
         let ring_lost = ring_lost_by_kind.values().sum();
-        let (written, decode_errors_by_kind, write_error, dropped_for_space) =
+        let (written, decode_errors_by_kind, write_error, dropped_for_space, downgraded) =
             match self.reader.as_mut() {
                 Some(r) => {
                     let write_error = r.finish().err();
@@ -160,9 +163,10 @@ impl KernelLayer {
                             .collect(),
                         write_error,
                         r.dropped_for_space(),
+                        r.downgraded().clone(),
                     )
                 }
-                None => (0, BTreeMap::new(), None, 0),
+                None => (0, BTreeMap::new(), None, 0, Downgraded::default()),
             };
         let decode_errors = decode_errors_by_kind.values().sum();
         let probes = self.probes.clone();
@@ -178,6 +182,7 @@ impl KernelLayer {
                 && ring_lost == 0
                 && decode_errors == 0
                 && dropped_for_space == 0
+                && downgraded.total() == 0
                 && write_error.is_none(),
         ) {
             (false, _) => KernelClaim::Absent,
@@ -210,6 +215,7 @@ impl KernelLayer {
             notes,
             write_error,
             dropped_for_space,
+            downgraded,
         }
     }
 }

@@ -14,10 +14,11 @@ use tokio::io::unix::AsyncFd;
 
 use super::event::{KernelEvent, NetOp, Observed, decode};
 use crate::clock;
+use crate::evidence::downgrade::Downgraded;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
 use crate::evidence::redact::Redactor;
 use crate::evidence::schema;
-use crate::evidence::space::Space;
+use crate::evidence::space::{Admit, Space};
 use std::sync::Arc;
 
 /// Batches the kernel layer's writer may have queued: with BATCH_EVENTS lines each, at most
@@ -41,6 +42,8 @@ pub struct KernelReader {
     /// Data events (opens, network, write progress) decoded, handed to the consumers, but not
     /// written to the layer because the disk ran short.
     dropped_for_space: u64,
+    /// Data events past `--evidence-max-bytes`, as counts.
+    downgraded: Downgraded,
     /// The last drain stopped at DRAIN_MAX with events left in the ring.
     more: bool,
 }
@@ -79,6 +82,7 @@ impl KernelReader {
             out: NdjsonWriter::spawn(layer, QUEUE_BATCHES)?,
             space,
             dropped_for_space: 0,
+            downgraded: Downgraded::default(),
             seq: 0,
             boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
             decode_errors: BTreeMap::new(),
@@ -137,14 +141,18 @@ impl KernelReader {
                             | KernelEvent::Write { .. }
                     );
                     let mark = batch.len();
-                    if serde_json::to_writer(&mut batch, &record).is_ok()
-                        && !control
-                        && !self.space.allow((batch.len() - mark) as u64 + 1)
-                    {
+                    let admit = match serde_json::to_writer(&mut batch, &record) {
+                        Ok(()) => self.space.admit((batch.len() - mark) as u64 + 1, control),
+                        Err(_) => Admit::Write,
+                    };
+                    if admit != Admit::Write {
                         // Its seq stays taken: decisions cite it, and the gap says so.
                         batch.truncate(mark);
-                        self.dropped_for_space += 1;
                         self.seq += 1;
+                        match admit {
+                            Admit::OverBudget => self.downgraded.count(ev.kind(), &target(&ev)),
+                            _ => self.dropped_for_space += 1,
+                        }
                     } else if batch.len() > mark {
                         batch.push(b'\n');
                         self.seq += 1;
@@ -197,6 +205,25 @@ fn errno_name(result: i64) -> Option<String> {
         let e = nix::errno::Errno::from_raw(i32::try_from(-result).unwrap_or(0));
         format!("{e:?}")
     })
+}
+
+/// What a downgraded data event was about: the path opened, the endpoint, the process.
+fn target(ev: &KernelEvent) -> String {
+    match ev {
+        KernelEvent::Open {
+            path,
+            resolved_path,
+            ..
+        } => resolved_path.clone().unwrap_or_else(|| path.clone()),
+        KernelEvent::Net {
+            endpoint: Some(e), ..
+        } => match (&e.address, e.port) {
+            (Some(a), Some(p)) => format!("{a}:{p}"),
+            (Some(a), None) => a.clone(),
+            _ => e.family.clone(),
+        },
+        other => other.header().comm.clone(),
+    }
 }
 
 /// O_ACCMODE and the flags a reader of the trace asks about.
@@ -463,7 +490,12 @@ impl KernelReader {
 
     /// Kernel events written to the layer.
     pub fn written(&self) -> u64 {
-        self.seq - self.dropped_for_space
+        self.seq - self.dropped_for_space - self.downgraded.total()
+    }
+
+    /// Data events past the evidence budget.
+    pub fn downgraded(&self) -> &Downgraded {
+        &self.downgraded
     }
 
     /// Data events decoded but not written for lack of disk room.

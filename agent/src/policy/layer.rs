@@ -13,6 +13,7 @@ use super::oracle::{Oracle, Vars, result_of};
 use crate::clock;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
 use crate::evidence::schema;
+use crate::evidence::space::Admit;
 use crate::kernel::event::Observed;
 
 /// A policy chosen for a run, as read and checked before anything started.
@@ -78,6 +79,8 @@ pub struct PolicyLayer {
     space: std::sync::Arc<crate::evidence::space::Space>,
     /// Allow decisions not written because the disk ran short.
     dropped_for_space: u64,
+    /// Allow decisions past `--evidence-max-bytes`, as counts.
+    downgraded: crate::evidence::downgrade::Downgraded,
 }
 
 /// What health says about the policy layer.
@@ -88,6 +91,8 @@ pub struct PolicyReport {
     pub name: String,
     /// Decisions not written because the disk ran short.
     pub dropped_for_space: u64,
+    /// Allow decisions past the evidence budget.
+    pub downgraded: crate::evidence::downgrade::Downgraded,
 }
 
 /// Lines the writer may have queued (decisions arrive in kernel drains of ≤ 4,096 events).
@@ -109,6 +114,7 @@ impl PolicyLayer {
             out: NdjsonWriter::spawn(layer, QUEUE)?,
             space,
             dropped_for_space: 0,
+            downgraded: Default::default(),
             seq: 0,
             denied: 0,
         })
@@ -159,11 +165,18 @@ impl PolicyLayer {
             if serde_json::to_writer(&mut batch, &rec).is_ok() {
                 // Denials are control evidence, always written; allows yield to them when the
                 // disk runs short (counted, and said in health).
-                if d.action == Action::Allow && !self.space.allow((batch.len() - mark) as u64 + 1) {
-                    batch.truncate(mark);
-                    self.dropped_for_space += 1;
-                } else {
-                    batch.push(b'\n');
+                let n = (batch.len() - mark) as u64 + 1;
+                match self.space.admit(n, d.action == Action::Deny) {
+                    Admit::Write => batch.push(b'\n'),
+                    Admit::OverBudget => {
+                        batch.truncate(mark);
+                        self.downgraded
+                            .count(&format!("policy.allow:{}", d.op.as_str()), &d.subject);
+                    }
+                    Admit::DiskShort => {
+                        batch.truncate(mark);
+                        self.dropped_for_space += 1;
+                    }
                 }
                 self.seq += 1;
             }
@@ -181,6 +194,7 @@ impl PolicyLayer {
             write_error,
             name: self.name,
             dropped_for_space: self.dropped_for_space,
+            downgraded: self.downgraded,
         }
     }
 }

@@ -87,7 +87,7 @@ impl Supervisor<'_> {
             reason: outcome.reason().map(String::from),
             skip_reason: None,
             blocked_by: None,
-            stall_detected: Some(stall_phase.is_some()),
+            stall_detected: Some(sup.state.as_ref().is_some_and(RunState::stall_detected)),
             stall_phase: stall_phase.clone(),
             triage: None,
             bundle: None,
@@ -177,9 +177,23 @@ impl Supervisor<'_> {
             output.insert("stdout".to_string(), sup.streams[0].health.clone());
             output.insert("stderr".to_string(), sup.streams[1].health.clone());
         }
+        // Data past the evidence budget, from both layers it bounds.
+        let mut downgraded = sup.kernel.downgraded.clone();
+        if let Some(p) = &policy {
+            downgraded.merge(&p.downgraded);
+        }
+        if downgraded.total() > 0 {
+            self.notes.push(format!(
+                "evidence budget: --evidence-max-bytes {} reached; {} data events downgraded to per-kind, per-target counts (downgraded_events_by_kind, downgraded_targets); control events were all written",
+                self.spec.evidence_max_bytes,
+                downgraded.total()
+            ));
+        }
         let health = ObservationHealth {
             schema: schema::OBSERVATION_HEALTH.into(),
             run_id: self.rec.trace.run_id.clone(),
+            downgraded_events_by_kind: downgraded.by_kind(),
+            downgraded_targets: downgraded.targets(),
             kernel_layer: sup.kernel.kernel_layer,
             cgroup_correlation: CorrelationClaim::Full,
             policy_layer,

@@ -30,7 +30,6 @@ impl Supervisor<'_> {
                 Action::Note(n) => self.notes.push(n),
                 Action::Say(s) => eprintln!("vigil: {s}"),
                 Action::CloseFence => self.fence.close(),
-                Action::GiveUpStreams => {}
                 Action::AcceptSdk(r) => {
                     if let Some(checkpoint) = self.sdk.as_mut().and_then(|l| l.accept(r)) {
                         self.rec

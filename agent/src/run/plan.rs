@@ -558,6 +558,9 @@ fn plan_health(
     ObservationHealth {
         schema: schema::OBSERVATION_HEALTH.into(),
         run_id: run_id.to_string(),
+        // Each step's bundle says what it downgraded.
+        downgraded_events_by_kind: Default::default(),
+        downgraded_targets: Vec::new(),
         kernel_layer: weakest.kernel,
         cgroup_correlation: weakest.correlation,
         policy_layer: weakest.policy,

@@ -123,6 +123,8 @@ pub struct RunSpec {
     pub cgroup_parent: PathBuf,
     pub user: Option<UserSpec>,
     pub output_cap_bytes: u64,
+    /// `--evidence-max-bytes`: the kernel and policy layers' bound.
+    pub evidence_max_bytes: u64,
     pub kernel_layer: KernelLayerMode,
     pub program: OsString,
     pub args: Vec<OsString>,
@@ -306,6 +308,7 @@ impl RunSpec {
             cgroup_parent: args.cgroup_parent,
             user: args.user,
             output_cap_bytes: args.output_cap_bytes,
+            evidence_max_bytes: args.evidence_max_bytes,
             kernel_layer: args.kernel_layer,
             program,
             args: command.collect(),

@@ -215,6 +215,10 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         sdk: None,
         sdk_stats: None,
     };
+    sup.rec
+        .bundle
+        .space()
+        .set_evidence_max(spec.evidence_max_bytes);
     // The sensor watches the run's cgroup before the child exists: its first exec is seen.
     let kernel = KernelLayer::start(
         match spec.kernel_layer {

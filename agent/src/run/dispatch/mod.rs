@@ -104,8 +104,6 @@ pub enum Action {
     Triage { silent_ms: u64 },
     /// Close the fence: nothing more is accepted into the run's output or SDK layer.
     CloseFence,
-    /// Stop waiting for output pipes that something outside the run holds open.
-    GiveUpStreams,
     /// Count the cgroup's processes; answer with `CgroupProbed`.
     ProbeCgroup,
     /// Sample the cgroup (procfs tree, CPU time); answer with `Sampled`.
@@ -165,6 +163,8 @@ pub struct RunState {
     probing: bool,
     escalation: Option<Escalation>,
     triage: Option<PendingTriage>,
+    /// A stall verdict ended the run (its phase may stay unknown if triage never answered).
+    stalled: bool,
     stall_phase: Option<String>,
     fenced: bool,
     sdk_fenced: u64,
@@ -200,6 +200,7 @@ impl RunState {
             probing: false,
             escalation: None,
             triage: None,
+            stalled: false,
             stall_phase: None,
             fenced: false,
             sdk_fenced: 0,
@@ -246,7 +247,13 @@ impl RunState {
         next
     }
 
-    /// The stall phase triage found, if a stall was detected.
+    /// A stall verdict ended the run.
+    pub fn stall_detected(&self) -> bool {
+        self.stalled
+    }
+
+    /// The stall phase triage found (None when no stall was detected, or triage never
+    /// answered).
     pub fn stall_phase(&self) -> Option<&str> {
         self.stall_phase.as_deref()
     }
@@ -483,7 +490,6 @@ impl RunState {
             out.push(Action::Note(
                 "output pipes stayed open after the run's cgroup emptied (held outside the run); fenced".into(),
             ));
-            out.push(Action::GiveUpStreams);
             self.streams_open = [false, false];
         }
         if self.judging() {
@@ -554,6 +560,7 @@ impl RunState {
                     deadline: now.saturating_add(ns(TRIAGE_BUDGET)),
                 };
                 if why == reason::NO_OUTPUT_NO_EVENT || why == reason::NO_PROGRESS {
+                    self.stalled = true;
                     self.triage = Some(pending);
                     out.push(Action::Triage { silent_ms });
                 } else {

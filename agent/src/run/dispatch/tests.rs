@@ -62,7 +62,6 @@ fn labels(acts: &[Action]) -> Vec<String> {
             Action::KillComplete => "kill_complete".into(),
             Action::Triage { .. } => "triage".into(),
             Action::CloseFence => "fence".into(),
-            Action::GiveUpStreams => "give_up".into(),
             Action::ProbeCgroup => "probe".into(),
             Action::Sample => "sample".into(),
             Action::AcceptSdk(_) => "sdk".into(),
@@ -257,6 +256,11 @@ fn triage_that_never_answers_does_not_hold_the_kill() {
     };
     assert!(data["triage_abandoned"].is_string(), "{data}");
     assert!(labels(&acts).contains(&format!("term:{}", reason::NO_OUTPUT_NO_EVENT)));
+    assert!(
+        s.stall_detected(),
+        "the stall was detected, its phase is unknown"
+    );
+    assert_eq!(s.stall_phase(), None);
 }
 
 #[test]
@@ -449,10 +453,7 @@ fn pipes_held_outside_the_run_are_given_up_after_the_grace() {
         T0 + 20 * MS + 500 * MS,
         "given up a grace after the cgroup emptied"
     );
-    assert_eq!(
-        at(&mut s, RunEvent::Tick, T0 + 520 * MS),
-        ["note", "give_up"]
-    );
+    assert_eq!(at(&mut s, RunEvent::Tick, T0 + 520 * MS), ["note"]);
     assert!(s.is_done());
     assert_eq!(s.conclude(false, false), Outcome::Exited(0));
 }
