@@ -1113,3 +1113,29 @@ fn heartbeats_count_the_live_processes_of_the_run() {
         "sh and its three sleeps at once: {counts:?}"
     );
 }
+
+/// Health records vigil's own cost for the run: its CPU time (not the child's: a child that
+/// burns CPU does not raise it) and its peak RSS.
+#[test]
+fn health_records_the_observers_own_cost() {
+    let (f, _dir) = VigilRun::new("observer-cost")
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+        ])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let o = &f.health()["observer"];
+    let cpu = o["cpu_user_ms"].as_f64().expect("user") + o["cpu_system_ms"].as_f64().expect("sys");
+    assert!(cpu > 0.0, "{o}");
+    // The child's busy loop (hundreds of ms of CPU) is not vigil's.
+    let child_ms = f.elapsed.as_secs_f64() * 1000.0;
+    assert!(
+        cpu < child_ms,
+        "vigil {cpu} ms of CPU vs a {child_ms} ms run: {o}"
+    );
+    assert!(o["peak_rss_kib"].as_u64().expect("rss") > 1024, "{o}");
+    assert_valid_bundle(&f.bundle);
+}

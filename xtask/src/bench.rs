@@ -146,8 +146,15 @@ pub fn bench(args: &[String]) -> Result<()> {
         print_table(&rows, quick);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--observer-only") {
+        rows.extend(crate::bench_observer::bench(&env, quick)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--kernel-only") {
         rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
+        rows.extend(crate::bench_observer::bench(&env, quick)?);
         let _ = std::fs::remove_dir_all(&tmp);
         print_table(&rows, quick);
         return Ok(());
@@ -334,6 +341,7 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     if !args.iter().any(|a| a == "--no-kernel") {
         rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
+        rows.extend(crate::bench_observer::bench(&env, quick)?);
         rows.extend(crate::bench_policy::bench(&env, &tmp, quick)?);
     }
     rows.extend(crate::bench_contracts::bench(quick)?);

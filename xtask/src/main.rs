@@ -16,6 +16,7 @@
 mod bench;
 mod bench_contracts;
 mod bench_kernel;
+mod bench_observer;
 mod bench_policy;
 mod ebpf;
 mod setup;
@@ -39,7 +40,7 @@ fn main() {
         Some("codegen") => codegen(),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | soak [--minutes M] | ebpf | codegen"
+                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--observer-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | soak [--minutes M] | ebpf | codegen"
             );
             std::process::exit(2);
         }

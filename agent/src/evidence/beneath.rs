@@ -39,6 +39,8 @@ pub enum Refused {
         "{0}: the bundle holds more than {MAX_FILES} files, or nests deeper than {MAX_DEPTH} directories"
     )]
     TooMany(String),
+    #[error("{0}: no such file in the bundle")]
+    Missing(String),
     #[error("{path}: {error}")]
     Io { path: String, error: String },
 }
@@ -53,7 +55,7 @@ impl Refused {
 
     /// The file is simply not there.
     pub fn is_missing(&self) -> bool {
-        matches!(self, Refused::Io { error, .. } if error.contains("No such file"))
+        matches!(self, Refused::Missing(_))
     }
 }
 
@@ -140,6 +142,7 @@ impl BundleDir {
         check_rel(rel)?;
         openat2(self.fd.as_fd(), rel, Self::how(flags)).map_err(|e| match e {
             Errno::ELOOP | Errno::EXDEV => Refused::Symlink(rel.to_string()),
+            Errno::ENOENT => Refused::Missing(rel.to_string()),
             other => Refused::io(rel, other.desc()),
         })
     }
@@ -265,6 +268,19 @@ impl BundleDir {
                 name,
             )),
             None => Ok((self.fd.try_clone().map_err(|e| Refused::io(".", e))?, rel)),
+        }
+    }
+
+    /// Remove the file `rel` beneath the bundle (never a directory, never through a link).
+    pub fn remove(&self, rel: &str) -> Result<(), Refused> {
+        let (parent, name) = self.parent_of(rel)?;
+        match nix::unistd::unlinkat(
+            parent.as_fd(),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Refused::io(rel, e.desc())),
         }
     }
 

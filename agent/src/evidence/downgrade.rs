@@ -24,16 +24,21 @@ pub struct Downgraded {
 
 impl Downgraded {
     pub fn count(&mut self, kind: &str, target: &str) {
+        self.count_n(kind, target, 1);
+    }
+
+    /// `n` events of one (kind, target) at once (a coalesced run).
+    pub fn count_n(&mut self, kind: &str, target: &str, n: u64) {
         let key = (kind.to_string(), target.to_string());
-        if let Some(n) = self.targets.get_mut(&key) {
-            *n += 1;
+        if let Some(c) = self.targets.get_mut(&key) {
+            *c += n;
         } else if self.targets.len() < MAX_TARGETS {
-            self.targets.insert(key, 1);
+            self.targets.insert(key, n);
         } else {
             *self
                 .targets
                 .entry((kind.to_string(), "(other)".to_string()))
-                .or_default() += 1;
+                .or_default() += n;
         }
     }
 

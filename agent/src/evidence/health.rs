@@ -132,6 +132,9 @@ pub struct ObservationHealth {
     pub probes: BTreeMap<String, ProbeHealth>,
     pub cgroup: Option<CgroupHealth>,
     pub output: BTreeMap<String, OutputHealth>,
+    /// vigil's own cost for this run: the observer's price is evidence too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<ObserverCost>,
     /// The SDK socket and what it heard (absent when no socket was offered).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sdk: Option<SdkHealth>,
@@ -145,6 +148,43 @@ impl ObservationHealth {
             correlation: self.cgroup_correlation,
             policy: self.policy_layer,
             sdk: self.sdk_layer,
+        }
+    }
+}
+
+/// vigil's own CPU time (its threads, not the run's processes) between the run's start and its
+/// end, and the vigil process's peak RSS up to then.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
+pub struct ObserverCost {
+    pub cpu_user_ms: f64,
+    pub cpu_system_ms: f64,
+    pub peak_rss_kib: u64,
+}
+
+impl ObserverCost {
+    /// vigil's rusage now (RUSAGE_SELF: the run's processes are children, not counted).
+    pub fn now() -> ObserverCost {
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(
+            ObserverCost::default(),
+            |u| {
+                let ms =
+                    |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e3 + t.tv_usec() as f64 / 1e3;
+                ObserverCost {
+                    cpu_user_ms: ms(u.user_time()),
+                    cpu_system_ms: ms(u.system_time()),
+                    peak_rss_kib: u64::try_from(u.max_rss()).unwrap_or(0),
+                }
+            },
+        )
+    }
+
+    /// The CPU spent since `start` (peak RSS is the process's, as of now).
+    pub fn since(start: ObserverCost) -> ObserverCost {
+        let now = ObserverCost::now();
+        ObserverCost {
+            cpu_user_ms: (now.cpu_user_ms - start.cpu_user_ms).max(0.0),
+            cpu_system_ms: (now.cpu_system_ms - start.cpu_system_ms).max(0.0),
+            peak_rss_kib: now.peak_rss_kib,
         }
     }
 }

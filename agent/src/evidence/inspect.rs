@@ -202,6 +202,26 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
         s(&health, "/policy_layer"),
         s(&health, "/sdk_layer")
     );
+    let o = &health["observer"];
+    if let (Some(user), Some(sys)) = (o["cpu_user_ms"].as_f64(), o["cpu_system_ms"].as_f64()) {
+        let _ = writeln!(
+            out,
+            "  observer: vigil used {:.1} ms of CPU ({user:.1} user, {sys:.1} system), peak RSS {} KiB",
+            user + sys,
+            s(o, "/peak_rss_kib")
+        );
+    }
+    if let Some(kinds) = health["downgraded_events_by_kind"]
+        .as_object()
+        .filter(|k| !k.is_empty())
+    {
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            out,
+            "  downgraded past --evidence-max-bytes (counted, not written): {}",
+            list.join(", ")
+        );
+    }
     for note in health["notes"]
         .as_array()
         .into_iter()

@@ -15,12 +15,8 @@ use super::ndjson::salvage_lines;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleProblem {
-    #[error("{0} is not a bundle directory")]
-    NotADirectory(PathBuf),
     #[error("not committed: {0} is missing (run `vigil reindex --repair` to salvage it)")]
     NoIndex(PathBuf),
-    #[error("{path} is not valid JSON: {error}")]
-    Parse { path: PathBuf, error: String },
     #[error("run_status.state is \"in_progress\": the run never committed")]
     InProgress,
     #[error("{0} is listed in the index but missing")]
@@ -239,6 +235,8 @@ fn repair_interrupted(b: &BundleDir) -> Result<RepairReport, BundleProblem> {
     if let Some(r) = refused.into_iter().next() {
         return Err(r.into());
     }
+    // The commit reserve of a run that died before its commit: give the room back.
+    b.remove(super::space::RESERVE_NAME)?;
     let mut dropped = 0;
     for rel in files::NDJSON {
         match b.read(rel, MAX_DOCUMENT) {

@@ -9,10 +9,12 @@
 
 pub mod abi;
 pub mod bus;
+pub mod coalesce;
 pub mod event;
 pub mod layer;
 pub mod probe;
 pub mod reader;
+mod record;
 pub mod sensor;
 pub mod sockaddr;
 pub mod tree;

@@ -9,15 +9,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use aya::maps::{MapData, RingBuf};
-use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use super::event::{KernelEvent, NetOp, Observed, decode};
+use super::coalesce::{self, Coalescer, Run};
+use super::event::{KernelEvent, Observed, decode};
+use super::record::{record, target};
 use crate::clock;
 use crate::evidence::downgrade::Downgraded;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
 use crate::evidence::redact::Redactor;
-use crate::evidence::schema;
 use crate::evidence::space::{Admit, Space};
 use std::sync::Arc;
 
@@ -44,6 +44,8 @@ pub struct KernelReader {
     dropped_for_space: u64,
     /// Data events past `--evidence-max-bytes`, as counts.
     downgraded: Downgraded,
+    /// Repeated identical data events waiting to be written as one line.
+    coalescer: Coalescer,
     /// The last drain stopped at DRAIN_MAX with events left in the ring.
     more: bool,
 }
@@ -54,18 +56,6 @@ const DRAIN_MAX: usize = 4 * BATCH_EVENTS;
 /// Time one drain may take before it yields to the dispatcher, whose deadlines (timeouts,
 /// heartbeats, the kill grace) must fire on time under any storm. Checked every 256 events.
 const DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// include/trace/events/signal.h: what became of a generated signal.
-fn signal_result(r: i32) -> &'static str {
-    match r {
-        0 => "delivered",
-        1 => "ignored",
-        2 => "already_pending",
-        3 => "overflow_fail",
-        4 => "lose_info",
-        _ => "unknown",
-    }
-}
 
 impl KernelReader {
     /// `space` is the bundle's disk budget: the kernel layer is data, it yields to control
@@ -83,6 +73,7 @@ impl KernelReader {
             space,
             dropped_for_space: 0,
             downgraded: Downgraded::default(),
+            coalescer: Coalescer::default(),
             seq: 0,
             boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
             decode_errors: BTreeMap::new(),
@@ -114,60 +105,42 @@ impl KernelReader {
     }
 
     fn drain_up_to(&mut self, max: usize, redactor: &Redactor, seen: &mut Vec<Observed>) {
-        let mut batch = Vec::new();
-        let mut lines = 0;
-        let mut urgent = false;
+        let mut out = Batch::default();
         let mut handled = 0;
         let began = std::time::Instant::now();
         self.more = false;
-        while let Some(item) = self.map.next() {
+        loop {
+            // The ring's item is released before the event is written (it borrows the map).
+            let decoded = match self.map.next() {
+                Some(item) => decode(&item),
+                None => break,
+            };
             handled += 1;
-            match decode(&item) {
+            match decoded {
                 Ok(mut ev) => {
                     // Decoded, redacted and stamped once: the layer file and every consumer
-                    // of `seen` get the same event with the same `ts`.
+                    // of `seen` get the same event with the same `ts`. Every event takes a
+                    // seq, written, coalesced or not.
                     ev.redact(redactor);
-                    let seq = self.seq;
                     let ts_ns = clock::boot_to_wall(ev.header().boot_ns, self.boot_to_wall_ns);
-                    let record = record(seq, ts_ns, &ev);
-                    // Process lifecycle, signals, OOM kills and failed execs are control
-                    // evidence: always written (the headroom is theirs). Data events yield to
-                    // them when the disk runs short, and are counted; consumers still see
-                    // every event, so the process tree and contract counts stay exact.
-                    let control = !matches!(
-                        ev,
-                        KernelEvent::Open { .. }
-                            | KernelEvent::Net { .. }
-                            | KernelEvent::Write { .. }
-                    );
-                    let mark = batch.len();
-                    let admit = match serde_json::to_writer(&mut batch, &record) {
-                        Ok(()) => self.space.admit((batch.len() - mark) as u64 + 1, control),
-                        Err(_) => Admit::Write,
-                    };
-                    if admit != Admit::Write {
-                        // Its seq stays taken: decisions cite it, and the gap says so.
-                        batch.truncate(mark);
-                        self.seq += 1;
-                        match admit {
-                            Admit::OverBudget => self.downgraded.count(ev.kind(), &target(&ev)),
-                            _ => self.dropped_for_space += 1,
-                        }
-                    } else if batch.len() > mark {
-                        batch.push(b'\n');
-                        self.seq += 1;
-                        lines += 1;
-                        // Signals and OOM kills are fsync'd at once; the rest (exits
-                        // included: a spawn-heavy run has one per 10 ms drain) ride with the
-                        // writer's batches, on disk within 200 ms.
-                        urgent |=
-                            matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
-                    }
-                    seen.push(Observed {
-                        seq,
+                    let obs = Observed {
+                        seq: self.seq,
                         ts_ns,
                         event: ev,
-                    });
+                    };
+                    self.seq += 1;
+                    if coalesce::coalescable(&obs.event) {
+                        if let Some(run) = self.coalescer.offer(&obs) {
+                            self.write(&run.first, Some(&run), &mut out);
+                        }
+                    } else {
+                        // Lines stay in seq order: what was pending goes first.
+                        if let Some(run) = self.coalescer.flush() {
+                            self.write(&run.first, Some(&run), &mut out);
+                        }
+                        self.write(&obs, None, &mut out);
+                    }
+                    seen.push(obs);
                 }
                 Err(e) => {
                     *self
@@ -176,10 +149,9 @@ impl KernelReader {
                         .or_default() += 1;
                 }
             }
-            if lines == BATCH_EVENTS {
-                self.out
-                    .send(std::mem::take(&mut batch), Lane::Control, urgent);
-                lines = 0;
+            if out.lines >= BATCH_EVENTS {
+                let full = std::mem::take(&mut out);
+                self.out.send(full.bytes, Lane::Control, full.urgent);
             }
             if handled == max
                 || (max != usize::MAX && handled % 256 == 0 && began.elapsed() >= DRAIN_BUDGET)
@@ -188,299 +160,75 @@ impl KernelReader {
                 break;
             }
         }
+        // A run is not carried across drains: its line is on disk within one drain.
+        if let Some(run) = self.coalescer.flush() {
+            self.write(&run.first, Some(&run), &mut out);
+        }
         // Kernel evidence is control evidence: it waits for room in the writer's queue, never
         // dropped there. A reader that falls behind shows up as ring-buffer losses, counted in
         // the kernel per kind.
-        if !batch.is_empty() {
-            self.out.send(batch, Lane::Control, urgent);
+        if !out.bytes.is_empty() {
+            self.out.send(out.bytes, Lane::Control, out.urgent);
         }
     }
+
+    /// One line into the batch: an event, or a coalesced `run` of it. Process lifecycle,
+    /// signals, OOM kills and failed execs are control evidence, always written (the disk
+    /// headroom is theirs); data lines are downgraded past the evidence budget or dropped when
+    /// the disk is short, and counted. Consumers saw every event either way.
+    fn write(&mut self, obs: &Observed, run: Option<&Run>, out: &mut Batch) {
+        let ev = &obs.event;
+        let count = run.map_or(1, |r| r.count);
+        let control = !matches!(
+            ev,
+            KernelEvent::Open { .. } | KernelEvent::Net { .. } | KernelEvent::Write { .. }
+        );
+        let mut rec = record(obs.seq, obs.ts_ns, ev);
+        if let Some(r) = run.filter(|r| r.count > 1) {
+            rec.count = Some(r.count);
+            rec.last_seq = Some(r.last_seq);
+            rec.last_ts = Some(clock::rfc3339(r.last_ts_ns));
+            rec.last_ts_ns = Some(r.last_ts_ns);
+        }
+        let mark = out.bytes.len();
+        if serde_json::to_writer(&mut out.bytes, &rec).is_err() {
+            out.bytes.truncate(mark);
+            return;
+        }
+        match self
+            .space
+            .admit((out.bytes.len() - mark) as u64 + 1, control)
+        {
+            Admit::Write => {
+                out.bytes.push(b'\n');
+                out.lines += 1;
+                // Signals and OOM kills are fsync'd at once; the rest (exits included: a
+                // spawn-heavy run has one per 10 ms drain) ride with the writer's batches, on
+                // disk within 200 ms.
+                out.urgent |= matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
+            }
+            Admit::OverBudget => {
+                out.bytes.truncate(mark);
+                self.downgraded.count_n(ev.kind(), &target(ev), count);
+            }
+            Admit::DiskShort => {
+                out.bytes.truncate(mark);
+                self.dropped_for_space += count;
+            }
+        }
+    }
+}
+
+/// Serialized lines on their way to the writer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: usize,
+    urgent: bool,
 }
 
 /// Lines per batch handed to the writer: bounds the reader's memory in an event storm.
 const BATCH_EVENTS: usize = 1024;
-
-fn errno_name(result: i64) -> Option<String> {
-    (result < 0).then(|| {
-        let e = nix::errno::Errno::from_raw(i32::try_from(-result).unwrap_or(0));
-        format!("{e:?}")
-    })
-}
-
-/// What a downgraded data event was about: the path opened, the endpoint, the process.
-fn target(ev: &KernelEvent) -> String {
-    match ev {
-        KernelEvent::Open {
-            path,
-            resolved_path,
-            ..
-        } => resolved_path.clone().unwrap_or_else(|| path.clone()),
-        KernelEvent::Net {
-            endpoint: Some(e), ..
-        } => match (&e.address, e.port) {
-            (Some(a), Some(p)) => format!("{a}:{p}"),
-            (Some(a), None) => a.clone(),
-            _ => e.family.clone(),
-        },
-        other => other.header().comm.clone(),
-    }
-}
-
-/// O_ACCMODE and the flags a reader of the trace asks about.
-fn open_access(flags: u32) -> &'static str {
-    const O_PATH: u32 = 0o10000000;
-    if flags & O_PATH != 0 {
-        return "path";
-    }
-    match flags & 0o3 {
-        0 => "read",
-        1 => "write",
-        _ => "read_write",
-    }
-}
-
-/// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields. Serialized
-/// straight from borrowed fields: the reader's cost per event is what bounds the drain rate.
-#[derive(Serialize)]
-struct Record<'a> {
-    schema: &'static str,
-    seq: u64,
-    version: u32,
-    ts: String,
-    ts_ns: u64,
-    pid: u32,
-    tid: u32,
-    ppid: u32,
-    cgroup_id: u64,
-    comm: &'a str,
-    #[serde(flatten)]
-    body: Body<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "kind")]
-enum Body<'a> {
-    #[serde(rename = "process.fork")]
-    Fork {
-        child_pid: u32,
-        child_tid: u32,
-        is_thread: bool,
-    },
-    #[serde(rename = "process.exec")]
-    Exec {
-        filename: &'a str,
-        argv: &'a [String],
-        argv_truncated: bool,
-        uid: u32,
-        gid: u32,
-        cred_changed: bool,
-    },
-    #[serde(rename = "process.exit")]
-    Exit {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        core_dumped: bool,
-        group_dead: bool,
-    },
-    #[serde(rename = "io.write")]
-    Write { bytes: u64, pages: u32 },
-    #[serde(rename = "signal.generate")]
-    Signal {
-        target_pid: u32,
-        target_tid: u32,
-        signal: i32,
-        result: &'static str,
-        group: bool,
-    },
-    #[serde(rename = "file.open")]
-    Open {
-        path: &'a str,
-        resolved_path: Option<&'a str>,
-        path_truncated: bool,
-        dirfd: i32,
-        flags: u32,
-        mode: u32,
-        access: &'static str,
-        create: bool,
-        truncate: bool,
-        result: i64,
-        errno: Option<String>,
-    },
-    #[serde(rename = "network.connect")]
-    Connect(Net<'a>),
-    #[serde(rename = "network.bind")]
-    Bind(Net<'a>),
-    #[serde(rename = "network.accept")]
-    Accept(Net<'a>),
-    #[serde(rename = "network.send")]
-    Send(Net<'a>),
-    #[serde(rename = "process.exec_failed")]
-    ExecFailed {
-        path: &'a str,
-        resolved_path: Option<&'a str>,
-        result: i64,
-        errno: Option<String>,
-    },
-    #[serde(rename = "oom.kill")]
-    Oom {
-        trigger_pid: u32,
-        trigger_comm: &'a str,
-    },
-}
-
-#[derive(Serialize)]
-struct Net<'a> {
-    fd: i32,
-    family: Option<&'a str>,
-    address: Option<&'a str>,
-    port: Option<u16>,
-    endpoint_source: &'static str,
-    result: i64,
-    errno: Option<String>,
-}
-
-/// The record of an event that is already redacted and stamped: fields are borrowed.
-fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
-    const O_CREAT: u32 = 0o100;
-    const O_TRUNC: u32 = 0o1000;
-    let h = ev.header();
-    let body = match ev {
-        KernelEvent::Fork {
-            child_pid,
-            child_tid,
-            is_thread,
-            ..
-        } => Body::Fork {
-            child_pid: *child_pid,
-            child_tid: *child_tid,
-            is_thread: *is_thread,
-        },
-        KernelEvent::Exec {
-            filename,
-            argv,
-            argv_truncated,
-            uid,
-            gid,
-            cred_changed,
-            ..
-        } => Body::Exec {
-            filename,
-            argv,
-            argv_truncated: *argv_truncated,
-            uid: *uid,
-            gid: *gid,
-            cred_changed: *cred_changed,
-        },
-        KernelEvent::Exit {
-            exit_code,
-            signal,
-            core_dumped,
-            group_dead,
-            ..
-        } => Body::Exit {
-            exit_code: *exit_code,
-            signal: *signal,
-            core_dumped: *core_dumped,
-            group_dead: *group_dead,
-        },
-        KernelEvent::Write { bytes, pages, .. } => Body::Write {
-            bytes: *bytes,
-            pages: *pages,
-        },
-        KernelEvent::Signal {
-            target_pid,
-            target_tid,
-            signal,
-            result,
-            group,
-            ..
-        } => Body::Signal {
-            target_pid: *target_pid,
-            target_tid: *target_tid,
-            signal: *signal,
-            result: signal_result(*result),
-            group: *group,
-        },
-        KernelEvent::Open {
-            result,
-            dirfd,
-            flags,
-            mode,
-            path,
-            path_truncated,
-            resolved_path,
-            ..
-        } => Body::Open {
-            path,
-            resolved_path: resolved_path.as_deref(),
-            path_truncated: *path_truncated,
-            dirfd: *dirfd,
-            flags: *flags,
-            mode: *mode,
-            access: open_access(*flags),
-            create: flags & O_CREAT != 0,
-            truncate: flags & O_TRUNC != 0,
-            result: *result,
-            errno: errno_name(*result),
-        },
-        KernelEvent::Net {
-            op,
-            result,
-            fd,
-            endpoint,
-            endpoint_source,
-            ..
-        } => {
-            let net = Net {
-                fd: *fd,
-                family: endpoint.as_ref().map(|e| e.family.as_str()),
-                address: endpoint.as_ref().and_then(|e| e.address.as_deref()),
-                port: endpoint.as_ref().and_then(|e| e.port),
-                endpoint_source,
-                result: *result,
-                errno: errno_name(*result),
-            };
-            match op {
-                NetOp::Connect => Body::Connect(net),
-                NetOp::Bind => Body::Bind(net),
-                NetOp::Accept => Body::Accept(net),
-                NetOp::Send => Body::Send(net),
-            }
-        }
-        KernelEvent::ExecFailed {
-            result,
-            path,
-            resolved_path,
-            ..
-        } => Body::ExecFailed {
-            path,
-            resolved_path: resolved_path.as_deref(),
-            result: *result,
-            errno: errno_name(*result),
-        },
-        KernelEvent::Oom {
-            trigger_pid,
-            trigger_comm,
-            ..
-        } => Body::Oom {
-            trigger_pid: *trigger_pid,
-            trigger_comm,
-        },
-    };
-    Record {
-        schema: schema::KERNEL_EVENT,
-        seq,
-        version: h.version,
-        ts: clock::rfc3339(ts_ns),
-        ts_ns,
-        pid: h.pid,
-        tid: h.tid,
-        ppid: h.ppid,
-        cgroup_id: h.cgroup_id,
-        comm: &h.comm,
-        body,
-    }
-}
 
 impl KernelReader {
     /// The boot→wall offset every timestamp of this sensor is converted with.
@@ -517,7 +265,7 @@ impl KernelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::event::{Endpoint, Header};
+    use crate::kernel::event::{Endpoint, Header, NetOp};
 
     fn hdr() -> Header {
         Header {

@@ -50,9 +50,17 @@ fn load(dir: &Path) -> Result<Run, CompareError> {
             path: dir.join("run-trace.json").display().to_string(),
             error: e.to_string(),
         })?;
-    let results = lines(&read(dir, "layers/kernel.ndjson")?)
-        .filter_map(|e| Some((e["seq"].as_u64()?, e["result"].as_i64())))
-        .collect();
+    // A coalesced line stands for the contiguous seqs `seq..=last_seq`, all with its result.
+    let mut results = BTreeMap::new();
+    for e in lines(&read(dir, "layers/kernel.ndjson")?) {
+        let Some(first) = e["seq"].as_u64() else {
+            continue;
+        };
+        let last = e["last_seq"].as_u64().unwrap_or(first).max(first);
+        for seq in first..=last.min(first.saturating_add(1 << 20)) {
+            results.insert(seq, e["result"].as_i64());
+        }
+    }
     Ok(Run {
         status: trace["status"].as_str().unwrap_or("?").to_string(),
         exit_code: trace["exit_code"].as_i64(),

@@ -11,8 +11,8 @@ use super::supervisor::{RunResult, RunSpans, Supervised, Supervisor};
 use crate::clock;
 use crate::evidence::files;
 use crate::evidence::health::{
-    CgroupHealth, CorrelationClaim, KernelClaim, LostEvents, ObservationHealth, PolicyClaim,
-    SdkClaim, SdkHealth,
+    CgroupHealth, CorrelationClaim, KernelClaim, LostEvents, ObservationHealth, ObserverCost,
+    PolicyClaim, SdkClaim, SdkHealth,
 };
 use crate::evidence::schema;
 use crate::evidence::trace::{StepRow, span};
@@ -217,6 +217,7 @@ impl Supervisor<'_> {
             }),
             output,
             sdk: sdk_health,
+            observer: Some(ObserverCost::since(self.rec.observer_start)),
             notes: {
                 let mut n = vec![match sup.process_tree_source {
                     "kernel" => "process tree (subprocess_state) from kernel events".to_string(),

@@ -26,7 +26,7 @@ use crate::cli::{ExitCode, ProfileLevel, ProfileOnFail, TriageMode};
 use crate::clock;
 use crate::contracts::Registry;
 use crate::evidence::events::{EventKind, EventLog};
-use crate::evidence::health::{Claims, LostEvents, ObservationHealth};
+use crate::evidence::health::{Claims, LostEvents, ObservationHealth, ObserverCost};
 use crate::evidence::schema;
 use crate::evidence::spans::RunSpan;
 use crate::evidence::trace::{StepRow, StepStatus, Triage, TriageCheck, span};
@@ -167,7 +167,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     notes.extend(rec.events_error().map(|e| {
         format!("events.ndjson is incomplete ({e}); run-trace.json holds the trace's copy")
     }));
-    let health = plan_health(&run_id, &layers, &rec.events, notes);
+    let health = plan_health(&run_id, rec.observer_start, &layers, &rec.events, notes);
     let failed = status != "passed";
     let commit = rec.commit(&health, &[], &base.profile, failed, |_| Ok(()));
     if let Err(e) = &commit {
@@ -546,6 +546,7 @@ fn error_ran(id: &str) -> Ran {
 /// own claims are in its bundle and listed in the notes.
 fn plan_health(
     run_id: &str,
+    observer_start: ObserverCost,
     layers: &[Claims],
     events: &EventLog,
     mut notes: Vec<String>,
@@ -577,6 +578,8 @@ fn plan_health(
         cgroup: None,
         output: Default::default(),
         sdk: None,
+        // The gate's vigil process ran every step: its cost is the whole gate's.
+        observer: Some(ObserverCost::since(observer_start)),
         notes,
     }
 }

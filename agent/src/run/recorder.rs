@@ -18,7 +18,7 @@ use crate::contracts::{ContractLayer, RunCounters, Violation, Violations};
 use crate::evidence::bundle::{self, Bundle, FileDigest};
 use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::files;
-use crate::evidence::health::ObservationHealth;
+use crate::evidence::health::{ObservationHealth, ObserverCost};
 use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
 use crate::evidence::trace::{RunStatus, RunTrace, render_summary_md, span};
@@ -40,6 +40,8 @@ pub struct RunRecorder {
     pub counters: Arc<RunCounters>,
     /// `events.ndjson`'s first write error, once the log is finished.
     events_result: Result<(), String>,
+    /// vigil's rusage when the run began.
+    pub observer_start: ObserverCost,
 }
 
 /// The two spans every run opens at its start.
@@ -59,6 +61,7 @@ impl RunRecorder {
         argv: &[String],
         env: &[(String, String)],
     ) -> Result<(Self, Opened), SetupError> {
+        let observer_start = ObserverCost::now();
         let run_id = spec.run_id.to_string();
         let counters = Arc::new(RunCounters::default());
         let violations = Arc::new(Violations::default());
@@ -93,6 +96,7 @@ impl RunRecorder {
             violations,
             counters,
             events_result: Ok(()),
+            observer_start,
         };
         Ok((rec, Opened { total, dispatch }))
     }

@@ -414,10 +414,7 @@ impl Supervisor<'_> {
         );
         let (tee_tx, mut tee_rx) = mpsc::channel(TEE_CHANNEL);
         let mut reports: [TeeReport; 2] = Default::default();
-        for stream in self.start_tees(spawned.stdout, spawned.stderr, tee_tx) {
-            // A tee that could not start has no pipe to wait for.
-            state.handle(RunEvent::StreamClosed(stream), clock::mono_ns());
-        }
+        let failed_tees = self.start_tees(spawned.stdout, spawned.stderr, tee_tx);
         let child = spawned.child;
         let mut main_exit: Option<ExitInfo> = None;
         let watch = self.cg.watch_events();
@@ -433,6 +430,11 @@ impl Supervisor<'_> {
             watch_empty: afd.is_none(),
             triage: None,
         };
+        for stream in failed_tees {
+            // A tee that could not start has no pipe to wait for.
+            let acts = state.handle(RunEvent::StreamClosed(stream), clock::mono_ns());
+            self.perform(&mut state, &mut shell, acts);
+        }
         let mut seen = Vec::new();
         let mut tees_alive = true;
         let mut kernel_poll = tokio::time::interval(KERNEL_POLL);
@@ -446,7 +448,9 @@ impl Supervisor<'_> {
                 // Deadlines fire here, before any source is polled, so no storm of kernel
                 // events or output can delay them. Output that already arrived is progress
                 // and is counted first.
-                while let Ok(msg) = tee_rx.try_recv() {
+                // (At most a channel's worth: under a flood the tees refill it as fast.)
+                for _ in 0..TEE_CHANNEL {
+                    let Ok(msg) = tee_rx.try_recv() else { break };
                     let ev = on_tee(msg, &mut reports);
                     let acts = state.handle(ev, now);
                     self.perform(&mut state, &mut shell, acts);

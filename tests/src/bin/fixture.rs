@@ -18,6 +18,7 @@
 //!   udp-send ADDR          send one 5-byte datagram to ADDR; exit 0 when sent
 //!   open-storm N PATH      open (and close, if it opened) PATH N times as fast as it can
 //!   open-paced N RATE PATH the same N opens at RATE per second (on average)
+//!   open-distinct N RATE   N opens of distinct missing paths at RATE per second
 //!   connect-storm N ADDR   N TCP connects to ADDR as fast as it can (refusals are fine)
 //!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
 //!                          (under a memory limit the OOM killer ends it first)
@@ -118,6 +119,20 @@ fn main() {
                     std::thread::sleep(ahead);
                 }
                 drop(std::fs::File::open(&path));
+            }
+        }
+        Some("open-distinct") => {
+            let n: u64 = arg(1).parse().unwrap_or_else(|_| usage());
+            let rate: f64 = arg(2).parse().unwrap_or_else(|_| usage());
+            let start = Instant::now();
+            for i in 0..n {
+                let due = Duration::from_secs_f64(i as f64 / rate);
+                if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+                drop(std::fs::File::open(format!(
+                    "/nonexistent/vigil-distinct-{i}"
+                )));
             }
         }
         Some("connect-storm") => {

@@ -147,9 +147,8 @@ fn ns(d: Duration) -> u64 {
 /// The run's state: outcome, escalation, liveness, streams, the process tree.
 pub struct RunState {
     cfg: DispatchConfig,
-    /// Wall-clock ns at `mono0`: the one conversion for display.
+    /// Wall-clock ns at `spawned`: the one conversion for display.
     wall0: u64,
-    mono0: Mono,
     spawned: Mono,
     liveness: Liveness,
     progress: Progress,
@@ -188,7 +187,6 @@ impl RunState {
             tree: KernelTree::new(cfg.main_pid.unsigned_abs()),
             cfg,
             wall0: wall_at_spawn,
-            mono0: spawned,
             spawned,
             liveness,
             progress,
@@ -212,10 +210,10 @@ impl RunState {
 
     /// Wall-clock ns of a monotonic instant, for display.
     pub fn wall(&self, t: Mono) -> u64 {
-        if t >= self.mono0 {
-            self.wall0.saturating_add(t - self.mono0)
+        if t >= self.spawned {
+            self.wall0.saturating_add(t - self.spawned)
         } else {
-            self.wall0.saturating_sub(self.mono0 - t)
+            self.wall0.saturating_sub(self.spawned - t)
         }
     }
 

@@ -1,0 +1,316 @@
+//! One kernel event as a `vigil.kernel_event.v1` line: the common envelope, then the kind's
+//! fields, serialized straight from borrowed fields (the reader's cost per event bounds the
+//! drain rate); and the target a downgraded data event is counted under.
+
+use serde::Serialize;
+
+use super::event::{KernelEvent, NetOp};
+use crate::clock;
+use crate::evidence::schema;
+
+/// include/trace/events/signal.h: what became of a generated signal.
+fn signal_result(r: i32) -> &'static str {
+    match r {
+        0 => "delivered",
+        1 => "ignored",
+        2 => "already_pending",
+        3 => "overflow_fail",
+        4 => "lose_info",
+        _ => "unknown",
+    }
+}
+
+fn errno_name(result: i64) -> Option<String> {
+    (result < 0).then(|| {
+        let e = nix::errno::Errno::from_raw(i32::try_from(-result).unwrap_or(0));
+        format!("{e:?}")
+    })
+}
+
+/// What a downgraded data event was about: the path opened, the endpoint, the process.
+pub(super) fn target(ev: &KernelEvent) -> String {
+    match ev {
+        KernelEvent::Open {
+            path,
+            resolved_path,
+            ..
+        } => resolved_path.clone().unwrap_or_else(|| path.clone()),
+        KernelEvent::Net {
+            endpoint: Some(e), ..
+        } => match (&e.address, e.port) {
+            (Some(a), Some(p)) => format!("{a}:{p}"),
+            (Some(a), None) => a.clone(),
+            _ => e.family.clone(),
+        },
+        other => other.header().comm.clone(),
+    }
+}
+
+/// O_ACCMODE and the flags a reader of the trace asks about.
+fn open_access(flags: u32) -> &'static str {
+    const O_PATH: u32 = 0o10000000;
+    if flags & O_PATH != 0 {
+        return "path";
+    }
+    match flags & 0o3 {
+        0 => "read",
+        1 => "write",
+        _ => "read_write",
+    }
+}
+
+/// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields. Serialized
+/// straight from borrowed fields: the reader's cost per event is what bounds the drain rate.
+#[derive(Serialize)]
+pub(super) struct Record<'a> {
+    schema: &'static str,
+    seq: u64,
+    version: u32,
+    ts: String,
+    ts_ns: u64,
+    /// A coalesced line: how many identical events it stands for, and the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) last_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) last_ts: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) last_ts_ns: Option<u64>,
+    pid: u32,
+    tid: u32,
+    ppid: u32,
+    cgroup_id: u64,
+    comm: &'a str,
+    #[serde(flatten)]
+    body: Body<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind")]
+enum Body<'a> {
+    #[serde(rename = "process.fork")]
+    Fork {
+        child_pid: u32,
+        child_tid: u32,
+        is_thread: bool,
+    },
+    #[serde(rename = "process.exec")]
+    Exec {
+        filename: &'a str,
+        argv: &'a [String],
+        argv_truncated: bool,
+        uid: u32,
+        gid: u32,
+        cred_changed: bool,
+    },
+    #[serde(rename = "process.exit")]
+    Exit {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        core_dumped: bool,
+        group_dead: bool,
+    },
+    #[serde(rename = "io.write")]
+    Write { bytes: u64, pages: u32 },
+    #[serde(rename = "signal.generate")]
+    Signal {
+        target_pid: u32,
+        target_tid: u32,
+        signal: i32,
+        result: &'static str,
+        group: bool,
+    },
+    #[serde(rename = "file.open")]
+    Open {
+        path: &'a str,
+        resolved_path: Option<&'a str>,
+        path_truncated: bool,
+        dirfd: i32,
+        flags: u32,
+        mode: u32,
+        access: &'static str,
+        create: bool,
+        truncate: bool,
+        result: i64,
+        errno: Option<String>,
+    },
+    #[serde(rename = "network.connect")]
+    Connect(Net<'a>),
+    #[serde(rename = "network.bind")]
+    Bind(Net<'a>),
+    #[serde(rename = "network.accept")]
+    Accept(Net<'a>),
+    #[serde(rename = "network.send")]
+    Send(Net<'a>),
+    #[serde(rename = "process.exec_failed")]
+    ExecFailed {
+        path: &'a str,
+        resolved_path: Option<&'a str>,
+        result: i64,
+        errno: Option<String>,
+    },
+    #[serde(rename = "oom.kill")]
+    Oom {
+        trigger_pid: u32,
+        trigger_comm: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct Net<'a> {
+    fd: i32,
+    family: Option<&'a str>,
+    address: Option<&'a str>,
+    port: Option<u16>,
+    endpoint_source: &'static str,
+    result: i64,
+    errno: Option<String>,
+}
+
+/// The record of an event that is already redacted and stamped: fields are borrowed.
+pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
+    const O_CREAT: u32 = 0o100;
+    const O_TRUNC: u32 = 0o1000;
+    let h = ev.header();
+    let body = match ev {
+        KernelEvent::Fork {
+            child_pid,
+            child_tid,
+            is_thread,
+            ..
+        } => Body::Fork {
+            child_pid: *child_pid,
+            child_tid: *child_tid,
+            is_thread: *is_thread,
+        },
+        KernelEvent::Exec {
+            filename,
+            argv,
+            argv_truncated,
+            uid,
+            gid,
+            cred_changed,
+            ..
+        } => Body::Exec {
+            filename,
+            argv,
+            argv_truncated: *argv_truncated,
+            uid: *uid,
+            gid: *gid,
+            cred_changed: *cred_changed,
+        },
+        KernelEvent::Exit {
+            exit_code,
+            signal,
+            core_dumped,
+            group_dead,
+            ..
+        } => Body::Exit {
+            exit_code: *exit_code,
+            signal: *signal,
+            core_dumped: *core_dumped,
+            group_dead: *group_dead,
+        },
+        KernelEvent::Write { bytes, pages, .. } => Body::Write {
+            bytes: *bytes,
+            pages: *pages,
+        },
+        KernelEvent::Signal {
+            target_pid,
+            target_tid,
+            signal,
+            result,
+            group,
+            ..
+        } => Body::Signal {
+            target_pid: *target_pid,
+            target_tid: *target_tid,
+            signal: *signal,
+            result: signal_result(*result),
+            group: *group,
+        },
+        KernelEvent::Open {
+            result,
+            dirfd,
+            flags,
+            mode,
+            path,
+            path_truncated,
+            resolved_path,
+            ..
+        } => Body::Open {
+            path,
+            resolved_path: resolved_path.as_deref(),
+            path_truncated: *path_truncated,
+            dirfd: *dirfd,
+            flags: *flags,
+            mode: *mode,
+            access: open_access(*flags),
+            create: flags & O_CREAT != 0,
+            truncate: flags & O_TRUNC != 0,
+            result: *result,
+            errno: errno_name(*result),
+        },
+        KernelEvent::Net {
+            op,
+            result,
+            fd,
+            endpoint,
+            endpoint_source,
+            ..
+        } => {
+            let net = Net {
+                fd: *fd,
+                family: endpoint.as_ref().map(|e| e.family.as_str()),
+                address: endpoint.as_ref().and_then(|e| e.address.as_deref()),
+                port: endpoint.as_ref().and_then(|e| e.port),
+                endpoint_source,
+                result: *result,
+                errno: errno_name(*result),
+            };
+            match op {
+                NetOp::Connect => Body::Connect(net),
+                NetOp::Bind => Body::Bind(net),
+                NetOp::Accept => Body::Accept(net),
+                NetOp::Send => Body::Send(net),
+            }
+        }
+        KernelEvent::ExecFailed {
+            result,
+            path,
+            resolved_path,
+            ..
+        } => Body::ExecFailed {
+            path,
+            resolved_path: resolved_path.as_deref(),
+            result: *result,
+            errno: errno_name(*result),
+        },
+        KernelEvent::Oom {
+            trigger_pid,
+            trigger_comm,
+            ..
+        } => Body::Oom {
+            trigger_pid: *trigger_pid,
+            trigger_comm,
+        },
+    };
+    Record {
+        schema: schema::KERNEL_EVENT,
+        seq,
+        version: h.version,
+        ts: clock::rfc3339(ts_ns),
+        ts_ns,
+        count: None,
+        last_seq: None,
+        last_ts: None,
+        last_ts_ns: None,
+        pid: h.pid,
+        tid: h.tid,
+        ppid: h.ppid,
+        cgroup_id: h.cgroup_id,
+        comm: &h.comm,
+        body,
+    }
+}
