@@ -212,17 +212,45 @@ fn attach_types() -> Vec<(&'static str, Feature)> {
         p.load()?;
         p.attach("do_unlinkat", 0).map(|_| ())
     });
-    let mut bpf_lsm = verdict("lsm/file_open", lsm);
-    // What securityfs says, for the operator (the attach attempt above is the answer).
-    bpf_lsm.detail += &match std::fs::read_to_string("/sys/kernel/security/lsm") {
-        Ok(list) => format!("; active LSMs: {}", list.trim()),
-        Err(_) => "; /sys/kernel/security/lsm unreadable (securityfs not mounted)".into(),
-    };
+    let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+    let bpf_lsm = lsm_verdict(verdict("lsm/file_open", lsm), lsm_list.as_deref());
     vec![
         ("fentry", verdict("fentry/do_unlinkat", fentry)),
         ("bpf_lsm", bpf_lsm),
         ("kprobe", verdict("kprobe/do_unlinkat", kprobe)),
     ]
+}
+
+/// BPF LSM: an attach is not enough — a program attached while `bpf` is not an active LSM
+/// (5.10's default list, or `lsm=` without it) never runs, so it is not claimed.
+fn lsm_verdict(attached: Feature, active: Option<&str>) -> Feature {
+    match active {
+        Some(list) if attached.status == "yes" && !list.trim().split(',').any(|l| l == "bpf") => {
+            feature(
+                "no",
+                format!(
+                    "lsm/file_open attached, but `bpf` is not an active LSM ({}): its programs never run (boot with lsm=…,bpf)",
+                    list.trim()
+                ),
+            )
+        }
+        Some(list) => feature(
+            attached.status,
+            format!("{}; active LSMs: {}", attached.detail, list.trim()),
+        ),
+        // Attached, but whether it runs cannot be seen: not claimed either way.
+        None if attached.status == "yes" => feature(
+            "unknown",
+            "lsm/file_open attached; /sys/kernel/security/lsm unreadable (securityfs not mounted), so whether `bpf` is an active LSM is unknown",
+        ),
+        None => feature(
+            attached.status,
+            format!(
+                "{}; /sys/kernel/security/lsm unreadable (securityfs not mounted)",
+                attached.detail
+            ),
+        ),
+    }
 }
 
 /// An error and the sources its message does not already hold, on one line (aya nests the
@@ -291,4 +319,30 @@ pub fn render(r: &HostReport) -> String {
         let _ = writeln!(out, "    {probe:<32} {status}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpf_lsm_is_claimed_only_when_bpf_is_an_active_lsm() {
+        let attached = || feature("yes", "lsm/file_open: loaded and attached");
+        let active = lsm_verdict(attached(), Some("lockdown,capability,yama,bpf\n"));
+        assert_eq!(active.status, "yes", "{}", active.detail);
+        let inactive = lsm_verdict(attached(), Some("lockdown,capability,yama,apparmor"));
+        assert_eq!(inactive.status, "no", "attached but never run");
+        assert!(
+            inactive.detail.contains("`bpf` is not an active LSM"),
+            "{}",
+            inactive.detail
+        );
+        let refused = lsm_verdict(feature("no", "EPERM"), Some("bpf"));
+        assert_eq!(refused.status, "no");
+        assert_eq!(
+            lsm_verdict(attached(), None).status,
+            "unknown",
+            "an attach alone does not show the program runs"
+        );
+    }
 }
