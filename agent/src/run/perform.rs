@@ -111,10 +111,11 @@ impl Supervisor<'_> {
 
     fn kill_remaining(&mut self, watchdog: bool) {
         let cg = self.cg;
-        let esc = self.escalation.get_or_insert_with(|| Escalation::start(cg));
-        if esc.escalated() {
+        // The state always terminates before it kills: without an escalation there is
+        // nothing to escalate.
+        let Some(esc) = self.escalation.as_mut().filter(|e| !e.escalated()) else {
             return;
-        }
+        };
         let remaining = cg.procs().len();
         let result = esc.kill_now(cg);
         let data = json!({"remaining": remaining, "after_ms": esc.elapsed_ms(),

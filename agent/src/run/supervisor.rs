@@ -494,15 +494,16 @@ impl Supervisor<'_> {
                     Some(r) => state.handle(RunEvent::Sdk(r), clock::mono_ns()),
                     None => { sdk_socket = None; continue; }
                 },
-                _ = kernel.readable() => {
-                    seen.clear();
-                    kernel.drain(&self.rec.redactor, &mut seen);
-                    self.observe_kernel(&seen);
-                    state.handle(RunEvent::Kernel(&seen), clock::mono_ns())
-                }
-                // Data events ride without a wakeup (BPF_RB_NO_WAKEUP): when a run goes quiet
-                // right after them, nothing would wake the reader. A poll bounds their delay.
-                _ = kernel_poll.tick(), if kernel.active() => {
+                // Woken by the kernel, or by the poll: data events ride without a wakeup
+                // (BPF_RB_NO_WAKEUP), so when a run goes quiet right after them nothing else
+                // would wake the reader.
+                _ = async {
+                    tokio::select! {
+                        biased;
+                        _ = kernel.readable() => {}
+                        _ = kernel_poll.tick(), if kernel.active() => {}
+                    }
+                } => {
                     seen.clear();
                     kernel.drain(&self.rec.redactor, &mut seen);
                     if seen.is_empty() { continue; }
