@@ -163,10 +163,11 @@ int BPF_PROG(vigil_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	if (!parent)
 		return 0;
 	__u64 parent_id = BPF_CORE_READ(parent, kn, id);
-	if (!is_watched(parent_id))
+	__u64 *root = bpf_map_lookup_elem(&watched, &parent_id);
+	if (!root)
 		return 0;
 	__u64 id = BPF_CORE_READ(cgrp, kn, id);
-	__u8 one = 1;
-	bpf_map_update_elem(&watched, &id, &one, BPF_ANY);
+	__u64 run_root = *root;
+	bpf_map_update_elem(&watched, &id, &run_root, BPF_ANY);
 	return 0;
 }

@@ -10,12 +10,14 @@
 #include <bpf/bpf_core_read.h>
 #include "vigil_event.h"
 
-/* cgroup ids being watched: the run's cgroup and every cgroup created beneath it. */
+/* cgroup ids being watched: the run's cgroup and every cgroup created beneath it. The value is
+ * the id of the run's own cgroup (the root of the watched subtree), so a daemon serving many
+ * runs from one ring buffer can route an event of a nested cgroup to its run with one lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
-	__type(value, __u8);
+	__type(value, __u64);
 } watched SEC(".maps");
 
 struct {

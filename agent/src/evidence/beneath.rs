@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -124,8 +124,68 @@ impl BundleDir {
         })
     }
 
+    /// A directory already opened by someone else (a daemon client's `--out`), shown as `path`.
+    pub fn from_fd(fd: OwnedFd, path: PathBuf) -> Self {
+        BundleDir { fd, path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Create the directory `name` (one component) beneath this one and open it: `Ok(None)`
+    /// when it exists already. The new directory must be this process's and empty once opened,
+    /// so a directory someone swapped in between the mkdir and the open is refused.
+    pub fn create_subdir(&self, name: &str) -> Result<Option<BundleDir>, Refused> {
+        check_rel(name)?;
+        if name.contains('/') {
+            return Err(Refused::io(name, "not a single path component"));
+        }
+        match nix::sys::stat::mkdirat(self.fd.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => return Ok(None),
+            Err(e) => return Err(Refused::io(name, e.desc())),
+        }
+        let fd = self.open_at(name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| Refused::io(name, e.desc()))?;
+        // An empty directory has two links ("." and its entry); one we made is ours.
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_nlink != 2 {
+            return Err(Refused::io(
+                name,
+                "replaced between its creation and its opening",
+            ));
+        }
+        Ok(Some(BundleDir {
+            fd,
+            path: self.path.join(name),
+        }))
+    }
+
+    /// Give `rel` (a file or directory beneath, never through a link) to `uid:gid`.
+    pub fn chown(&self, rel: &str, uid: u32, gid: u32) -> Result<(), Refused> {
+        let (parent, name) = self.parent_of(rel)?;
+        nix::unistd::fchownat(
+            parent.as_fd(),
+            name,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Refused::io(rel, e.desc()))
+    }
+
+    /// Give this directory itself to `uid:gid`.
+    pub fn chown_self(&self, uid: u32, gid: u32) -> Result<(), Refused> {
+        nix::unistd::fchown(
+            self.fd.as_fd(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| Refused::io(".", e.desc()))
     }
 
     /// RESOLVE_NO_SYMLINKS refuses a link in every component, the last one included (with

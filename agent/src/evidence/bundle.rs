@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::beneath::BundleDir;
 use super::space::Space;
+use std::os::fd::AsRawFd;
 use super::{files, schema};
 use crate::clock;
 
@@ -50,10 +52,17 @@ pub struct ArtifactIndex {
 
 pub struct Bundle {
     out_dir: PathBuf,
+    /// Where the bundle's files are reached: its path, or `/proc/self/fd/N` of the directory
+    /// fd a daemon holds.
     dir: PathBuf,
+    /// The path people are shown.
+    shown: PathBuf,
     run_id: String,
     /// The reserve for the commit and the data writers' budget.
     space: Arc<Space>,
+    /// Created for a daemon client: its `--out` (LATEST is written beneath it) and the bundle
+    /// directory, both held open.
+    beneath: Option<(BundleDir, BundleDir)>,
 }
 
 impl Bundle {
@@ -84,10 +93,61 @@ impl Bundle {
         })?;
         Ok(Bundle {
             out_dir: out_dir.to_path_buf(),
+            shown: dir.clone(),
             dir,
             run_id: run_id.to_string(),
             space: Arc::new(space),
+            beneath: None,
         })
+    }
+
+    /// Create `<out>/<run_id>/` beneath a directory a daemon client opened and handed over.
+    /// The bundle directory is the daemon's own (root, 0755) until it is committed, so nothing
+    /// can be planted in it; every file in it is reached through its fd, never through a
+    /// path the client could swap.
+    pub fn create_beneath(out: BundleDir, run_id: &str) -> Result<Self, BundleError> {
+        let shown = out.path().join(run_id);
+        let refused = |e: super::beneath::Refused| BundleError::Create {
+            path: shown.clone(),
+            source: io::Error::other(e.to_string()),
+        };
+        let dir = out
+            .create_subdir(run_id)
+            .map_err(refused)?
+            .ok_or_else(|| BundleError::Exists(shown.clone()))?;
+        for sub in ["layers", "output"] {
+            dir.ensure_dir(sub).map_err(refused)?;
+        }
+        let via = PathBuf::from(format!("/proc/self/fd/{}", dir.fd().as_raw_fd()));
+        let space = Space::create(&via).map_err(|source| BundleError::Create {
+            path: shown.clone(),
+            source,
+        })?;
+        Ok(Bundle {
+            out_dir: out.path().to_path_buf(),
+            dir: via,
+            shown,
+            run_id: run_id.to_string(),
+            space: Arc::new(space),
+            beneath: Some((out, dir)),
+        })
+    }
+
+    /// Give the committed bundle (and LATEST) to the client that asked for it: every entry,
+    /// never through a link.
+    pub fn give_to(&self, uid: u32, gid: u32) -> Result<(), String> {
+        let Some((out, dir)) = &self.beneath else {
+            return Ok(());
+        };
+        let (files, refused) = dir.walk().map_err(|e| e.to_string())?;
+        if let Some(r) = refused.first() {
+            return Err(r.to_string());
+        }
+        for rel in files.iter().map(String::as_str).chain(["layers", "output"]) {
+            dir.chown(rel, uid, gid).map_err(|e| e.to_string())?;
+        }
+        dir.chown_self(uid, gid).map_err(|e| e.to_string())?;
+        out.chown("LATEST", uid, gid).map_err(|e| e.to_string())
     }
 
     /// The bundle's disk budget: data writers ask it before writing.
@@ -95,8 +155,14 @@ impl Bundle {
         &self.space
     }
 
+    /// Whether the bundle was created beneath a client's directory fd.
+    pub fn is_beneath(&self) -> bool {
+        self.beneath.is_some()
+    }
+
+    /// The bundle's path as people know it.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shown
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -128,10 +194,18 @@ impl Bundle {
     pub fn commit(&self, known: &[FileDigest]) -> Result<ArtifactIndex, BundleError> {
         self.space.release();
         let index = write_index_with(&self.dir, &self.run_id, "committed", known)?;
-        write_atomic(
-            &self.out_dir.join("LATEST"),
-            format!("{}\n", self.run_id).as_bytes(),
-        )?;
+        let latest = format!("{}\n", self.run_id);
+        match &self.beneath {
+            // The client's directory: never through a link it planted.
+            Some((out, _)) => {
+                out.write_atomic("LATEST", latest.as_bytes())
+                    .map_err(|e| BundleError::Write {
+                        path: self.out_dir.join("LATEST"),
+                        source: io::Error::other(e.to_string()),
+                    })?
+            }
+            None => write_atomic(&self.out_dir.join("LATEST"), latest.as_bytes())?,
+        }
         Ok(index)
     }
 }

@@ -113,6 +113,9 @@ pub struct ProbeHealth {
 pub struct ObservationHealth {
     pub schema: String,
     pub run_id: String,
+    /// `standalone` or `daemon` (CONTRACT.md §1).
+    #[serde(default = "standalone")]
+    pub mode: String,
     pub kernel_layer: KernelClaim,
     pub cgroup_correlation: CorrelationClaim,
     pub policy_layer: PolicyClaim,
@@ -139,6 +142,10 @@ pub struct ObservationHealth {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sdk: Option<SdkHealth>,
     pub notes: Vec<String>,
+}
+
+fn standalone() -> String {
+    "standalone".into()
 }
 
 impl ObservationHealth {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::event::Observed;
+use super::layer_writer::LayerWriter;
 use super::reader::KernelReader;
 use super::sensor::{KernelSensor, ProbeStatus, Scope};
 use crate::evidence::downgrade::Downgraded;
@@ -39,6 +40,8 @@ pub struct KernelReport {
     pub dropped_for_space: u64,
     /// Data events past `--evidence-max-bytes`, as per-kind, per-target counts.
     pub downgraded: Downgraded,
+    /// Control events lost at the daemon's bounded per-run queue.
+    pub queue_lost: u64,
 }
 
 impl KernelReport {
@@ -81,14 +84,7 @@ impl KernelLayer {
                 return me;
             }
         };
-        for (name, status) in sensor.probes() {
-            let h = match status {
-                ProbeStatus::Attached => probe(ProbeState::Attached, None),
-                ProbeStatus::Unavailable(r) => probe(ProbeState::Unavailable, Some(r.clone())),
-                ProbeStatus::Failed(r) => probe(ProbeState::Failed, Some(r.clone())),
-            };
-            me.probes.insert(name.clone(), h);
-        }
+        me.probes = probe_health(sensor.probes());
         if let Err(e) = sensor.watch(cgroup_id) {
             me.notes
                 .push(format!("kernel layer not watching the run cgroup: {e}"));
@@ -106,6 +102,16 @@ impl KernelLayer {
         me
     }
 
+    /// A layer that observes nothing, for `why`.
+    pub fn absent(why: &str) -> Self {
+        KernelLayer {
+            sensor: None,
+            reader: None,
+            probes: BTreeMap::new(),
+            notes: vec![why.to_string()],
+        }
+    }
+
     /// Resolves when the kernel has new events; never, without a reader.
     pub async fn readable(&self) {
         match &self.reader {
@@ -120,7 +126,7 @@ impl KernelLayer {
         self.reader
             .as_ref()
             .map_or_else(crate::clock::boot_to_wall_offset_ns, |r| {
-                r.boot_to_wall_ns()
+                r.writer.boot_to_wall_ns()
             })
     }
 
@@ -142,7 +148,7 @@ impl KernelLayer {
         if let Some(r) = self.reader.as_mut() {
             r.drain_all(redactor, seen);
         }
-        let ring_lost_by_kind: BTreeMap<String, u64> = self
+        let ring_lost_by_kind = self
             .sensor
             .as_ref()
             .and_then(|s| s.lost().ok())
@@ -150,74 +156,104 @@ impl KernelLayer {
             .into_iter()
             .map(|(k, n)| (k.to_string(), n))
             .collect();
-        let ring_lost = ring_lost_by_kind.values().sum();
-        let (written, decode_errors_by_kind, write_error, dropped_for_space, downgraded) =
-            match self.reader.as_mut() {
-                Some(r) => {
-                    let write_error = r.finish().err();
-                    (
-                        r.written(),
-                        r.decode_errors()
-                            .iter()
-                            .map(|(k, n)| (k.to_string(), *n))
-                            .collect(),
-                        write_error,
-                        r.dropped_for_space(),
-                        r.downgraded().clone(),
-                    )
-                }
-                None => (0, BTreeMap::new(), None, 0, Downgraded::default()),
-            };
-        let decode_errors = decode_errors_by_kind.values().sum();
-        let probes = self.probes.clone();
-        let attached = probes
-            .values()
-            .filter(|p| p.status == ProbeState::Attached)
-            .count();
-        let all_attached =
-            attached > 0 && probes.values().all(|p| p.status == ProbeState::Attached);
-        let kernel_layer = match (
-            self.reader.is_some(),
-            all_attached
-                && ring_lost == 0
-                && decode_errors == 0
-                && dropped_for_space == 0
-                && downgraded.total() == 0
-                && write_error.is_none(),
-        ) {
-            (false, _) => KernelClaim::Absent,
-            (true, true) => KernelClaim::Observed,
-            (true, false) => KernelClaim::Partial,
-        };
-        let mut notes = self.notes.clone();
-        if self.reader.is_some() {
-            notes.push(format!(
-                "kernel layer: {attached} of {} probes attached (raw tracepoints filtered by cgroup id); {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable",
-                probes.len()
-            ));
-        }
-        if dropped_for_space > 0 {
-            notes.push(format!(
-                "kernel layer: {dropped_for_space} events not written to layers/kernel.ndjson: the disk ran short (control evidence kept)"
-            ));
-        }
-        if let Some(e) = &write_error {
-            notes.push(format!("kernel layer: writing stopped: {e}"));
-        }
-        KernelReport {
-            kernel_layer,
-            probes,
-            ring_lost,
-            ring_lost_by_kind,
-            decode_errors,
-            decode_errors_by_kind,
-            written,
-            notes,
-            write_error,
-            dropped_for_space,
-            downgraded,
-        }
+        let source = self.reader.as_mut().map(|r| {
+            let decode_errors = r
+                .decode_errors()
+                .iter()
+                .map(|(k, n)| (k.to_string(), *n))
+                .collect();
+            (&mut r.writer, decode_errors)
+        });
+        report(&self.probes, self.notes.clone(), ring_lost_by_kind, source)
     }
+}
+
+/// What a run's kernel layer observed, from its probes, the ring losses that can be charged to
+/// it, and its writer (None when no events were read) with the reader's decode errors.
+pub fn report(
+    probes: &BTreeMap<String, ProbeHealth>,
+    mut notes: Vec<String>,
+    ring_lost_by_kind: BTreeMap<String, u64>,
+    source: Option<(&mut LayerWriter, BTreeMap<String, u64>)>,
+) -> KernelReport {
+    let ring_lost = ring_lost_by_kind.values().sum();
+    let reading = source.is_some();
+    let (written, decode_errors_by_kind, write_error, dropped_for_space, downgraded) = match source
+    {
+        Some((w, decode_errors)) => {
+            let write_error = w.finish().err();
+            (
+                w.written(),
+                decode_errors,
+                write_error,
+                w.dropped_for_space(),
+                w.downgraded().clone(),
+            )
+        }
+        None => (0, BTreeMap::new(), None, 0, Downgraded::default()),
+    };
+    let decode_errors = decode_errors_by_kind.values().sum();
+    let attached = probes
+        .values()
+        .filter(|p| p.status == ProbeState::Attached)
+        .count();
+    let all_attached = attached > 0 && probes.values().all(|p| p.status == ProbeState::Attached);
+    let kernel_layer = match (
+        reading,
+        all_attached
+            && ring_lost == 0
+            && decode_errors == 0
+            && dropped_for_space == 0
+            && downgraded.total() == 0
+            && write_error.is_none(),
+    ) {
+        (false, _) => KernelClaim::Absent,
+        (true, true) => KernelClaim::Observed,
+        (true, false) => KernelClaim::Partial,
+    };
+    if reading {
+        notes.push(format!(
+            "kernel layer: {attached} of {} probes attached (raw tracepoints filtered by cgroup id); {written} events, {ring_lost} lost in the ring buffer, {decode_errors} undecodable",
+            probes.len()
+        ));
+    }
+    if dropped_for_space > 0 {
+        notes.push(format!(
+            "kernel layer: {dropped_for_space} events not written to layers/kernel.ndjson: the disk ran short (control evidence kept)"
+        ));
+    }
+    if let Some(e) = &write_error {
+        notes.push(format!("kernel layer: writing stopped: {e}"));
+    }
+    KernelReport {
+        kernel_layer,
+        probes: probes.clone(),
+        ring_lost,
+        ring_lost_by_kind,
+        decode_errors,
+        decode_errors_by_kind,
+        written,
+        notes,
+        write_error,
+        dropped_for_space,
+        downgraded,
+        queue_lost: 0,
+    }
+}
+
+/// A sensor's probe states as health reports them.
+pub fn probe_health(probes: &BTreeMap<String, ProbeStatus>) -> BTreeMap<String, ProbeHealth> {
+    probes
+        .iter()
+        .map(|(name, status)| {
+            let h = match status {
+                ProbeStatus::Attached => probe(ProbeState::Attached, None),
+                ProbeStatus::Unavailable(r) => probe(ProbeState::Unavailable, Some(r.clone())),
+                ProbeStatus::Failed(r) => probe(ProbeState::Failed, Some(r.clone())),
+            };
+            (name.clone(), h)
+        })
+        .collect()
 }
 
 impl super::bus::EventSource for KernelLayer {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::RawTracePoint;
+use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
 
 use super::event::{KIND_MAX, kind_name};
@@ -88,87 +89,167 @@ pub enum SensorError {
 pub struct KernelSensor {
     ebpf: Ebpf,
     probes: BTreeMap<String, ProbeStatus>,
+    /// The syscall program's link while it is attached (a daemon attaches it only while a run
+    /// needs it).
+    syscall_link: Option<RawTracePointLinkId>,
+}
+
+fn map_err(map: &'static str) -> impl Fn(String) -> SensorError {
+    move |error| SensorError::Map { map, error }
+}
+
+/// The syscall program's status while it is not attached.
+fn syscalls_off(why: &str) -> ProbeStatus {
+    ProbeStatus::Unavailable(format!(
+        "not attached: {why} (syscall probes put every task of the host on the slow syscall path)"
+    ))
 }
 
 impl KernelSensor {
-    /// Load the object with the host's BTF (CO-RE relocations) and attach every program.
+    /// Load the object with the host's BTF (CO-RE relocations) and attach the programs of
+    /// `scope`.
     pub fn load(scope: Scope) -> Result<Self, SensorError> {
         // EbpfLoader::new() parses the kernel's BTF for CO-RE: the one parse of a run (~60 ms,
         // most of start-up). raw_tp programs attach by name, so nothing else needs it.
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(SensorError::NoBtf("/sys/kernel/btf/vmlinux missing".into()));
         }
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .load(SENSOR_OBJECT)
             .map_err(|e| SensorError::Load(e.to_string()))?;
-        let mut probes = BTreeMap::new();
+        let mut me = KernelSensor {
+            ebpf,
+            probes: BTreeMap::new(),
+            syscall_link: None,
+        };
         for (name, tracepoint, names) in PROGRAMS {
-            let status = match ebpf.program_mut(name) {
-                Some(_) if scope == Scope::Process && name == SYSCALL_PROGRAM => {
-                    ProbeStatus::Unavailable(
-                        "not attached: --kernel-layer process (syscall probes put every task of the host on the slow syscall path)".into(),
-                    )
-                }
+            let status = match me.ebpf.program_mut(name) {
                 None => ProbeStatus::Failed(format!("program {name} missing from the object")),
                 Some(p) => match <&mut RawTracePoint>::try_from(p) {
                     Err(e) => ProbeStatus::Failed(e.to_string()),
-                    Ok(prog) => match prog
-                        .load()
-                        .and_then(|()| prog.attach(tracepoint).map(|_| ()))
-                    {
-                        Ok(()) => ProbeStatus::Attached,
+                    Ok(prog) => match prog.load() {
                         Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
+                        Ok(()) if name == SYSCALL_PROGRAM => {
+                            syscalls_off("--kernel-layer process")
+                        }
+                        Ok(()) => match prog.attach(tracepoint) {
+                            Ok(_) => ProbeStatus::Attached,
+                            Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
+                        },
                     },
                 },
             };
             for probe in names {
-                probes.insert((*probe).to_string(), status.clone());
+                me.probes.insert((*probe).to_string(), status.clone());
             }
         }
-        Ok(KernelSensor { ebpf, probes })
+        if scope == Scope::Full {
+            me.set_syscalls(true);
+        }
+        Ok(me)
     }
 
     pub fn probes(&self) -> &BTreeMap<String, ProbeStatus> {
         &self.probes
     }
 
+    /// Whether the syscall program is attached now.
+    pub fn syscalls_attached(&self) -> bool {
+        self.syscall_link.is_some()
+    }
+
+    /// Attach or detach the syscall program (file.open, network.socket). A program that failed
+    /// to load stays failed.
+    pub fn set_syscalls(&mut self, on: bool) {
+        if on == self.syscall_link.is_some() {
+            return;
+        }
+        let names = PROGRAMS
+            .iter()
+            .find(|p| p.0 == SYSCALL_PROGRAM)
+            .map_or(&[][..], |p| p.2);
+        if names
+            .first()
+            .and_then(|n| self.probes.get(*n))
+            .is_some_and(|s| matches!(s, ProbeStatus::Failed(_)))
+        {
+            return;
+        }
+        let Some(prog) = self
+            .ebpf
+            .program_mut(SYSCALL_PROGRAM)
+            .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+        else {
+            return;
+        };
+        let status = if on {
+            match prog.attach("sys_exit") {
+                Ok(link) => {
+                    self.syscall_link = Some(link);
+                    ProbeStatus::Attached
+                }
+                Err(e) => ProbeStatus::Failed(format!("raw_tp/sys_exit: {e}")),
+            }
+        } else {
+            if let Some(link) = self.syscall_link.take() {
+                let _ = prog.detach(link);
+            }
+            syscalls_off("no run of this daemon needs them now")
+        };
+        for probe in names {
+            self.probes.insert((*probe).to_string(), status.clone());
+        }
+    }
+
+    fn watched(&mut self) -> Result<HashMap<&mut MapData, u64, u64>, SensorError> {
+        let map = self
+            .ebpf
+            .map_mut("watched")
+            .ok_or_else(|| map_err("watched")("missing".into()))?;
+        HashMap::try_from(map).map_err(|e| map_err("watched")(e.to_string()))
+    }
+
     /// Report events of this cgroup (and of cgroups created beneath it from now on).
     pub fn watch(&mut self, cgroup_id: u64) -> Result<(), SensorError> {
-        let map = self.ebpf.map_mut("watched").ok_or(SensorError::Map {
-            map: "watched",
-            error: "missing".into(),
-        })?;
-        let mut watched: HashMap<_, u64, u8> =
-            HashMap::try_from(map).map_err(|e| SensorError::Map {
-                map: "watched",
-                error: e.to_string(),
-            })?;
-        watched
-            .insert(cgroup_id, 1, 0)
-            .map_err(|e| SensorError::Map {
-                map: "watched",
-                error: e.to_string(),
-            })
+        self.watched()?
+            .insert(cgroup_id, cgroup_id, 0)
+            .map_err(|e| map_err("watched")(e.to_string()))
+    }
+
+    /// Stop reporting the run whose cgroup is `root`, and every cgroup created beneath it.
+    pub fn unwatch(&mut self, root: u64) -> Result<usize, SensorError> {
+        let mut watched = self.watched()?;
+        let ids: Vec<u64> = watched
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| *r == root)
+            .map(|(id, _)| id)
+            .collect();
+        for id in &ids {
+            let _ = watched.remove(id);
+        }
+        Ok(ids.len())
+    }
+
+    /// The run cgroup (root of a watched subtree) that `cgroup_id` belongs to.
+    pub fn root_of(&mut self, cgroup_id: u64) -> Option<u64> {
+        self.watched().ok()?.get(&cgroup_id, 0).ok()
     }
 
     /// Events the kernel could not reserve ring-buffer space for, summed over CPUs, by kind
     /// (kinds with no loss are left out).
     pub fn lost(&self) -> Result<BTreeMap<&'static str, u64>, SensorError> {
-        let map = self.ebpf.map("lost").ok_or(SensorError::Map {
-            map: "lost",
-            error: "missing".into(),
-        })?;
+        let map = self
+            .ebpf
+            .map("lost")
+            .ok_or_else(|| map_err("lost")("missing".into()))?;
         let lost: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|e| SensorError::Map {
-                map: "lost",
-                error: e.to_string(),
-            })?;
+            PerCpuArray::try_from(map).map_err(|e| map_err("lost")(e.to_string()))?;
         let mut by_kind = BTreeMap::new();
         for kind in 0..KIND_MAX {
-            let per_cpu = lost.get(&kind, 0).map_err(|e| SensorError::Map {
-                map: "lost",
-                error: e.to_string(),
-            })?;
+            let per_cpu = lost
+                .get(&kind, 0)
+                .map_err(|e| map_err("lost")(e.to_string()))?;
             let n: u64 = per_cpu.iter().sum();
             if n > 0 {
                 *by_kind.entry(kind_name(kind)).or_insert(0) += n;
@@ -179,13 +260,10 @@ impl KernelSensor {
 
     /// The event ring buffer (taken once; the reader owns it).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, SensorError> {
-        let map = self.ebpf.take_map("events").ok_or(SensorError::Map {
-            map: "events",
-            error: "already taken".into(),
-        })?;
-        RingBuf::try_from(map).map_err(|e| SensorError::Map {
-            map: "events",
-            error: e.to_string(),
-        })
+        let map = self
+            .ebpf
+            .take_map("events")
+            .ok_or_else(|| map_err("events")("already taken".into()))?;
+        RingBuf::try_from(map).map_err(|e| map_err("events")(e.to_string()))
     }
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::dispatch::{PROCESS_SAMPLE, RunState};
 use super::guard::Guard;
+use super::host::RunHost;
 use super::outcome::Outcome;
 use super::supervisor::{RunResult, RunSpans, Supervised, Supervisor};
 use crate::clock;
@@ -25,7 +26,7 @@ impl Supervisor<'_> {
         mut self,
         sup: Supervised,
         spans: RunSpans,
-        guard: Guard,
+        guard: Option<Guard>,
         started_ns: u64,
     ) -> RunResult {
         let RunSpans {
@@ -55,7 +56,7 @@ impl Supervisor<'_> {
         if let Err(e) = self.cg.remove() {
             self.notes.push(format!("run cgroup not removed: {e}"));
         }
-        guard.release();
+        guard.map(Guard::release);
         teardown.close_now("passed", json!({"phase": "teardown"}));
         total.close_now(outcome.status(), step_attrs);
 
@@ -63,10 +64,10 @@ impl Supervisor<'_> {
         let found = self.rec.settle_contracts(self.spec, &mut self.notes);
         let concluded = decide(!found.is_empty());
         if concluded != outcome {
-            eprintln!(
-                "vigil: {} contract obligation(s) violated; failing the run (--contracts-strict)",
+            self.host.say(&format!(
+                "{} contract obligation(s) violated; failing the run (--contracts-strict)",
                 found.len()
-            );
+            ));
             outcome = concluded;
         }
         let stall_phase = sup
@@ -192,6 +193,7 @@ impl Supervisor<'_> {
         let health = ObservationHealth {
             schema: schema::OBSERVATION_HEALTH.into(),
             run_id: self.rec.trace.run_id.clone(),
+            mode: self.host.mode().as_str().into(),
             downgraded_events_by_kind: downgraded.by_kind(),
             downgraded_targets: downgraded.targets(),
             kernel_layer: sup.kernel.kernel_layer,
@@ -206,7 +208,7 @@ impl Supervisor<'_> {
                 kernel_ring_buffer_by_kind: sup.kernel.ring_lost_by_kind.clone(),
                 reader: sup.kernel.decode_errors,
                 reader_by_kind: sup.kernel.decode_errors_by_kind.clone(),
-                queues: self.rec.events.shed(),
+                queues: self.rec.events.shed() + sup.kernel.queue_lost,
                 trace_shed: self.rec.events.trace_shed(),
             },
             probes: sup.kernel.probes.clone(),
@@ -251,15 +253,22 @@ impl Supervisor<'_> {
                 Ok(())
             });
         if let Err(e) = &commit {
-            eprintln!(
-                "vigil: bundle not committed: {e} (run outcome: {}, exit {})",
+            self.host.say(&format!(
+                "bundle not committed: {e} (run outcome: {}, exit {})",
                 outcome.status(),
                 outcome.exit_code()
-            );
+            ));
+        }
+        // A daemon's client gets its committed bundle: every file, never through a link.
+        let mut commit = commit;
+        if let (RunHost::Daemon(c), Ok(())) = (self.host, &commit)
+            && let Err(e) = self.rec.bundle.give_to(c.owner.0, c.owner.1)
+        {
+            commit = Err(format!("committed, but not given to uid {}: {e}", c.owner.0));
         }
         if failed {
-            eprintln!(
-                "vigil: run {} {}{} (exit {}); bundle {}",
+            self.host.say(&format!(
+                "run {} {}{} (exit {}); bundle {}",
                 self.rec.trace.run_id,
                 outcome.status(),
                 outcome
@@ -268,7 +277,7 @@ impl Supervisor<'_> {
                     .unwrap_or_default(),
                 outcome.exit_code(),
                 self.rec.bundle.dir().display()
-            );
+            ));
         }
         RunResult {
             outcome,
@@ -279,6 +288,7 @@ impl Supervisor<'_> {
             counters: self.rec.counters.clone(),
             duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
             claims: health.claims(),
+            copies: self.rec.copies.take().unwrap_or_default(),
         }
     }
 }

@@ -218,15 +218,11 @@ impl Supervisor<'_> {
                     }
                 }
             };
-            // SAFETY: fd 1 and 2 are open for the life of the process; BorrowedFd only borrows.
-            let sink = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
-                .try_clone_to_owned()
-                .ok()
-                .map(std::fs::File::from);
             let cfg = TeeConfig {
                 stream,
                 pipe,
-                sink,
+                sink: self.host.sink(fd),
+                bounded_sink: self.host.bounded_sink(),
                 capture,
                 cap_bytes: self.spec.output_cap_bytes,
                 capture_rel: rel,

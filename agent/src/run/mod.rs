@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod dispatch;
 mod finish;
 pub mod guard;
+pub mod host;
 pub mod junit;
 pub mod kill;
 mod layers;

@@ -28,7 +28,7 @@ impl Supervisor<'_> {
                     self.rec.events.emit(kind, why, data);
                 }
                 Action::Note(n) => self.notes.push(n),
-                Action::Say(s) => eprintln!("vigil: {s}"),
+                Action::Say(s) => self.host.say(&s),
                 Action::CloseFence => self.fence.close(),
                 Action::AcceptSdk(r) => {
                     if let Some(checkpoint) = self.sdk.as_mut().and_then(|l| l.accept(r)) {

@@ -96,7 +96,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
         "--plan".into(),
         spec.file.display().to_string(),
     ];
-    let (mut rec, Opened { total, dispatch }) = RunRecorder::create(base, started_ns, &argv, &env)?;
+    let (mut rec, Opened { total, dispatch }) = RunRecorder::create(base, None, started_ns, &argv, &env)?;
     let step_names: Vec<&str> = spec.plan.steps.iter().map(|s| s.name.as_str()).collect();
     rec.events.emit(
         EventKind::RunStarted,
@@ -557,6 +557,7 @@ fn plan_health(
         "a plan: each step ran as its own supervised run; its bundle (with its layers, output and health) is under steps/; the plan claims, per layer, what its weakest step observed".into(),
     );
     ObservationHealth {
+        mode: "standalone".into(),
         schema: schema::OBSERVATION_HEALTH.into(),
         run_id: run_id.to_string(),
         // Each step's bundle says what it downgraded.

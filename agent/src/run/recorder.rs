@@ -5,7 +5,11 @@
 //! profile.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::evidence::beneath::BundleDir;
+use crate::evidence::bundle::BundleError;
 
 use serde_json::json;
 use tracing_subscriber::layer::SubscriberExt;
@@ -42,6 +46,9 @@ pub struct RunRecorder {
     events_result: Result<(), String>,
     /// vigil's rusage when the run began.
     pub observer_start: ObserverCost,
+    /// Set for a daemon's client: the profile copies are handed back (the client writes them
+    /// as itself) instead of written by vigil.
+    pub copies: Option<Vec<(PathBuf, Vec<u8>)>>,
 }
 
 /// The two spans every run opens at its start.
@@ -57,6 +64,7 @@ impl RunRecorder {
     /// profile goes into the trace and whose secret values are masked everywhere.
     pub fn create(
         spec: &RunSpec,
+        out: Option<BundleDir>,
         started_ns: u64,
         argv: &[String],
         env: &[(String, String)],
@@ -68,7 +76,11 @@ impl RunRecorder {
         let (tree, writer) = span_tree(&spec.contracts, &counters, &violations);
         let total = tree.open_at(span::RUN_TOTAL, None, started_ns);
         let dispatch = tree.open_at(span::RUNNER_DISPATCH, Some(&total), started_ns);
-        let bundle = Bundle::create(&spec.out_dir, &run_id)?;
+        let bundle = match out {
+            Some(dir) => Bundle::create_beneath(dir, &run_id)?,
+            None => Bundle::create(&spec.out_dir, &run_id)?,
+        };
+        let copies = bundle.is_beneath().then(Vec::new);
         // Setup files are written without fsync: `reindex --repair` recreates any of them, and
         // the first fsync on a fresh directory can cost tens of ms before anything started.
         for rel in [files::KERNEL_LAYER, files::POLICY_LAYER, files::SDK_LAYER] {
@@ -97,6 +109,7 @@ impl RunRecorder {
             counters,
             events_result: Ok(()),
             observer_start,
+            copies,
         };
         Ok((rec, Opened { total, dispatch }))
     }
@@ -153,7 +166,17 @@ impl RunRecorder {
             self.bundle.commit(known).map_err(|e| e.to_string())?;
             Ok(())
         })();
-        write_profile_copies(profile, &mut self.trace, &self.writer, failed);
+        let copies = profile_copies(profile, &mut self.trace, &self.writer, failed);
+        match self.copies.as_mut() {
+            Some(handed) => handed.extend(copies),
+            None => {
+                for (path, bytes) in copies {
+                    if let Err(e) = write_copy(&path, &bytes) {
+                        eprintln!("vigil: profile copy not written: {e}");
+                    }
+                }
+            }
+        }
         commit
     }
 }
@@ -237,11 +260,16 @@ fn span_tree(
 
 /// Copies outside the bundle (CONTRACT.md §2): at the profile level, or — for a failing run
 /// with profiling off — at the `--profile-on-fail` level.
-fn write_profile_copies(p: &ProfileConfig, trace: &mut RunTrace, spans: &SpanWriter, failed: bool) {
+fn profile_copies(
+    p: &ProfileConfig,
+    trace: &mut RunTrace,
+    spans: &SpanWriter,
+    failed: bool,
+) -> Vec<(PathBuf, Vec<u8>)> {
     let detailed = match (p.level, p.on_fail) {
-        (ProfileLevel::Off, ProfileOnFail::Off) => return,
+        (ProfileLevel::Off, ProfileOnFail::Off) => return Vec::new(),
         (ProfileLevel::Off, on_fail) if failed => on_fail == ProfileOnFail::Detailed,
-        (ProfileLevel::Off, _) => return,
+        (ProfileLevel::Off, _) => return Vec::new(),
         (level, _) => spec_detailed(level),
     };
     trace.spans = spans.with(|r| r.export(detailed, clock::now_ns()));
@@ -249,18 +277,24 @@ fn write_profile_copies(p: &ProfileConfig, trace: &mut RunTrace, spans: &SpanWri
         v.push(b'\n');
         v
     });
-    for (path, bytes) in [
-        (&p.out, json.ok()),
-        (&p.summary_out, Some(render_summary_md(trace).into_bytes())),
-    ] {
-        let Some(bytes) = bytes else { continue };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if let Err(e) = bundle::write_atomic(path, &bytes) {
-            eprintln!("vigil: profile copy not written: {e}");
-        }
+    [
+        (p.out.clone(), json.ok()),
+        (
+            p.summary_out.clone(),
+            Some(render_summary_md(trace).into_bytes()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(path, bytes)| Some((path, bytes?)))
+    .collect()
+}
+
+/// Write one profile copy, creating its directory.
+pub fn write_copy(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
     }
+    bundle::write_atomic(path, bytes)
 }
 
 /// Per-process spans of the detailed profile, from the kernel's process lives: for each process

@@ -13,7 +13,7 @@
 use std::ffi::{CString, OsString, c_char};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -111,17 +111,33 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
-/// stdin: vigil's own, unless it is a terminal — the child runs in its own process group, so
-/// reading the terminal would stop it with SIGTTIN; it gets /dev/null instead (as nextest does).
-fn child_stdin() -> io::Result<Option<OwnedFd>> {
-    if nix::unistd::isatty(io::stdin()).unwrap_or(false) {
+/// What the child inherits from whoever asked for the run: the environment it starts from, and
+/// for a daemon client its stdin and working directory (fds the client passed).
+#[derive(Clone, Copy)]
+pub struct ChildIo<'a> {
+    pub env: &'a [(OsString, OsString)],
+    /// None: vigil's own stdin.
+    pub stdin: Option<BorrowedFd<'a>>,
+    /// None: vigil's own working directory.
+    pub cwd: Option<BorrowedFd<'a>>,
+}
+
+/// stdin: vigil's own (or the client's), unless it is a terminal — the child runs in its own
+/// process group, so reading the terminal would stop it with SIGTTIN; it gets /dev/null
+/// instead (as nextest does). `Some(fd)` is what the child's fd 0 becomes.
+fn child_stdin(given: Option<BorrowedFd<'_>>) -> io::Result<Option<OwnedFd>> {
+    let tty = match given {
+        Some(fd) => nix::unistd::isatty(fd).unwrap_or(false),
+        None => nix::unistd::isatty(io::stdin()).unwrap_or(false),
+    };
+    if tty {
         Ok(Some(open(
             "/dev/null",
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?))
     } else {
-        Ok(None)
+        given.map(|fd| fd.try_clone_to_owned()).transpose()
     }
 }
 
@@ -140,15 +156,23 @@ struct ChildPlan {
     parent: libc::pid_t,
     /// Working directory to change to (a plan step's `cwd`).
     cwd: Option<CString>,
+    /// A daemon client's working directory, entered first (a step's relative `cwd` is then
+    /// taken from it).
+    cwd_fd: Option<RawFd>,
     /// The child's whole environment, `KEY=VALUE`, null-terminated pointer list.
     _env: Vec<CString>,
     env_ptrs: Vec<*const c_char>,
 }
 
-/// The child's environment: vigil's own, then the spec's variables (a plan step's `env`), then
-/// `extra` (what vigil tells the child, such as `VIGIL_SDK_SOCKET`); later entries win.
-fn child_env(spec: &RunSpec, extra: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+/// The child's environment: vigil's own (or the daemon client's), then the spec's variables (a
+/// plan step's `env`), then `extra` (what vigil tells the child, such as `VIGIL_SDK_SOCKET`);
+/// later entries win.
+fn child_env(
+    spec: &RunSpec,
+    base: &[(OsString, OsString)],
+    extra: &[(OsString, OsString)],
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = base.to_vec();
     for (k, v) in spec.env.iter().chain(extra) {
         env.retain(|(key, _)| key != k);
         env.push((k.clone(), v.clone()));
@@ -159,6 +183,7 @@ fn child_env(spec: &RunSpec, extra: &[(OsString, OsString)]) -> Vec<(OsString, O
 pub fn spawn(
     spec: &RunSpec,
     cgroup_dir: &Path,
+    io: ChildIo<'_>,
     extra_env: &[(OsString, OsString)],
 ) -> Result<Spawned, SpawnError> {
     let name = spec.program.to_string_lossy().into_owned();
@@ -172,7 +197,7 @@ pub fn spawn(
     let (out_r, out_w) = pipe().map_err(other)?;
     let (err_r, err_w) = pipe().map_err(other)?;
     let (report_r, report_w) = pipe().map_err(other)?;
-    let stdin = child_stdin().map_err(other)?;
+    let stdin = child_stdin(io.stdin).map_err(other)?;
     let cgroup = open(
         cgroup_dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -186,7 +211,7 @@ pub fn spawn(
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<_, _>>()
         .map_err(nul)?;
-    let env: Vec<CString> = child_env(spec, extra_env)
+    let env: Vec<CString> = child_env(spec, io.env, extra_env)
         .into_iter()
         .map(|(k, v)| {
             let mut kv = k.into_vec();
@@ -204,6 +229,7 @@ pub fn spawn(
         .map_err(nul)?;
     let mut plan = ChildPlan {
         cwd,
+        cwd_fd: io.cwd.map(|fd| fd.as_raw_fd()),
         env_ptrs: env
             .iter()
             .map(|e| e.as_ptr())
@@ -363,6 +389,11 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
             || libc::getppid() != plan.parent
         {
             child_fail(plan.report, STEP_PDEATHSIG);
+        }
+        if let Some(fd) = plan.cwd_fd
+            && libc::fchdir(fd) != 0
+        {
+            child_fail(plan.report, STEP_CHDIR);
         }
         if let Some(dir) = &plan.cwd
             && libc::chdir(dir.as_ptr()) != 0

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::cgroup::{self, CgroupError, RunCgroup};
 use super::dispatch::{DispatchConfig, RunEvent, RunState};
 use super::guard::Guard;
+use super::host::{Controls, RunHost};
 use super::kill::Escalation;
 use super::outcome::Outcome;
 use super::perform::on_tee;
@@ -88,6 +88,8 @@ pub struct RunResult {
     pub duration_ms: u64,
     /// The layer claims of the run's health (a plan claims the weakest of its steps').
     pub claims: Claims,
+    /// Profile copies for a daemon's client to write as itself (standalone: already written).
+    pub copies: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl RunResult {
@@ -116,9 +118,18 @@ async fn recv_sdk(sock: &mut Option<SdkSocket>) -> Option<Received> {
     }
 }
 
+/// Run standalone: this process's environment, stdio, signals and its own sensor.
 pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
-    let mut sigint = signal(SignalKind::interrupt()).map_err(SetupError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(SetupError::Signals)?;
+    run_hosted(spec, RunHost::Standalone).await
+}
+
+/// Run for `host` (standalone, or a daemon's client).
+pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, SetupError> {
+    let mut controls = host.controls().map_err(SetupError::Signals)?;
+    let out = match &mut host {
+        RunHost::Daemon(c) => c.out.take(),
+        RunHost::Standalone => None,
+    };
     let started_ns = clock::now_ns();
     let run_id = spec.run_id.to_string();
 
@@ -129,14 +140,14 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
             v.to_string_lossy().into_owned(),
         )
     };
-    let mut env: Vec<(String, String)> = std::env::vars_os().map(lossy).collect();
+    let mut env: Vec<(String, String)> = host.base_env().into_iter().map(lossy).collect();
     for (k, v) in spec.env.iter().cloned().map(lossy) {
         env.retain(|(key, _)| *key != k);
         env.push((k, v));
     }
     // Bundle first: an unwritable output directory fails here, before anything runs.
     let (rec, Opened { total, dispatch }) =
-        RunRecorder::create(&spec, started_ns, &spec.argv_lossy(), &env)?;
+        RunRecorder::create(&spec, out, started_ns, &spec.argv_lossy(), &env)?;
     let setup = rec
         .tree
         .open_at(span::CASE_HARNESS, Some(&total), started_ns);
@@ -170,16 +181,19 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
                 "; removal failed"
             }
         );
-        eprintln!("vigil: {msg}");
+        host.say(&msg);
         notes.push(msg);
     }
     // The guard starts before the cgroup exists, so there is no moment at which a killed vigil
     // could leave a cgroup nobody will remove.
-    let guard = Guard::spawn(&cgroup::owner_dir(&parent)).map_err(SetupError::Guard)?;
+    let guard = match host.own_guard() {
+        true => Some(Guard::spawn(&cgroup::owner_dir(&parent)).map_err(SetupError::Guard)?),
+        false => None,
+    };
     let cg = match RunCgroup::create(&parent, &run_id) {
         Ok(cg) => cg,
         Err(e) => {
-            guard.release();
+            guard.map(Guard::release);
             return Err(e.into());
         }
     };
@@ -202,6 +216,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
 
     let mut sup = Supervisor {
         spec: &spec,
+        host: &host,
         cg: &cg,
         rec,
         notes,
@@ -212,6 +227,7 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         network_mechanism: None,
         cgroup_mount: mount,
         child_env: Vec::new(),
+        base_env: host.base_env(),
         sdk: None,
         sdk_stats: None,
     };
@@ -220,25 +236,42 @@ pub async fn run(spec: RunSpec) -> Result<RunResult, SetupError> {
         .space()
         .set_evidence_max(spec.evidence_max_bytes);
     // The sensor watches the run's cgroup before the child exists: its first exec is seen.
-    let kernel = KernelLayer::start(
-        match spec.kernel_layer {
-            KernelLayerMode::Auto => Some(Scope::Full),
-            KernelLayerMode::Process => Some(Scope::Process),
-            KernelLayerMode::Off => None,
-        },
-        cg.id(),
-        &sup.rec.bundle.path(files::KERNEL_LAYER),
-        sup.rec.bundle.space().clone(),
-    );
-    let outcome = sup
-        .supervise(&mut spans, &mut sigint, &mut sigterm, kernel)
-        .await;
+    let scope = match spec.kernel_layer {
+        KernelLayerMode::Auto => Some(Scope::Full),
+        KernelLayerMode::Process => Some(Scope::Process),
+        KernelLayerMode::Off => None,
+    };
+    let layer = sup.rec.bundle.path(files::KERNEL_LAYER);
+    let space = sup.rec.bundle.space().clone();
+    let outcome = match (&host, scope) {
+        (RunHost::Daemon(c), Some(scope)) => {
+            let shared = match &c.hub {
+                Some(hub) => hub
+                    .register(cg.id(), scope, sup.rec.redactor.clone(), &layer, space)
+                    .map_err(|e| e.to_string()),
+                None => Err("the daemon has no sensor (see its log)".to_string()),
+            };
+            match shared {
+                Ok(source) => sup.supervise(&mut spans, &mut controls, source).await,
+                Err(e) => {
+                    let absent = KernelLayer::absent(&format!("kernel layer unavailable: {e}"));
+                    sup.supervise(&mut spans, &mut controls, absent).await
+                }
+            }
+        }
+        _ => {
+            let kernel = KernelLayer::start(scope, cg.id(), &layer, space);
+            sup.supervise(&mut spans, &mut controls, kernel).await
+        }
+    };
     let result = sup.finish(outcome, spans, guard, started_ns);
     Ok(result)
 }
 
 pub(super) struct Supervisor<'a> {
     pub(super) spec: &'a RunSpec,
+    /// Who asked for the run: this process, or a daemon client.
+    pub(super) host: &'a RunHost,
     pub(super) cg: &'a RunCgroup,
     /// The bundle, event log, redactor, trace, span stream and counters.
     pub(super) rec: RunRecorder,
@@ -254,6 +287,8 @@ pub(super) struct Supervisor<'a> {
     pub(super) cgroup_mount: PathBuf,
     /// Variables vigil adds to the child's environment (`VIGIL_SDK_SOCKET`, …).
     pub(super) child_env: Vec<(OsString, OsString)>,
+    /// The environment the child starts from (vigil's own, or the daemon client's).
+    pub(super) base_env: Vec<(OsString, OsString)>,
     /// The SDK layer, from the child's socket being offered to the run's end.
     pub(super) sdk: Option<SdkLayer>,
     pub(super) sdk_stats: Option<Arc<SdkStats>>,
@@ -314,8 +349,7 @@ impl Supervisor<'_> {
     async fn supervise<K: EventSource>(
         &mut self,
         spans: &mut RunSpans,
-        sigint: &mut tokio::signal::unix::Signal,
-        sigterm: &mut tokio::signal::unix::Signal,
+        controls: &mut Controls,
         mut kernel: K,
     ) -> Supervised {
         self.start_policy(kernel.active());
@@ -325,14 +359,19 @@ impl Supervisor<'_> {
         let check = self.rec.tree.open(span::CHECK_EXECUTE, Some(&spans.case));
         let exec_span = self.rec.tree.open(span::SUBPROCESS_EXEC, Some(&check));
         let started = network.and_then(|n| {
-            spawn::spawn(self.spec, self.cg.path(), &self.child_env)
+            spawn::spawn(
+                self.spec,
+                self.cg.path(),
+                self.host.child_io(&self.base_env),
+                &self.child_env,
+            )
                 .map(|s| (s, n))
                 .map_err(NotStarted::Spawn)
         });
         let (spawned, _network) = match started {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("vigil: {e}");
+                self.host.say(&e.to_string());
                 let outcome = match e {
                     NotStarted::Spawn(SpawnError::NotFound(_)) => {
                         Outcome::NotStarted(ExitCode::NOT_FOUND)
@@ -462,8 +501,7 @@ impl Supervisor<'_> {
             let wake = clock::mono_to_instant(state.next_deadline());
             let acts = tokio::select! {
                 biased;
-                _ = sigint.recv() => state.handle(RunEvent::Signal(libc::SIGINT), clock::mono_ns()),
-                _ = sigterm.recv() => state.handle(RunEvent::Signal(libc::SIGTERM), clock::mono_ns()),
+                sig = controls.recv() => state.handle(RunEvent::Signal(sig), clock::mono_ns()),
                 _ = tokio::time::sleep_until(wake) => state.handle(RunEvent::Tick, clock::mono_ns()),
                 status = child.wait(), if main_exit.is_none() => {
                     let now_ns = clock::now_ns();

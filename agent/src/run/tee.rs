@@ -48,6 +48,9 @@ pub struct TeeConfig {
     pub pipe: File,
     /// vigil's own stdout or stderr (a dup), or None when not teeing.
     pub sink: Option<File>,
+    /// A daemon client's stream: written without blocking for long, given up once the run's
+    /// outcome is final and the client still does not read.
+    pub bounded_sink: bool,
     pub capture: File,
     pub cap_bytes: u64,
     /// The capture's path inside the bundle, for its digest.
@@ -150,9 +153,16 @@ fn tee_loop(
         counters.add_output(n as u64);
         report.bytes_total += n as u64;
         let chunk = &buf[..n];
-        if let Some(sink) = cfg.sink.as_mut()
-            && let Err(e) = sink.write_all(chunk)
-        {
+        let written = match cfg.sink.as_mut() {
+            None => Ok(()),
+            Some(sink) if cfg.bounded_sink => {
+                super::host::write_bounded(std::os::fd::AsFd::as_fd(sink), chunk, || {
+                    fence.is_closed()
+                })
+            }
+            Some(sink) => sink.write_all(chunk),
+        };
+        if let Err(e) = written {
             // vigil's own stdout went away (closed pipe): keep capturing, stop teeing.
             report
                 .tee_error

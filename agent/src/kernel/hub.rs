@@ -1,0 +1,422 @@
+//! The daemon's sensor: loaded once, kept loaded, its one ring buffer read by one thread that
+//! decodes each event once and routes it by cgroup id to the run it belongs to ([`Lanes`]: a
+//! bounded inbox per run). Runs come and go: [`Hub::register`] adds a run cgroup to the
+//! in-kernel filter (the `watched` map, whose value names the run's own cgroup, so an event of a
+//! cgroup created beneath it is routed with one lookup) and [`SharedSource`] is that run's
+//! [`EventSource`]; dropping the source (or [`SharedSource::finish`]) removes the run from the
+//! filter. The syscall program is attached only while some run asks for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+
+use super::bus::EventSource;
+use super::event::{KernelEvent, Observed, decode};
+use super::lanes::{Lanes, Offer};
+use super::layer::{KernelReport, probe_health, report};
+use super::layer_writer::LayerWriter;
+use super::reader::DRAIN_MAX;
+use super::record::target;
+use super::sensor::{KernelSensor, ProbeStatus, Scope, SensorError};
+use crate::clock;
+use crate::evidence::health::ProbeHealth;
+use crate::evidence::redact::Redactor;
+use crate::evidence::space::Space;
+
+/// The longest the reader sleeps when the kernel does not wake it: data events ride without a
+/// wakeup (BPF_RB_NO_WAKEUP).
+const POLL: Duration = Duration::from_millis(20);
+
+/// One registered run, as the reader sees it.
+struct Route {
+    inbox: Arc<Inbox>,
+    redactor: Arc<Redactor>,
+}
+
+/// A run's inbox: its lanes and the wakeup of its dispatcher.
+pub struct Inbox {
+    lanes: Mutex<Lanes>,
+    ready: tokio::sync::Notify,
+}
+
+/// Counters of the whole hub, for metrics.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub events: Mutex<BTreeMap<&'static str, u64>>,
+    pub decode_errors: AtomicU64,
+    /// Events of a cgroup no run claims (a run that just ended).
+    pub unrouted: AtomicU64,
+    pub downgraded: AtomicU64,
+    pub control_lost: AtomicU64,
+}
+
+struct Shared {
+    sensor: Mutex<KernelSensor>,
+    routes: Mutex<HashMap<u64, Route>>,
+    /// Runs that asked for the syscall probes.
+    syscall_runs: Mutex<usize>,
+    stop: AtomicBool,
+    /// Full reader passes that ended with the ring empty, and who waits for one.
+    passes: Mutex<u64>,
+    passed: Condvar,
+    boot_to_wall_ns: i128,
+    stats: HubStats,
+}
+
+pub struct Hub {
+    shared: Arc<Shared>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hub {
+    /// Load the sensor with its process programs attached (the syscall program loaded, not
+    /// attached) and start the reader thread.
+    pub fn start() -> Result<Hub, SensorError> {
+        let mut sensor = KernelSensor::load(Scope::Process)?;
+        let ring = sensor.take_events()?;
+        let shared = Arc::new(Shared {
+            sensor: Mutex::new(sensor),
+            routes: Mutex::new(HashMap::new()),
+            syscall_runs: Mutex::new(0),
+            stop: AtomicBool::new(false),
+            passes: Mutex::new(0),
+            passed: Condvar::new(),
+            boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
+            stats: HubStats::default(),
+        });
+        let s = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("vigil-sensor".into())
+            .spawn(move || read_loop(&s, ring))
+            .map_err(|e| SensorError::Load(format!("cannot start the reader thread: {e}")))?;
+        Ok(Hub {
+            shared,
+            reader: Some(reader),
+        })
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.shared.stats
+    }
+
+    /// The sensor's probes now.
+    pub fn probes(&self) -> BTreeMap<String, ProbeStatus> {
+        lock(&self.shared.sensor).probes().clone()
+    }
+
+    /// Route the events of `cgroup_id` (and of cgroups created beneath it) to a new source
+    /// writing `layer`. With `scope` Full the syscall probes are attached while it lives.
+    pub fn register(
+        &self,
+        cgroup_id: u64,
+        scope: Scope,
+        redactor: Arc<Redactor>,
+        layer: &Path,
+        space: Arc<Space>,
+    ) -> Result<SharedSource, SensorError> {
+        let writer = LayerWriter::new(layer, space, self.shared.boot_to_wall_ns)
+            .map_err(|e| SensorError::Load(format!("{}: {e}", layer.display())))?;
+        let inbox = Arc::new(Inbox {
+            lanes: Mutex::new(Lanes::default()),
+            ready: tokio::sync::Notify::new(),
+        });
+        let full = scope == Scope::Full;
+        if full {
+            let mut n = lock(&self.shared.syscall_runs);
+            *n += 1;
+            lock(&self.shared.sensor).set_syscalls(true);
+        }
+        // The route exists before the filter does, so the run's first event finds it.
+        lock(&self.shared.routes).insert(
+            cgroup_id,
+            Route {
+                inbox: inbox.clone(),
+                redactor: redactor.clone(),
+            },
+        );
+        let (lost_at_start, probes) = {
+            let mut sensor = lock(&self.shared.sensor);
+            if let Err(e) = sensor.watch(cgroup_id) {
+                drop(sensor);
+                lock(&self.shared.routes).remove(&cgroup_id);
+                return Err(e);
+            }
+            (sensor.lost().unwrap_or_default(), sensor.probes().clone())
+        };
+        let mut probes = probe_health(&probes);
+        if !full {
+            for name in ["file.open", "network.socket"] {
+                probes.insert(
+                    name.into(),
+                    ProbeHealth {
+                        status: crate::evidence::health::ProbeState::Unavailable,
+                        reason: Some("not attached for this run: --kernel-layer process".into()),
+                    },
+                );
+            }
+        }
+        Ok(SharedSource {
+            shared: self.shared.clone(),
+            cgroup_id,
+            inbox,
+            writer,
+            redactor,
+            full,
+            lost_at_start,
+            decode_errors_at_start: self.shared.stats.decode_errors.load(Ordering::Relaxed),
+            probes,
+            registered: true,
+        })
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; go on with it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_loop(shared: &Shared, mut ring: RingBuf<MapData>) {
+    // Root of each cgroup seen, so a nested cgroup costs one map lookup once.
+    let mut roots: HashMap<u64, u64> = HashMap::new();
+    let mut touched: Vec<Arc<Inbox>> = Vec::new();
+    while !shared.stop.load(Ordering::Acquire) {
+        let fd = ring.as_fd().as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as i32) };
+        loop {
+            let mut batch = 0;
+            {
+                let routes = lock(&shared.routes);
+                while batch < DRAIN_MAX {
+                    let decoded = match ring.next() {
+                        Some(item) => decode(&item),
+                        None => break,
+                    };
+                    batch += 1;
+                    match decoded {
+                        Ok(ev) => route(shared, &routes, &mut roots, ev, &mut touched),
+                        Err(_) => {
+                            shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            for inbox in touched.drain(..) {
+                inbox.ready.notify_one();
+            }
+            if batch < DRAIN_MAX {
+                break;
+            }
+        }
+        *lock(&shared.passes) += 1;
+        shared.passed.notify_all();
+        if roots.len() > 4096 {
+            roots.clear();
+        }
+    }
+}
+
+fn route(
+    shared: &Shared,
+    routes: &HashMap<u64, Route>,
+    roots: &mut HashMap<u64, u64>,
+    ev: KernelEvent,
+    touched: &mut Vec<Arc<Inbox>>,
+) {
+    let cg = ev.header().cgroup_id;
+    let root = match routes.contains_key(&cg) {
+        true => Some(cg),
+        false => match roots.get(&cg) {
+            Some(r) => Some(*r),
+            None => {
+                let r = lock(&shared.sensor).root_of(cg);
+                if let Some(r) = r {
+                    roots.insert(cg, r);
+                }
+                r
+            }
+        },
+    };
+    let Some(route) = root.and_then(|r| routes.get(&r)) else {
+        shared.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    *lock(&shared.stats.events).entry(ev.kind()).or_default() += 1;
+    let offer = lock(&route.inbox.lanes).offer(ev, |e| {
+        // A downgraded event never reaches the run's writer: redact its target here.
+        e.redact(&route.redactor);
+        target(e)
+    });
+    match offer {
+        Offer::Queued => {}
+        Offer::Downgraded => {
+            shared.stats.downgraded.fetch_add(1, Ordering::Relaxed);
+        }
+        Offer::Lost => {
+            shared.stats.control_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if !touched.iter().any(|t| Arc::ptr_eq(t, &route.inbox)) {
+        touched.push(route.inbox.clone());
+    }
+}
+
+/// One run's view of the hub's stream.
+pub struct SharedSource {
+    shared: Arc<Shared>,
+    cgroup_id: u64,
+    inbox: Arc<Inbox>,
+    writer: LayerWriter,
+    redactor: Arc<Redactor>,
+    full: bool,
+    lost_at_start: BTreeMap<&'static str, u64>,
+    decode_errors_at_start: u64,
+    probes: BTreeMap<String, ProbeHealth>,
+    registered: bool,
+}
+
+impl SharedSource {
+    /// Move what the inbox holds (up to DRAIN_MAX) through the writer to `out`.
+    fn take(&mut self, out: &mut Vec<Observed>, max: usize) -> usize {
+        let mut evs = Vec::new();
+        let downgraded = {
+            let mut lanes = lock(&self.inbox.lanes);
+            lanes.take(max, &mut evs);
+            std::mem::take(&mut lanes.downgraded)
+        };
+        let n = evs.len();
+        for ev in evs {
+            self.writer.accept(ev, &self.redactor, out);
+        }
+        self.writer.merge_downgraded(&downgraded);
+        self.writer.end_drain();
+        n
+    }
+
+    /// Wait until the reader has finished a full pass begun after now: every event the
+    /// kernel committed before this call is then in the inbox.
+    fn sync(&self) {
+        let mut passes = lock(&self.shared.passes);
+        let target = *passes + 2;
+        while *passes < target && !self.shared.stop.load(Ordering::Acquire) {
+            passes = self
+                .shared
+                .passed
+                .wait_timeout(passes, Duration::from_secs(1))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    fn unregister(&mut self) {
+        if !std::mem::take(&mut self.registered) {
+            return;
+        }
+        let _ = lock(&self.shared.sensor).unwatch(self.cgroup_id);
+        lock(&self.shared.routes).remove(&self.cgroup_id);
+        if self.full {
+            let mut n = lock(&self.shared.syscall_runs);
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                lock(&self.shared.sensor).set_syscalls(false);
+            }
+        }
+    }
+}
+
+impl Drop for SharedSource {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+impl EventSource for SharedSource {
+    async fn readable(&self) {
+        if !lock(&self.inbox.lanes).is_empty() {
+            return;
+        }
+        self.inbox.ready.notified().await;
+    }
+
+    fn active(&self) -> bool {
+        true
+    }
+
+    fn drain(&mut self, _redactor: &Redactor, out: &mut Vec<Observed>) {
+        self.take(out, DRAIN_MAX);
+    }
+
+    fn finish(&mut self, _redactor: &Redactor, out: &mut Vec<Observed>) -> KernelReport {
+        self.sync();
+        while self.take(out, usize::MAX) > 0 {}
+        let control_lost = lock(&self.inbox.lanes).control_lost;
+        self.unregister();
+        // The kernel counts ring losses per kind for the whole sensor: what was lost while this
+        // run lived is charged to it (it may have been another run's; never claimed observed).
+        let lost_now = lock(&self.shared.sensor).lost().unwrap_or_default();
+        let ring_lost_by_kind: BTreeMap<String, u64> = lost_now
+            .iter()
+            .filter_map(|(k, n)| {
+                let d = n.saturating_sub(self.lost_at_start.get(k).copied().unwrap_or(0));
+                (d > 0).then(|| (k.to_string(), d))
+            })
+            .collect();
+        let decode_errors = self
+            .shared
+            .stats
+            .decode_errors
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.decode_errors_at_start);
+        let mut errors = BTreeMap::new();
+        if decode_errors > 0 {
+            errors.insert("any".to_string(), decode_errors);
+        }
+        let mut notes = vec![
+            "kernel layer: the daemon's shared sensor (loaded once), routed to this run by cgroup id".to_string(),
+        ];
+        if !ring_lost_by_kind.is_empty() {
+            notes.push(
+                "kernel layer: ring-buffer losses are counted for the whole sensor; those during this run are charged to it (they may have been another run's)".into(),
+            );
+        }
+        if control_lost > 0 {
+            notes.push(format!(
+                "kernel layer: {control_lost} control events lost at this run's bounded queue (its dispatcher fell behind)"
+            ));
+        }
+        let mut r = report(
+            &self.probes,
+            notes,
+            ring_lost_by_kind,
+            Some((&mut self.writer, errors)),
+        );
+        r.queue_lost = control_lost;
+        if control_lost > 0 {
+            r.kernel_layer = crate::evidence::health::KernelClaim::Partial;
+        }
+        r
+    }
+
+    fn boot_to_wall_ns(&self) -> i128 {
+        self.shared.boot_to_wall_ns
+    }
+}

@@ -1,0 +1,276 @@
+//! The kernel layer of one run as written: each decoded event redacted and stamped once (seq,
+//! wall time from the sensor's one boot→wall offset), identical data events coalesced, every
+//! line admitted against the bundle's disk budget and the evidence bound, batched to the
+//! `layers/kernel.ndjson` writer thread. Fed by the per-run ring reader (standalone) and by the
+//! daemon's demultiplexed stream alike.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::coalesce::{self, Coalescer, Run};
+use super::event::{KernelEvent, Observed};
+use super::record::{record, target};
+use crate::clock;
+use crate::evidence::downgrade::Downgraded;
+use crate::evidence::ndjson::{Lane, NdjsonWriter};
+use crate::evidence::redact::Redactor;
+use crate::evidence::space::{Admit, Space};
+
+/// Batches the kernel layer's writer may have queued: with BATCH_EVENTS lines each, at most
+/// ~5 MiB of JSON waits for the disk. Past that the reader waits, the ring buffer fills, and the
+/// kernel counts what it cannot reserve — memory stays bounded in an event storm.
+const QUEUE_BATCHES: usize = 8;
+
+/// Lines per batch handed to the writer: bounds the reader's memory in an event storm.
+pub const BATCH_EVENTS: usize = 1024;
+
+pub struct LayerWriter {
+    out: NdjsonWriter,
+    seq: u64,
+    /// Wall clock minus boot clock, to turn bpf_ktime_get_boot_ns() into Unix time: taken once
+    /// per sensor, so an event has one `ts` in every file that names it.
+    boot_to_wall_ns: i128,
+    /// The bundle's disk budget.
+    space: Arc<Space>,
+    /// Data events (opens, network, write progress) decoded, handed to the consumers, but not
+    /// written to the layer because the disk ran short.
+    dropped_for_space: u64,
+    /// Data events past `--evidence-max-bytes`, as counts.
+    downgraded: Downgraded,
+    /// Repeated identical data events waiting to be written as one line.
+    coalescer: Coalescer,
+    batch: Batch,
+}
+
+impl LayerWriter {
+    /// `space` is the bundle's disk budget: the kernel layer is data, it yields to control
+    /// evidence when the disk runs short (what it could not write is counted).
+    pub fn new(layer: &Path, space: Arc<Space>, boot_to_wall_ns: i128) -> std::io::Result<Self> {
+        Ok(LayerWriter {
+            out: NdjsonWriter::spawn(layer, QUEUE_BATCHES)?,
+            seq: 0,
+            boot_to_wall_ns,
+            space,
+            dropped_for_space: 0,
+            downgraded: Downgraded::default(),
+            coalescer: Coalescer::default(),
+            batch: Batch::default(),
+        })
+    }
+
+    /// One decoded event: redacted and stamped once — the layer file and every consumer of
+    /// `seen` get the same event with the same `ts`. Every event takes a seq, written,
+    /// coalesced or not.
+    pub fn accept(&mut self, mut ev: KernelEvent, redactor: &Redactor, seen: &mut Vec<Observed>) {
+        ev.redact(redactor);
+        let ts_ns = clock::boot_to_wall(ev.header().boot_ns, self.boot_to_wall_ns);
+        let obs = Observed {
+            seq: self.seq,
+            ts_ns,
+            event: ev,
+        };
+        self.seq += 1;
+        if coalesce::coalescable(&obs.event) {
+            if let Some(run) = self.coalescer.offer(&obs) {
+                self.write(&run.first, Some(&run));
+            }
+        } else {
+            // Lines stay in seq order: what was pending goes first.
+            if let Some(run) = self.coalescer.flush() {
+                self.write(&run.first, Some(&run));
+            }
+            self.write(&obs, None);
+        }
+        seen.push(obs);
+        if self.batch.lines >= BATCH_EVENTS {
+            let full = std::mem::take(&mut self.batch);
+            self.out.send(full.bytes, Lane::Control, full.urgent);
+        }
+    }
+
+    /// The end of a drain: a coalesced run is not carried across drains (its line is on disk
+    /// within one drain), and the batch goes to the writer.
+    pub fn end_drain(&mut self) {
+        if let Some(run) = self.coalescer.flush() {
+            self.write(&run.first, Some(&run));
+        }
+        // Kernel evidence is control evidence: it waits for room in the writer's queue, never
+        // dropped there. A reader that falls behind shows up as ring-buffer losses, counted in
+        // the kernel per kind.
+        if !self.batch.bytes.is_empty() {
+            let b = std::mem::take(&mut self.batch);
+            self.out.send(b.bytes, Lane::Control, b.urgent);
+        }
+    }
+
+    /// One line into the batch: an event, or a coalesced `run` of it. Process lifecycle,
+    /// signals, OOM kills and failed execs are control evidence, always written (the disk
+    /// headroom is theirs); data lines are downgraded past the evidence budget or dropped when
+    /// the disk is short, and counted. Consumers saw every event either way.
+    fn write(&mut self, obs: &Observed, run: Option<&Run>) {
+        let ev = &obs.event;
+        let count = run.map_or(1, |r| r.count);
+        let control = !matches!(
+            ev,
+            KernelEvent::Open { .. } | KernelEvent::Net { .. } | KernelEvent::Write { .. }
+        );
+        let mut rec = record(obs.seq, obs.ts_ns, ev);
+        if let Some(r) = run.filter(|r| r.count > 1) {
+            rec.count = Some(r.count);
+            rec.last_seq = Some(r.last_seq);
+            rec.last_ts = Some(clock::rfc3339(r.last_ts_ns));
+            rec.last_ts_ns = Some(r.last_ts_ns);
+        }
+        let mark = self.batch.bytes.len();
+        if serde_json::to_writer(&mut self.batch.bytes, &rec).is_err() {
+            self.batch.bytes.truncate(mark);
+            return;
+        }
+        match self
+            .space
+            .admit((self.batch.bytes.len() - mark) as u64 + 1, control)
+        {
+            Admit::Write => {
+                self.batch.bytes.push(b'\n');
+                self.batch.lines += 1;
+                // Signals and OOM kills are fsync'd at once; the rest (exits included: a
+                // spawn-heavy run has one per 10 ms drain) ride with the writer's batches, on
+                // disk within 200 ms.
+                self.batch.urgent |= matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
+            }
+            Admit::OverBudget => {
+                self.batch.bytes.truncate(mark);
+                self.downgraded.count_n(ev.kind(), &target(ev), count);
+            }
+            Admit::DiskShort => {
+                self.batch.bytes.truncate(mark);
+                self.dropped_for_space += count;
+            }
+        }
+    }
+
+    /// The boot→wall offset every timestamp of this sensor is converted with.
+    pub fn boot_to_wall_ns(&self) -> i128 {
+        self.boot_to_wall_ns
+    }
+
+    /// Kernel events written to the layer.
+    pub fn written(&self) -> u64 {
+        self.seq - self.dropped_for_space - self.downgraded.total()
+    }
+
+    /// Data events past the evidence budget.
+    pub fn downgraded(&self) -> &Downgraded {
+        &self.downgraded
+    }
+
+    /// Count data events the daemon's pressure lanes downgraded before they reached this run.
+    pub fn merge_downgraded(&mut self, d: &Downgraded) {
+        self.downgraded.merge(d);
+    }
+
+    /// Data events decoded but not written for lack of disk room.
+    pub fn dropped_for_space(&self) -> u64 {
+        self.dropped_for_space
+    }
+
+    /// Flush and fsync the layer; returns its first write error.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.end_drain();
+        self.out.finish()
+    }
+}
+
+/// Serialized lines on their way to the writer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: usize,
+    urgent: bool,
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::record::record;
+    use crate::kernel::event::{Endpoint, Header, NetOp};
+
+    fn hdr() -> Header {
+        Header {
+            version: 1,
+            boot_ns: 1_000,
+            cgroup_id: 7,
+            pid: 10,
+            tid: 10,
+            ppid: 1,
+            comm: "cat".into(),
+        }
+    }
+
+    fn json_of(ev: &KernelEvent) -> serde_json::Value {
+        // As the reader does: redact once, then serialize the redacted event.
+        let r = Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]);
+        let mut ev = ev.clone();
+        ev.redact(&r);
+        serde_json::to_value(record(3, 0, &ev)).expect("serialize")
+    }
+
+    #[test]
+    fn open_records_decode_flags_errno_and_mask_secrets() {
+        let ev = KernelEvent::Open {
+            hdr: hdr(),
+            result: -2,
+            dirfd: -100,
+            flags: 0o1101, // O_WRONLY | O_CREAT | O_TRUNC
+            mode: 0o644,
+            path: "out/hunter22.txt".into(),
+            path_truncated: false,
+            resolved_path: Some("/w/out/hunter22.txt".into()),
+        };
+        let v = json_of(&ev);
+        assert_eq!(v["kind"], "file.open");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["access"], "write");
+        assert_eq!(
+            (v["create"].clone(), v["truncate"].clone()),
+            (true.into(), true.into())
+        );
+        assert_eq!(v["errno"], "ENOENT");
+        assert!(!v.to_string().contains("hunter22"), "{v}");
+    }
+
+    #[test]
+    fn network_records_carry_the_op_as_kind() {
+        let ev = KernelEvent::Net {
+            hdr: hdr(),
+            op: NetOp::Connect,
+            result: -111,
+            fd: 3,
+            endpoint: Some(Endpoint {
+                family: "inet".into(),
+                address: Some("127.0.0.1".into()),
+                port: Some(9),
+            }),
+            endpoint_source: "argument",
+        };
+        let v = json_of(&ev);
+        assert_eq!(v["kind"], "network.connect");
+        assert_eq!(v["errno"], "ECONNREFUSED");
+        assert_eq!(
+            (v["address"].clone(), v["port"].clone()),
+            ("127.0.0.1".into(), 9.into())
+        );
+        let ok = KernelEvent::Net {
+            hdr: hdr(),
+            op: NetOp::Send,
+            result: 5,
+            fd: 3,
+            endpoint: None,
+            endpoint_source: "none",
+        };
+        let v = json_of(&ok);
+        assert_eq!(v["kind"], "network.send");
+        assert!(v["errno"].is_null() && v["family"].is_null());
+    }
+}
