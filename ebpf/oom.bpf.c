@@ -10,7 +10,7 @@ int BPF_PROG(vigil_oom, struct task_struct *task, uid_t uid)
 	__u64 cg = task_cgroup_id(task);
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_oom *e = reserve(sizeof(*e), VIGIL_OOM);
+	struct vigil_oom *e = reserve(sizeof(*e), VIGIL_OOM, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_OOM, cg, task);

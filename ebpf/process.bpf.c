@@ -15,7 +15,7 @@ int BPF_PROG(vigil_fork, struct task_struct *parent, struct task_struct *child)
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_fork *e = reserve(sizeof(*e), VIGIL_FORK);
+	struct vigil_fork *e = reserve(sizeof(*e), VIGIL_FORK, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_FORK, cg, parent);
@@ -33,7 +33,7 @@ int BPF_PROG(vigil_exec, struct task_struct *p, pid_t old_pid, struct linux_binp
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_exec *e = reserve(sizeof(*e), VIGIL_EXEC);
+	struct vigil_exec *e = reserve(sizeof(*e), VIGIL_EXEC, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_EXEC, cg, p);
@@ -63,7 +63,7 @@ int BPF_PROG(vigil_exit, struct task_struct *p)
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_exit *e = reserve(sizeof(*e), VIGIL_EXIT);
+	struct vigil_exit *e = reserve(sizeof(*e), VIGIL_EXIT, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_EXIT, cg, p);
@@ -85,7 +85,7 @@ int BPF_PROG(vigil_signal, int sig, struct kernel_siginfo *info, struct task_str
 	__u64 cg = task_cgroup_id(task);
 	if (!is_watched(cg))
 		return 0;
-	struct vigil_signal *e = reserve(sizeof(*e), VIGIL_SIGNAL);
+	struct vigil_signal *e = reserve(sizeof(*e), VIGIL_SIGNAL, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_SIGNAL, cg, (struct task_struct *)bpf_get_current_task());
@@ -141,7 +141,7 @@ int BPF_PROG(vigil_write, struct folio *folio, struct address_space *mapping)
 	__sync_fetch_and_add(&acc->pages, 1);
 	if (now - acc->last_report_ns < VIGIL_WRITE_REPORT_NS)
 		return 0;
-	struct vigil_write *e = reserve(sizeof(*e), VIGIL_WRITE);
+	struct vigil_write *e = reserve(sizeof(*e), VIGIL_WRITE, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_WRITE, cg, (struct task_struct *)bpf_get_current_task());

@@ -151,7 +151,7 @@ static __always_inline struct file *fd_file(long fd)
 static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __u64 cg)
 {
 	__u32 kind = (nr == NR_EXECVE || nr == NR_EXECVEAT) ? VIGIL_EXEC_FAILED : VIGIL_OPEN;
-	struct vigil_open *e = reserve(sizeof(*e), kind);
+	struct vigil_open *e = reserve(sizeof(*e), kind, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, kind, cg, (struct task_struct *)bpf_get_current_task());
@@ -273,7 +273,7 @@ static __always_inline int emit_net(long nr, struct pt_regs *regs, long ret, __u
 	/* A non-blocking accept with nothing pending is a poll, not an event. */
 	if ((nr == NR_ACCEPT || nr == NR_ACCEPT4) && ret == -EAGAIN)
 		return 0;
-	struct vigil_net *e = reserve(sizeof(*e), VIGIL_NET);
+	struct vigil_net *e = reserve(sizeof(*e), VIGIL_NET, cg);
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_NET, cg, (struct task_struct *)bpf_get_current_task());

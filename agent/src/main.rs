@@ -140,6 +140,7 @@ fn dispatch(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Daemon(args) => daemon(args),
         Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {
             Ok(()) => 0,
             Err(e) => {
@@ -157,7 +158,37 @@ fn report_problems(bundle: &std::path::Path, problems: &[reader::BundleProblem])
     ExitCode::INVALID_BUNDLE
 }
 
+fn daemon(args: vigil::cli::DaemonArgs) -> i32 {
+    // journald-friendly: plain lines on stderr, no colour, no timestamps of our own.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .init();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_runs = args.max_runs.unwrap_or(cpus);
+    let config = vigil::daemon::Config {
+        socket: args.socket,
+        socket_group: args.socket_group,
+        max_runs,
+        queue: args.queue,
+        per_uid: args.max_runs_per_uid.unwrap_or(usize::MAX),
+        metrics: args.metrics,
+        cgroup_parent: args.cgroup_parent,
+    };
+    match vigil::daemon::server::run(config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vigil daemon: {e}");
+            ExitCode::HOST_UNSUPPORTED
+        }
+    }
+}
+
 fn run(args: vigil::cli::RunArgs) -> i32 {
+    if let Some(socket) = vigil::daemon::client::route(&args) {
+        return vigil::daemon::client::run(&socket, args);
+    }
     // A plan is read and checked before anything starts, like every flag.
     let plan = match &args.plan {
         None => None,

@@ -60,19 +60,46 @@ static __always_inline int is_watched(__u64 cg)
 	return bpf_map_lookup_elem(&watched, &cg) != 0;
 }
 
-static __always_inline void count_lost(__u32 kind)
+/* Ring buffer reservations that failed, by run (the root of the watched subtree, as `watched`
+ * names it) and kind: key = root << 5 | kind. A daemon serving many runs from one ring charges
+ * each loss to the run whose event it was, not to every run alive at the time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} lost_by_run SEC(".maps");
+
+static __always_inline void count_lost(__u32 kind, __u64 cg)
 {
 	__u64 *n = bpf_map_lookup_elem(&lost, &kind);
 	if (n)
 		*n += 1;
+	__u64 *root = bpf_map_lookup_elem(&watched, &cg);
+	if (!root)
+		return;
+	__u64 key = (*root << 5) | (kind & 31);
+	__u64 *c = bpf_map_lookup_elem(&lost_by_run, &key);
+	if (c) {
+		__sync_fetch_and_add(c, 1);
+	} else {
+		__u64 one = 1;
+		if (bpf_map_update_elem(&lost_by_run, &key, &one, BPF_NOEXIST)) {
+			/* Another CPU created it first: add to that one. */
+			c = bpf_map_lookup_elem(&lost_by_run, &key);
+			if (c)
+				__sync_fetch_and_add(c, 1);
+		}
+	}
 }
 
-/* Reserve an event of `size` bytes, counting the loss of a `kind` event if the ring is full. */
-static __always_inline void *reserve(__u64 size, __u32 kind)
+/* Reserve an event of `size` bytes, counting the loss of a `kind` event of cgroup `cg` if the
+ * ring is full. */
+static __always_inline void *reserve(__u64 size, __u32 kind, __u64 cg)
 {
 	void *e = bpf_ringbuf_reserve(&events, size, 0);
 	if (!e)
-		count_lost(kind);
+		count_lost(kind, cg);
 	return e;
 }
 

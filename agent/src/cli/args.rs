@@ -55,12 +55,62 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Long-lived privileged sidecar: the sensor stays loaded, runs are requested over a local
+    /// socket (`vigil run --daemon PATH`, or the default socket when it answers).
+    Daemon(DaemonArgs),
     /// Internal: kills and removes a run's cgroup when the vigil that spawned it dies.
     #[command(name = "__cgroup-guard", hide = true)]
     CgroupGuard {
         #[arg(long)]
         cgroup: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The socket clients connect to.
+    #[arg(
+        long,
+        env = "VIGIL_DAEMON_SOCKET",
+        default_value = "/run/vigil/vigil.sock",
+        value_name = "PATH"
+    )]
+    pub socket: PathBuf,
+
+    /// Group whose members may request runs (socket mode 0660); without such a group the
+    /// socket is root's only (0600).
+    #[arg(long, default_value = "vigil", value_name = "GROUP")]
+    pub socket_group: String,
+
+    /// Runs at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_runs: Option<usize>,
+
+    /// Requests that may wait for a run slot; past it a request is rejected (`queue_full`).
+    #[arg(long, default_value = "32", value_name = "N", value_parser = parse_queue)]
+    pub queue: usize,
+
+    /// Runs one uid may have active or queued at once (`uid_limit` past it; default: no limit
+    /// beyond --max-runs plus --queue).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_runs_per_uid: Option<usize>,
+
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// cgroup v2 parent for run cgroups, relative to the cgroup2 mount or absolute under it.
+    #[arg(long, default_value = "vigil", value_name = "PATH")]
+    pub cgroup_parent: PathBuf,
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    parse_whole(s, "runs").map(|n| n as usize)
+}
+
+fn parse_queue(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .map_err(|_| "expected a whole number of requests ≥ 0".to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,7 +151,7 @@ pub struct ReindexArgs {
     pub mode: ReindexMode,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
 pub struct RunArgs {
     /// Directory that receives one bundle per run.
     #[arg(
@@ -197,19 +247,64 @@ pub struct RunArgs {
     #[command(flatten)]
     pub gate: GateArgs,
 
+    /// Ask this daemon to run the command (default: the daemon at /run/vigil/vigil.sock when it
+    /// answers, else standalone).
+    #[arg(
+        long,
+        env = "VIGIL_DAEMON_SOCKET",
+        value_name = "PATH",
+        conflicts_with = "no_daemon"
+    )]
+    #[serde(skip)]
+    pub daemon: Option<PathBuf>,
+
+    /// Run standalone even when a daemon answers.
+    #[arg(long)]
+    #[serde(skip)]
+    pub no_daemon: bool,
+
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
+    #[serde(with = "utf8_args")]
     pub command: Vec<OsString>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// The daemon protocol carries text: a command line that is not UTF-8 runs standalone.
+mod utf8_args {
+    use std::ffi::OsString;
+
+    use serde::{Deserialize, Deserializer, Serializer, ser::Error};
+
+    pub fn serialize<S: Serializer>(args: &[OsString], s: S) -> Result<S::Ok, S::Error> {
+        let text: Result<Vec<&str>, _> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.to_str()
+                    .ok_or_else(|| S::Error::custom(format!("argument {i} is not UTF-8")))
+            })
+            .collect();
+        s.collect_seq(text?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OsString>, D::Error> {
+        Ok(Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(OsString::from)
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TriageMode {
     Broad,
     Targeted,
     Both,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AgentShim {
     None,
     OpenaiAgents,
@@ -226,19 +321,33 @@ impl AgentShim {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LaneArg {
     Baseline,
     Scenario,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PolicyMode {
     Audit,
     Enforce,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum ProfileLevel {
     Off,
     Basic,
@@ -246,28 +355,31 @@ pub enum ProfileLevel {
     Debug,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ProfileOnFail {
     Off,
     Basic,
     Detailed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KernelLayerMode {
     Auto,
     Process,
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LivenessLevel {
     Off,
     Basic,
     Strict,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
 pub struct ProfileArgs {
     /// Profile detail: spans and copies of the trace outside the bundle.
     #[arg(
@@ -316,7 +428,7 @@ pub struct ProfileArgs {
     pub profile_on_fail: ProfileOnFail,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
 pub struct LivenessArgs {
     /// off: no stall kills; basic: kill after stall-ms of silence; strict: also min events, io drain.
     #[arg(
@@ -348,7 +460,7 @@ pub struct LivenessArgs {
     pub liveness_kill_grace_ms: u64,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
 pub struct GateArgs {
     /// Stop a gate at its first failing step (default).
     #[arg(long, env = "SPEC_RUNNER_FAIL_FAST", default_value = "true", num_args = 0..=1,

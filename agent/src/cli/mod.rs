@@ -5,9 +5,9 @@ mod exit;
 mod usage;
 
 pub use args::{
-    AgentShim, Cli, Command, GateArgs, KernelLayerMode, LaneArg, LivenessArgs, LivenessLevel,
-    PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs,
-    TriageMode,
+    AgentShim, Cli, Command, DaemonArgs, GateArgs, KernelLayerMode, LaneArg, LivenessArgs,
+    LivenessLevel, PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail,
+    ReindexArgs, RunArgs, TriageMode,
 };
 pub use exit::ExitCode;
 pub use usage::one_line_usage_error;

@@ -51,6 +51,32 @@ pub enum RegistryError {
     Unreadable { file: String, error: String },
 }
 
+/// The `*.yaml`/`*.yml` files of a contracts directory as (name, text), in name order; no
+/// directory means no contracts.
+pub fn read_dir_texts(dir: &Path) -> Result<Vec<(String, String)>, RegistryError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let name = file.display().to_string();
+            std::fs::read_to_string(&file)
+                .map(|text| (name.clone(), text))
+                .map_err(|e| RegistryError::Unreadable {
+                    file: name,
+                    error: e.to_string(),
+                })
+        })
+        .collect()
+}
+
 #[derive(Deserialize)]
 struct RawFile {
     contracts: Vec<Spanned<RawContract>>,
@@ -73,23 +99,14 @@ pub const SPANS: [&str; 8] = span::ALL;
 impl Registry {
     /// Load every `*.yaml` in `dir`, in name order.
     pub fn load_dir(dir: &Path) -> Result<Registry, RegistryError> {
+        Registry::from_texts(&read_dir_texts(dir)?)
+    }
+
+    /// The contracts of (file name, text) pairs, in order.
+    pub fn from_texts(texts: &[(String, String)]) -> Result<Registry, RegistryError> {
         let mut registry = Registry::default();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Ok(registry); // no directory: no contracts
-        };
-        let mut files: Vec<_> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        files.sort();
-        for file in files {
-            let name = file.display().to_string();
-            let text = std::fs::read_to_string(&file).map_err(|e| RegistryError::Unreadable {
-                file: name.clone(),
-                error: e.to_string(),
-            })?;
-            registry.add_text(&name, &text)?;
+        for (name, text) in texts {
+            registry.add_text(name, text)?;
         }
         Ok(registry)
     }

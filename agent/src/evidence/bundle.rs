@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::beneath::BundleDir;
 use super::space::Space;
-use std::os::fd::AsRawFd;
 use super::{files, schema};
 use crate::clock;
+use std::os::fd::AsRawFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -161,7 +161,7 @@ impl Bundle {
     }
 
     /// The bundle's path as people know it.
-    pub fn dir(&self) -> &Path {
+    pub fn shown(&self) -> &Path {
         &self.shown
     }
 

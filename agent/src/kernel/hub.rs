@@ -104,6 +104,18 @@ impl Hub {
         &self.shared.stats
     }
 
+    /// Events the kernel could not reserve ring-buffer space for, since the sensor loaded.
+    pub fn ring_lost(&self) -> u64 {
+        lock(&self.shared.sensor)
+            .lost()
+            .map_or(0, |by_kind| by_kind.values().sum())
+    }
+
+    /// Runs routed now.
+    pub fn runs(&self) -> usize {
+        lock(&self.shared.routes).len()
+    }
+
     /// The sensor's probes now.
     pub fn probes(&self) -> BTreeMap<String, ProbeStatus> {
         lock(&self.shared.sensor).probes().clone()
@@ -139,14 +151,16 @@ impl Hub {
                 redactor: redactor.clone(),
             },
         );
-        let (lost_at_start, probes) = {
+        let probes = {
             let mut sensor = lock(&self.shared.sensor);
+            // Counters a run with a reused inode number might have left.
+            let _ = sensor.lost_of_run(cgroup_id, true);
             if let Err(e) = sensor.watch(cgroup_id) {
                 drop(sensor);
                 lock(&self.shared.routes).remove(&cgroup_id);
                 return Err(e);
             }
-            (sensor.lost().unwrap_or_default(), sensor.probes().clone())
+            sensor.probes().clone()
         };
         let mut probes = probe_health(&probes);
         if !full {
@@ -167,7 +181,6 @@ impl Hub {
             writer,
             redactor,
             full,
-            lost_at_start,
             decode_errors_at_start: self.shared.stats.decode_errors.load(Ordering::Relaxed),
             probes,
             registered: true,
@@ -288,7 +301,6 @@ pub struct SharedSource {
     writer: LayerWriter,
     redactor: Arc<Redactor>,
     full: bool,
-    lost_at_start: BTreeMap<&'static str, u64>,
     decode_errors_at_start: u64,
     probes: BTreeMap<String, ProbeHealth>,
     registered: bool,
@@ -369,17 +381,16 @@ impl EventSource for SharedSource {
         self.sync();
         while self.take(out, usize::MAX) > 0 {}
         let control_lost = lock(&self.inbox.lanes).control_lost;
-        self.unregister();
-        // The kernel counts ring losses per kind for the whole sensor: what was lost while this
-        // run lived is charged to it (it may have been another run's; never claimed observed).
-        let lost_now = lock(&self.shared.sensor).lost().unwrap_or_default();
-        let ring_lost_by_kind: BTreeMap<String, u64> = lost_now
-            .iter()
-            .filter_map(|(k, n)| {
-                let d = n.saturating_sub(self.lost_at_start.get(k).copied().unwrap_or(0));
-                (d > 0).then(|| (k.to_string(), d))
-            })
+        // The kernel counts ring losses per run (by the root of its watched subtree): this
+        // run's are its own, whatever its neighbours did.
+        let ring_lost_by_kind: BTreeMap<String, u64> = lock(&self.shared.sensor)
+            .lost_of_run(self.cgroup_id, true)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.to_string(), n))
             .collect();
+        self.unregister();
         let decode_errors = self
             .shared
             .stats
@@ -393,11 +404,6 @@ impl EventSource for SharedSource {
         let mut notes = vec![
             "kernel layer: the daemon's shared sensor (loaded once), routed to this run by cgroup id".to_string(),
         ];
-        if !ring_lost_by_kind.is_empty() {
-            notes.push(
-                "kernel layer: ring-buffer losses are counted for the whole sensor; those during this run are charged to it (they may have been another run's)".into(),
-            );
-        }
         if control_lost > 0 {
             notes.push(format!(
                 "kernel layer: {control_lost} control events lost at this run's bounded queue (its dispatcher fell behind)"

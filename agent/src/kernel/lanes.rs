@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(lanes.offer(open(0), |_| "/f".into()), Offer::Queued);
         out.clear();
         lanes.take(usize::MAX, &mut out);
-        assert!(matches!(out[0], KernelEvent::Exit { .. }), "kernel order kept");
+        assert!(
+            matches!(out[0], KernelEvent::Exit { .. }),
+            "kernel order kept"
+        );
         assert!(lanes.is_empty());
     }
 

@@ -136,7 +136,8 @@ impl LayerWriter {
                 // Signals and OOM kills are fsync'd at once; the rest (exits included: a
                 // spawn-heavy run has one per 10 ms drain) ride with the writer's batches, on
                 // disk within 200 ms.
-                self.batch.urgent |= matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
+                self.batch.urgent |=
+                    matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
             }
             Admit::OverBudget => {
                 self.batch.bytes.truncate(mark);
@@ -189,12 +190,11 @@ struct Batch {
     urgent: bool,
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::record::record;
     use crate::kernel::event::{Endpoint, Header, NetOp};
+    use crate::kernel::record::record;
 
     fn hdr() -> Header {
         Header {

@@ -129,9 +129,7 @@ impl KernelSensor {
                     Err(e) => ProbeStatus::Failed(e.to_string()),
                     Ok(prog) => match prog.load() {
                         Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
-                        Ok(()) if name == SYSCALL_PROGRAM => {
-                            syscalls_off("--kernel-layer process")
-                        }
+                        Ok(()) if name == SYSCALL_PROGRAM => syscalls_off("--kernel-layer process"),
                         Ok(()) => match prog.attach(tracepoint) {
                             Ok(_) => ProbeStatus::Attached,
                             Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
@@ -253,6 +251,32 @@ impl KernelSensor {
             let n: u64 = per_cpu.iter().sum();
             if n > 0 {
                 *by_kind.entry(kind_name(kind)).or_insert(0) += n;
+            }
+        }
+        Ok(by_kind)
+    }
+
+    /// Ring-buffer losses of the run whose cgroup is `root`, by kind; with `forget`, its
+    /// counters are removed (the run is over).
+    pub fn lost_of_run(
+        &mut self,
+        root: u64,
+        forget: bool,
+    ) -> Result<BTreeMap<&'static str, u64>, SensorError> {
+        let map = self
+            .ebpf
+            .map_mut("lost_by_run")
+            .ok_or_else(|| map_err("lost_by_run")("missing".into()))?;
+        let mut by_run: HashMap<_, u64, u64> =
+            HashMap::try_from(map).map_err(|e| map_err("lost_by_run")(e.to_string()))?;
+        let mut by_kind = BTreeMap::new();
+        for kind in 0..KIND_MAX {
+            let key = (root << 5) | u64::from(kind);
+            if let Ok(n) = by_run.get(&key, 0) {
+                *by_kind.entry(kind_name(kind)).or_insert(0) += n;
+                if forget {
+                    let _ = by_run.remove(&key);
+                }
             }
         }
         Ok(by_kind)

@@ -30,7 +30,7 @@ impl Op {
 }
 
 /// Values of the path variables for one run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Vars {
     pub workspace: String,
     pub home: String,

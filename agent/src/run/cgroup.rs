@@ -113,6 +113,8 @@ pub struct RunCgroup {
     owner_dir: PathBuf,
     path: PathBuf,
     id: u64,
+    /// The owner directory holds other runs too (a daemon's): only this run's cgroup is removed.
+    shared_owner: bool,
 }
 
 /// One observation of `cgroup.events`.
@@ -135,7 +137,15 @@ impl RunCgroup {
             owner_dir,
             path,
             id,
+            shared_owner: false,
         })
+    }
+
+    /// Create a run cgroup in an owner directory shared with other runs of this process.
+    pub fn create_shared(parent: &Path, run_id: &str) -> Result<Self, CgroupError> {
+        let mut cg = RunCgroup::create(parent, run_id)?;
+        cg.shared_owner = true;
+        Ok(cg)
     }
 
     pub fn path(&self) -> &Path {
@@ -178,9 +188,12 @@ impl RunCgroup {
         kill_subtree(&self.path)
     }
 
-    /// Remove the run cgroup and its owner directory. The cgroup must be empty.
+    /// Remove the run cgroup and (unless shared) its owner directory. The cgroup must be empty.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        remove_tree(&self.owner_dir)
+        match self.shared_owner {
+            true => remove_tree(&self.path),
+            false => remove_tree(&self.owner_dir),
+        }
     }
 
     /// A watcher on this cgroup's `cgroup.events`.

@@ -56,7 +56,9 @@ impl Supervisor<'_> {
         if let Err(e) = self.cg.remove() {
             self.notes.push(format!("run cgroup not removed: {e}"));
         }
-        guard.map(Guard::release);
+        if let Some(g) = guard {
+            g.release();
+        }
         teardown.close_now("passed", json!({"phase": "teardown"}));
         total.close_now(outcome.status(), step_attrs);
 
@@ -264,7 +266,10 @@ impl Supervisor<'_> {
         if let (RunHost::Daemon(c), Ok(())) = (self.host, &commit)
             && let Err(e) = self.rec.bundle.give_to(c.owner.0, c.owner.1)
         {
-            commit = Err(format!("committed, but not given to uid {}: {e}", c.owner.0));
+            commit = Err(format!(
+                "committed, but not given to uid {}: {e}",
+                c.owner.0
+            ));
         }
         if failed {
             self.host.say(&format!(
@@ -276,12 +281,12 @@ impl Supervisor<'_> {
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default(),
                 outcome.exit_code(),
-                self.rec.bundle.dir().display()
+                self.rec.bundle.shown().display()
             ));
         }
         RunResult {
             outcome,
-            bundle_dir: self.rec.bundle.dir().to_path_buf(),
+            bundle_dir: self.rec.bundle.shown().to_path_buf(),
             commit_error: commit.err(),
             main_exit: (code, sig),
             stall_phase,

@@ -47,6 +47,8 @@ pub struct Client {
     pub signals: mpsc::Receiver<i32>,
     /// The daemon's sensor.
     pub hub: Option<Arc<Hub>>,
+    /// Told the main child's pid once it runs.
+    pub started: Option<mpsc::UnboundedSender<i32>>,
 }
 
 pub enum RunHost {
@@ -93,16 +95,22 @@ impl RunHost {
             RunHost::Daemon(c) if fd == 1 => c.stdout.as_fd(),
             RunHost::Daemon(c) => c.stderr.as_fd(),
         };
-        borrowed
-            .try_clone_to_owned()
-            .ok()
-            .map(std::fs::File::from)
+        borrowed.try_clone_to_owned().ok().map(std::fs::File::from)
     }
 
     /// Whether the tee must never block on its sink for long: a daemon client that stops
     /// reading must not hold the run open after its outcome.
     pub fn bounded_sink(&self) -> bool {
         matches!(self, RunHost::Daemon(_))
+    }
+
+    /// The main child runs (exec'd) with `pid`.
+    pub fn started(&self, pid: i32) {
+        if let RunHost::Daemon(c) = self
+            && let Some(tx) = &c.started
+        {
+            let _ = tx.send(pid);
+        }
     }
 
     /// Tell the person who asked for the run: vigil's stderr, or the client's.
@@ -146,14 +154,8 @@ impl RunHost {
 
 /// Signals to the run, from the process or from a client.
 pub enum Controls {
-    Process {
-        int: Signal,
-        term: Signal,
-    },
-    Client {
-        rx: mpsc::Receiver<i32>,
-        gone: bool,
-    },
+    Process { int: Signal, term: Signal },
+    Client { rx: mpsc::Receiver<i32>, gone: bool },
 }
 
 impl Controls {

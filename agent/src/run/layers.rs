@@ -49,8 +49,8 @@ impl Supervisor<'_> {
         // who needs the evidence out of the run's reach puts --out elsewhere.
         let vars = &self.spec.vars;
         if spec.landlock.is_some() {
-            let dir = std::fs::canonicalize(bundle.dir())
-                .unwrap_or_else(|_| bundle.dir().to_path_buf())
+            let dir = std::fs::canonicalize(bundle.shown())
+                .unwrap_or_else(|_| bundle.shown().to_path_buf())
                 .display()
                 .to_string();
             if let Some(rule) = spec.policy.write.iter().find(|r| {

@@ -96,7 +96,8 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
         "--plan".into(),
         spec.file.display().to_string(),
     ];
-    let (mut rec, Opened { total, dispatch }) = RunRecorder::create(base, None, started_ns, &argv, &env)?;
+    let (mut rec, Opened { total, dispatch }) =
+        RunRecorder::create(base, None, started_ns, &argv, &env)?;
     let step_names: Vec<&str> = spec.plan.steps.iter().map(|s| s.name.as_str()).collect();
     rec.events.emit(
         EventKind::RunStarted,
@@ -181,7 +182,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
                 .first_failure_step
                 .as_deref()
                 .unwrap_or("-"),
-            rec.bundle.dir().display()
+            rec.bundle.shown().display()
         );
     }
     Ok(PlanResult {
@@ -190,7 +191,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
         } else {
             exit_code
         },
-        bundle_dir: rec.bundle.dir().to_path_buf(),
+        bundle_dir: rec.bundle.shown().to_path_buf(),
         commit_error: commit.err(),
     })
 }

@@ -58,6 +58,20 @@ impl FromStr for RunId {
     }
 }
 
+impl serde::Serialize for RunId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RunId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -86,6 +100,20 @@ impl FromStr for UserSpec {
             None => uid,
         };
         Ok(UserSpec { uid, gid })
+    }
+}
+
+impl serde::Serialize for UserSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}:{}", self.uid, self.gid))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UserSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -182,19 +210,55 @@ pub enum SpecError {
     CgroupParent(PathBuf),
 }
 
-/// Read and check a policy; the mode flag overrides the file's mode.
+/// What a run's flags point at, read by whoever asked for the run — as that user: a daemon
+/// never opens a file a client named.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunInputs {
+    /// The text of `--policy`.
+    pub policy: Option<String>,
+    /// The files of `--contracts` as (name, text).
+    pub contracts: Vec<(String, String)>,
+    /// What `${WORKSPACE}`, `${HOME}` and `${TMPDIR}` mean for the requester.
+    pub vars: Vars,
+}
+
+impl RunInputs {
+    /// Read them as this process, for `args`.
+    pub fn read(args: &RunArgs) -> Result<Self, SpecError> {
+        let policy = match &args.policy {
+            None => None,
+            Some(file) => Some(std::fs::read_to_string(file).map_err(|error| {
+                SpecError::PolicyUnreadable {
+                    file: file.display().to_string(),
+                    error,
+                }
+            })?),
+        };
+        let contracts =
+            crate::contracts::registry::read_dir_texts(&args.contracts).map_err(|error| {
+                SpecError::Contracts {
+                    dir: args.contracts.display().to_string(),
+                    error,
+                }
+            })?;
+        Ok(RunInputs {
+            policy,
+            contracts,
+            vars: Vars::of_this_process(),
+        })
+    }
+}
+
+/// Check a policy's text; the mode flag overrides the file's mode.
 fn load_policy(
     file: &Path,
+    text: &str,
     mode: Option<PolicyMode>,
     lane: Option<LaneArg>,
     vars: &Vars,
 ) -> Result<PolicySpec, SpecError> {
     let name = file.display().to_string();
-    let text = std::fs::read_to_string(file).map_err(|error| SpecError::PolicyUnreadable {
-        file: name.clone(),
-        error,
-    })?;
-    let parsed = parse_policy(&text);
+    let parsed = parse_policy(text);
     let Some(mut policy) = parsed.policy else {
         let first = parsed
             .diagnostics
@@ -263,7 +327,14 @@ fn load_policy(
 }
 
 impl RunSpec {
+    /// The spec of `args`, reading what they point at as this process.
     pub fn from_args(args: RunArgs) -> Result<Self, SpecError> {
+        let inputs = RunInputs::read(&args)?;
+        RunSpec::from_parts(args, inputs)
+    }
+
+    /// The spec of `args` with what they point at already read (by a daemon's client).
+    pub fn from_parts(args: RunArgs, inputs: RunInputs) -> Result<Self, SpecError> {
         let mut command = args.command.into_iter();
         // A plan's steps bring their own commands.
         let program = match command.next() {
@@ -278,13 +349,21 @@ impl RunSpec {
         {
             return Err(SpecError::CgroupParent(args.cgroup_parent));
         }
-        let vars = Vars::of_this_process();
-        let policy = match &args.policy {
-            None => None,
-            Some(file) => Some(load_policy(file, args.policy_mode, args.lane, &vars)?),
+        let vars = inputs.vars;
+        let policy = match (&args.policy, &inputs.policy) {
+            (Some(file), Some(text)) => {
+                Some(load_policy(file, text, args.policy_mode, args.lane, &vars)?)
+            }
+            (Some(file), None) => {
+                return Err(SpecError::PolicyUnreadable {
+                    file: file.display().to_string(),
+                    error: std::io::Error::other("its text was not sent"),
+                });
+            }
+            (None, _) => None,
         };
         let contracts =
-            Registry::load_dir(&args.contracts).map_err(|error| SpecError::Contracts {
+            Registry::from_texts(&inputs.contracts).map_err(|error| SpecError::Contracts {
                 dir: args.contracts.display().to_string(),
                 error,
             })?;

@@ -190,10 +190,16 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
         true => Some(Guard::spawn(&cgroup::owner_dir(&parent)).map_err(SetupError::Guard)?),
         false => None,
     };
-    let cg = match RunCgroup::create(&parent, &run_id) {
+    let created = match host.own_guard() {
+        true => RunCgroup::create(&parent, &run_id),
+        false => RunCgroup::create_shared(&parent, &run_id),
+    };
+    let cg = match created {
         Ok(cg) => cg,
         Err(e) => {
-            guard.map(Guard::release);
+            if let Some(g) = guard {
+                g.release();
+            }
             return Err(e.into());
         }
     };
@@ -365,8 +371,8 @@ impl Supervisor<'_> {
                 self.host.child_io(&self.base_env),
                 &self.child_env,
             )
-                .map(|s| (s, n))
-                .map_err(NotStarted::Spawn)
+            .map(|s| (s, n))
+            .map_err(NotStarted::Spawn)
         });
         let (spawned, _network) = match started {
             Ok(s) => s,
@@ -403,6 +409,7 @@ impl Supervisor<'_> {
                 };
             }
         };
+        self.host.started(spawned.child.pid);
         let spawned_mono = clock::mono_ns();
         let spawned_ns = clock::now_ns();
         exec_span.close("passed", json!({"pid": spawned.child.pid}), spawned_ns);
