@@ -3,6 +3,8 @@
 //!
 //! These tests need root (cgroup v2 writes). They fail — loudly, never skip — when not root.
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

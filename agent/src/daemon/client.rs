@@ -207,6 +207,7 @@ async fn relay(stream: UnixStream, path: &Path) -> i32 {
     let mut dec = Decoder::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut bundle: Option<PathBuf> = None;
+    let mut forwarded: Option<i32> = None;
     loop {
         while let Some(body) = match dec.next_body(MAX_REPLY_FRAME) {
             Ok(b) => b,
@@ -236,6 +237,8 @@ async fn relay(stream: UnixStream, path: &Path) -> i32 {
                 Reply::Rejected { reason: r, message } => {
                     eprintln!("vigil: the daemon did not run the command ({r}): {message}");
                     return match r.as_str() {
+                        // As a run cancelled by that signal exits.
+                        reason::CANCELLED => ExitCode::signal(forwarded.unwrap_or(libc::SIGINT)),
                         reason::BAD_REQUEST
                         | reason::NOT_PERMITTED
                         | reason::UNSUPPORTED_VERSION => ExitCode::USAGE,
@@ -272,6 +275,7 @@ async fn relay(stream: UnixStream, path: &Path) -> i32 {
             _ = term.recv() => libc::SIGTERM,
         };
         // The daemon's run says what it does with it (as standalone vigil would).
+        forwarded = Some(sig);
         let _ = stream
             .write_all(&encode(&Request::Signal { signal: sig }))
             .await;

@@ -119,8 +119,10 @@ pub mod reason {
     pub const UNKNOWN_MESSAGE: &str = "unknown_message";
     pub const BAD_FDS: &str = "bad_fds";
     pub const TIMEOUT: &str = "timeout";
+    /// A deferred request whose client sent a signal (its Ctrl-C) before it started.
+    pub const CANCELLED: &str = "cancelled";
     /// Every token, for metrics labels.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         QUEUE_FULL,
         UID_LIMIT,
         SHUTTING_DOWN,
@@ -132,6 +134,7 @@ pub mod reason {
         UNKNOWN_MESSAGE,
         BAD_FDS,
         TIMEOUT,
+        CANCELLED,
     ];
 }
 

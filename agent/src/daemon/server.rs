@@ -75,7 +75,8 @@ async fn serve(config: Config, hub: Option<Arc<Hub>>) -> Result<(), DaemonError>
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| DaemonError::Metrics { addr, error })?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        let bound = tcp.local_addr().unwrap_or(addr);
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
         tokio::spawn(super::metrics::serve(tcp, d.metrics.clone(), hub));
     }
     let sig_err = |e: std::io::Error| DaemonError::Socket {

@@ -283,11 +283,18 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
                     return conn.reject(&d, reason::SHUTTING_DOWN, "the daemon is stopping; the queued run was not started".into()).await;
                 },
                 // Anything from a waiting client (its Ctrl-C, or its going away) cancels.
-                _ = conn.next_request() => {
+                req = conn.next_request() => {
                     d.waiting().remove(&t);
                     d.metrics.deferred_cancelled.inc();
                     tracing::info!(uid = peer.uid, "deferred request cancelled by its client");
                     d.release(t);
+                    if let Ok(Some(Request::Signal { .. })) = req {
+                        conn.send(&Reply::Rejected {
+                            reason: reason::CANCELLED.into(),
+                            message: "cancelled while waiting for a run slot; nothing ran".into(),
+                        })
+                        .await;
+                    }
                     return;
                 }
             }

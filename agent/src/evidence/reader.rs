@@ -312,8 +312,14 @@ fn repair_interrupted(b: &BundleDir) -> Result<RepairReport, BundleProblem> {
         .to_string();
     b.write_atomic(files::RUN_TRACE, &json_bytes(b, files::RUN_TRACE, &trace)?)?;
     if b.open_file(files::HEALTH).is_err() {
+        // Who ran it, as its run_started event said (a bundle of old carries none).
+        let mode = events
+            .iter()
+            .find(|e| e.kind == "run_started")
+            .and_then(|e| e.data.get("mode")?.as_str().map(String::from))
+            .unwrap_or_else(|| "standalone".into());
         let health = serde_json::json!({
-            "schema": super::schema::OBSERVATION_HEALTH, "run_id": run_id,
+            "schema": super::schema::OBSERVATION_HEALTH, "run_id": run_id, "mode": mode,
             "kernel_layer": "absent", "cgroup_correlation": "absent", "policy_layer": "absent",
             "policy_mechanisms": [], "sdk_layer": "absent", "process_tree_source": "procfs",
             "process_tree_sample_ms": 0,

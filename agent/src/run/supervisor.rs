@@ -216,6 +216,7 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
         case,
     };
     let started = json!({"command": rec.trace.command, "args": rec.trace.args, "cgroup": rec.trace.cgroup, "vigil_pid": std::process::id(),
+               "mode": host.mode().as_str(),
                // What ${WORKSPACE}, ${HOME} and ${TMPDIR} meant for this run (for `vigil policy suggest`).
                "policy_vars": spec.vars});
     rec.events.emit(EventKind::RunStarted, None, started);
