@@ -56,7 +56,7 @@ fn main() {
 const SOAK_MINUTES: f64 = 2.0;
 
 /// Python packages the tests use, pinned where a test depends on a version's internals.
-const TEST_PYTHON: [(&str, &str, &str); 3] = [
+const TEST_PYTHON: [(&str, &str, &str); 4] = [
     (
         "pytest",
         "pytest",
@@ -71,6 +71,23 @@ const TEST_PYTHON: [(&str, &str, &str); 3] = [
         "google.genai",
         "google-genai==3.4.0",
         "the --agent-shim tests run an unmodified google-genai agent (offline, scripted model)",
+    ),
+    (
+        "prometheus_client",
+        "prometheus_client==0.26.0",
+        "the daemon tests parse a real metrics scrape with the official Prometheus client's parser",
+    ),
+];
+
+/// Debian packages the tests use besides the eBPF toolchain.
+const TEST_DEBIAN: [(&str, &str); 2] = [
+    (
+        "systemd",
+        "the daemon tests check contrib/systemd/ with systemd-analyze verify",
+    ),
+    (
+        "util-linux",
+        "the daemon tests run it under the unit's capability bounding set with setpriv",
     ),
 ];
 
@@ -107,6 +124,7 @@ fn test() -> Result<()> {
     setup::check_host("test", true)?;
     // The eBPF toolchain: one test recompiles the committed objects and compares the bytes.
     setup::debian(&ebpf::TOOLCHAIN)?;
+    setup::debian(&TEST_DEBIAN)?;
     setup::python(&TEST_PYTHON)?;
     // The end-to-end tests drive the real binaries; build them first.
     cargo(&["build", "--workspace", "--bins"])?;

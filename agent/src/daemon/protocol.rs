@@ -251,6 +251,73 @@ mod tests {
         }
     }
 
+    /// Every message the code sends has the keys its definition in
+    /// specs/schema/daemon_protocol.v1.json requires, and no other.
+    #[test]
+    fn messages_match_the_protocol_schema() {
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../specs/schema/daemon_protocol.v1.json"
+        ))
+        .expect("schema");
+        let replies = [
+            Reply::Deferred { position: 1 },
+            Reply::Accepted {
+                run_id: "r".into(),
+                bundle: "/o/r".into(),
+            },
+            Reply::Started { pid: 7 },
+            Reply::Finished(Box::new(Finished {
+                exit_code: 0,
+                status: "passed".into(),
+                bundle: "/o/r".into(),
+                error: None,
+                copies: vec![Copy {
+                    path: "/p".into(),
+                    content: "{}".into(),
+                }],
+            })),
+            Reply::Rejected {
+                reason: reason::QUEUE_FULL.into(),
+                message: "m".into(),
+            },
+            Reply::Error {
+                reason: reason::MALFORMED_FRAME.into(),
+                message: "m".into(),
+            },
+            Reply::Status(DaemonStatus::default()),
+        ];
+        let mut values: Vec<serde_json::Value> = replies
+            .iter()
+            .map(|r| serde_json::to_value(r).expect("json"))
+            .collect();
+        values.push(serde_json::to_value(Request::Signal { signal: 2 }).expect("json"));
+        values.push(serde_json::to_value(Request::Status).expect("json"));
+        for v in values {
+            let ty = v["type"].as_str().expect("type");
+            let def = &schema["$defs"][if ty == "status" && v.get("pid").is_none() {
+                "status_request"
+            } else {
+                ty
+            }];
+            let props = def["properties"].as_object().expect("properties");
+            let obj = v.as_object().expect("object");
+            for k in obj.keys() {
+                assert!(props.contains_key(k), "{ty}: {k} not in the schema");
+            }
+            for k in def["required"].as_array().expect("required") {
+                assert!(obj.contains_key(k.as_str().expect("str")), "{ty}: {k} missing");
+            }
+        }
+        // Every reason token is one the schema lists for rejected or error.
+        let listed = |d: &str| schema["$defs"][d]["properties"]["reason"]["enum"].to_string();
+        for token in reason::ALL {
+            assert!(
+                listed("rejected").contains(token) || listed("error").contains(token),
+                "{token} not in the schema"
+            );
+        }
+    }
+
     #[test]
     fn bad_frames_name_what_is_wrong() {
         let mut d = Decoder::default();
