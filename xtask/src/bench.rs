@@ -152,6 +152,12 @@ pub fn bench(args: &[String]) -> Result<()> {
         print_table(&rows, quick);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--daemon-only") {
+        rows.extend(crate::bench_daemon::bench(&env, &tmp, quick)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--kernel-only") {
         rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
         rows.extend(crate::bench_observer::bench(&env, quick)?);
@@ -343,6 +349,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         rows.extend(crate::bench_kernel::bench(&env, &tmp, quick)?);
         rows.extend(crate::bench_observer::bench(&env, quick)?);
         rows.extend(crate::bench_policy::bench(&env, &tmp, quick)?);
+        rows.extend(crate::bench_daemon::bench(&env, &tmp, quick)?);
     }
     rows.extend(crate::bench_contracts::bench(quick)?);
 

@@ -305,7 +305,10 @@ mod tests {
                 assert!(props.contains_key(k), "{ty}: {k} not in the schema");
             }
             for k in def["required"].as_array().expect("required") {
-                assert!(obj.contains_key(k.as_str().expect("str")), "{ty}: {k} missing");
+                assert!(
+                    obj.contains_key(k.as_str().expect("str")),
+                    "{ty}: {k} missing"
+                );
             }
         }
         // Every reason token is one the schema lists for rejected or error.

@@ -7,7 +7,7 @@
 //! filter. The syscall program is attached only while some run asks for it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -61,9 +61,15 @@ struct Shared {
     /// Runs that asked for the syscall probes.
     syscall_runs: Mutex<usize>,
     stop: AtomicBool,
-    /// Full reader passes that ended with the ring empty, and who waits for one.
-    passes: Mutex<u64>,
+    /// Sync tickets: a run that must see every event committed so far takes one and wakes the
+    /// reader; a pass that began after the ticket was taken serves it.
+    asked: AtomicU64,
+    served: Mutex<u64>,
     passed: Condvar,
+    /// Wakes the reader out of its poll (sync, stop).
+    wake: OwnedFd,
+    /// When some run last needed the syscall program (it is detached a while after).
+    syscalls_needed_at: Mutex<std::time::Instant>,
     boot_to_wall_ns: i128,
     stats: HubStats,
 }
@@ -84,8 +90,16 @@ impl Hub {
             routes: Mutex::new(HashMap::new()),
             syscall_runs: Mutex::new(0),
             stop: AtomicBool::new(false),
-            passes: Mutex::new(0),
+            asked: AtomicU64::new(0),
+            served: Mutex::new(0),
             passed: Condvar::new(),
+            wake: nix::sys::eventfd::EventFd::from_flags(
+                nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                    | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )
+            .map(OwnedFd::from)
+            .map_err(|e| SensorError::Load(format!("eventfd: {e}")))?,
+            syscalls_needed_at: Mutex::new(std::time::Instant::now()),
             boot_to_wall_ns: clock::boot_to_wall_offset_ns(),
             stats: HubStats::default(),
         });
@@ -188,9 +202,16 @@ impl Hub {
     }
 }
 
+impl Shared {
+    fn wake(&self) {
+        let _ = nix::unistd::write(&self.wake, &1u64.to_ne_bytes());
+    }
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -202,94 +223,152 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How long the syscall program stays attached after the last run that needed it: detaching
+/// waits for an RCU grace period, which must not land on a run's end, and runs come in bursts.
+const SYSCALLS_LINGER: Duration = Duration::from_secs(2);
+
 fn read_loop(shared: &Shared, mut ring: RingBuf<MapData>) {
     // Root of each cgroup seen, so a nested cgroup costs one map lookup once.
     let mut roots: HashMap<u64, u64> = HashMap::new();
-    let mut touched: Vec<Arc<Inbox>> = Vec::new();
+    let mut batch = Batch::default();
     while !shared.stop.load(Ordering::Acquire) {
-        let fd = ring.as_fd().as_raw_fd();
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as i32) };
+        let mut pfd = [
+            libc::pollfd {
+                fd: ring.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shared.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds for the duration of the call.
+        unsafe { libc::poll(pfd.as_mut_ptr(), 2, POLL.as_millis() as i32) };
+        let mut drained = [0u8; 8];
+        let _ = nix::unistd::read(&shared.wake, &mut drained);
+        // Every ticket taken before this load is served by this pass.
+        let ticket = shared.asked.load(Ordering::Acquire);
         loop {
-            let mut batch = 0;
+            let mut n = 0;
             {
                 let routes = lock(&shared.routes);
-                while batch < DRAIN_MAX {
+                while n < DRAIN_MAX {
                     let decoded = match ring.next() {
                         Some(item) => decode(&item),
                         None => break,
                     };
-                    batch += 1;
+                    n += 1;
                     match decoded {
-                        Ok(ev) => route(shared, &routes, &mut roots, ev, &mut touched),
+                        Ok(ev) => batch.route(shared, &routes, &mut roots, ev),
                         Err(_) => {
                             shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
             }
-            for inbox in touched.drain(..) {
-                inbox.ready.notify_one();
-            }
-            if batch < DRAIN_MAX {
+            batch.deliver(shared);
+            if n < DRAIN_MAX {
                 break;
             }
         }
-        *lock(&shared.passes) += 1;
+        *lock(&shared.served) = ticket;
         shared.passed.notify_all();
         if roots.len() > 4096 {
             roots.clear();
         }
+        linger_syscalls(shared);
     }
 }
 
-fn route(
-    shared: &Shared,
-    routes: &HashMap<u64, Route>,
-    roots: &mut HashMap<u64, u64>,
-    ev: KernelEvent,
-    touched: &mut Vec<Arc<Inbox>>,
-) {
-    let cg = ev.header().cgroup_id;
-    let root = match routes.contains_key(&cg) {
-        true => Some(cg),
-        false => match roots.get(&cg) {
-            Some(r) => Some(*r),
-            None => {
-                let r = lock(&shared.sensor).root_of(cg);
-                if let Some(r) = r {
-                    roots.insert(cg, r);
-                }
-                r
-            }
-        },
-    };
-    let Some(route) = root.and_then(|r| routes.get(&r)) else {
-        shared.stats.unrouted.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    *lock(&shared.stats.events).entry(ev.kind()).or_default() += 1;
-    let offer = lock(&route.inbox.lanes).offer(ev, |e| {
-        // A downgraded event never reaches the run's writer: redact its target here.
-        e.redact(&route.redactor);
-        target(e)
-    });
-    match offer {
-        Offer::Queued => {}
-        Offer::Downgraded => {
-            shared.stats.downgraded.fetch_add(1, Ordering::Relaxed);
-        }
-        Offer::Lost => {
-            shared.stats.control_lost.fetch_add(1, Ordering::Relaxed);
+/// Detach the syscall program once no run has needed it for SYSCALLS_LINGER.
+fn linger_syscalls(shared: &Shared) {
+    let runs = lock(&shared.syscall_runs);
+    if *runs == 0 && lock(&shared.syscalls_needed_at).elapsed() >= SYSCALLS_LINGER {
+        let mut sensor = lock(&shared.sensor);
+        if sensor.syscalls_attached() {
+            sensor.set_syscalls(false);
         }
     }
-    if !touched.iter().any(|t| Arc::ptr_eq(t, &route.inbox)) {
-        touched.push(route.inbox.clone());
+}
+
+/// One drain's events by run, handed over with one lock and one wakeup per run.
+#[derive(Default)]
+struct Batch {
+    by_route: Vec<(Arc<Inbox>, Arc<Redactor>, Vec<KernelEvent>)>,
+    events: BTreeMap<&'static str, u64>,
+    unrouted: u64,
+}
+
+impl Batch {
+    fn route(
+        &mut self,
+        shared: &Shared,
+        routes: &HashMap<u64, Route>,
+        roots: &mut HashMap<u64, u64>,
+        ev: KernelEvent,
+    ) {
+        let cg = ev.header().cgroup_id;
+        let root = if routes.contains_key(&cg) {
+            Some(cg)
+        } else if let Some(r) = roots.get(&cg) {
+            Some(*r)
+        } else {
+            let r = lock(&shared.sensor).root_of(cg);
+            if let Some(r) = r {
+                roots.insert(cg, r);
+            }
+            r
+        };
+        let Some(route) = root.and_then(|r| routes.get(&r)) else {
+            self.unrouted += 1;
+            return;
+        };
+        *self.events.entry(ev.kind()).or_default() += 1;
+        match self
+            .by_route
+            .iter_mut()
+            .find(|(inbox, ..)| Arc::ptr_eq(inbox, &route.inbox))
+        {
+            Some((.., evs)) => evs.push(ev),
+            None => self
+                .by_route
+                .push((route.inbox.clone(), route.redactor.clone(), vec![ev])),
+        }
+    }
+
+    fn deliver(&mut self, shared: &Shared) {
+        let st = &shared.stats;
+        for (inbox, redactor, evs) in self.by_route.drain(..) {
+            let (mut downgraded, mut lost) = (0, 0);
+            {
+                let mut lanes = lock(&inbox.lanes);
+                for ev in evs {
+                    // A downgraded event never reaches the run's writer: its target is
+                    // redacted here.
+                    match lanes.offer(ev, |e| {
+                        e.redact(&redactor);
+                        target(e)
+                    }) {
+                        Offer::Queued => {}
+                        Offer::Downgraded => downgraded += 1,
+                        Offer::Lost => lost += 1,
+                    }
+                }
+            }
+            inbox.ready.notify_one();
+            st.downgraded.fetch_add(downgraded, Ordering::Relaxed);
+            st.control_lost.fetch_add(lost, Ordering::Relaxed);
+        }
+        if !self.events.is_empty() {
+            let mut events = lock(&st.events);
+            for (k, n) in std::mem::take(&mut self.events) {
+                *events.entry(k).or_default() += n;
+            }
+        }
+        st.unrouted
+            .fetch_add(std::mem::take(&mut self.unrouted), Ordering::Relaxed);
     }
 }
 
@@ -327,13 +406,14 @@ impl SharedSource {
     /// Wait until the reader has finished a full pass begun after now: every event the
     /// kernel committed before this call is then in the inbox.
     fn sync(&self) {
-        let mut passes = lock(&self.shared.passes);
-        let target = *passes + 2;
-        while *passes < target && !self.shared.stop.load(Ordering::Acquire) {
-            passes = self
+        let mine = self.shared.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        self.shared.wake();
+        let mut served = lock(&self.shared.served);
+        while *served < mine && !self.shared.stop.load(Ordering::Acquire) {
+            served = self
                 .shared
                 .passed
-                .wait_timeout(passes, Duration::from_secs(1))
+                .wait_timeout(served, Duration::from_secs(1))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
@@ -346,11 +426,10 @@ impl SharedSource {
         let _ = lock(&self.shared.sensor).unwatch(self.cgroup_id);
         lock(&self.shared.routes).remove(&self.cgroup_id);
         if self.full {
+            // Detached by the reader a while after the last run that needed it.
             let mut n = lock(&self.shared.syscall_runs);
             *n = n.saturating_sub(1);
-            if *n == 0 {
-                lock(&self.shared.sensor).set_syscalls(false);
-            }
+            *lock(&self.shared.syscalls_needed_at) = std::time::Instant::now();
         }
     }
 }

@@ -20,6 +20,7 @@
 //!   open-paced N RATE PATH the same N opens at RATE per second (on average)
 //!   open-distinct N RATE   N opens of distinct missing paths at RATE per second
 //!   connect-storm N ADDR   N TCP connects to ADDR as fast as it can (refusals are fine)
+//!   mono                   print CLOCK_MONOTONIC in ns (when it started running), exit 0
 //!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
 //!                          (under a memory limit the OOM killer ends it first)
 
@@ -36,6 +37,12 @@ fn main() {
             // SAFETY: raising a signal at ourselves.
             unsafe { libc::raise(sig) };
             std::process::exit(100);
+        }
+        Some("mono") => {
+            // SAFETY: clock_gettime fills the timespec it is given.
+            let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            println!("{}", ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128);
         }
         Some("hang") => {
             println!("ready");
