@@ -364,6 +364,12 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
     conn.send(&Reply::Finished(Box::new(finished))).await;
     d.active().remove(&ticket);
     d.release(ticket);
+    // A run's buffers (tee, layer writers, its runtime) are freed now; give the pages back so
+    // the daemon's RSS follows what its live runs use, not its busiest moment.
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Run the spec on a thread of its own (its own current-thread runtime, as standalone vigil

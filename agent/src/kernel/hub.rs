@@ -28,8 +28,9 @@ use crate::evidence::health::ProbeHealth;
 use crate::evidence::redact::Redactor;
 use crate::evidence::space::Space;
 
-/// The longest the reader sleeps when the kernel does not wake it: data events ride without a
-/// wakeup (BPF_RB_NO_WAKEUP).
+/// The longest the reader sleeps while runs are routed and the kernel does not wake it: data
+/// events ride without a wakeup (BPF_RB_NO_WAKEUP). With no run routed nothing can arrive, and
+/// it sleeps until woken (a run registering wakes it).
 const POLL: Duration = Duration::from_millis(20);
 
 /// One registered run, as the reader sees it.
@@ -165,6 +166,8 @@ impl Hub {
                 redactor: redactor.clone(),
             },
         );
+        // An idle reader sleeps without a timeout: from now on it polls.
+        self.shared.wake();
         let probes = {
             let mut sensor = lock(&self.shared.sensor);
             // Counters a run with a reused inode number might have left.
@@ -244,8 +247,10 @@ fn read_loop(shared: &Shared, mut ring: RingBuf<MapData>) {
                 revents: 0,
             },
         ];
+        let idle = lock(&shared.routes).is_empty() && !lock(&shared.sensor).syscalls_attached();
+        let timeout = if idle { -1 } else { POLL.as_millis() as i32 };
         // SAFETY: two valid pollfds for the duration of the call.
-        unsafe { libc::poll(pfd.as_mut_ptr(), 2, POLL.as_millis() as i32) };
+        unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout) };
         let mut drained = [0u8; 8];
         let _ = nix::unistd::read(&shared.wake, &mut drained);
         // Every ticket taken before this load is served by this pass.

@@ -133,11 +133,17 @@ impl LayerWriter {
             Admit::Write => {
                 self.batch.bytes.push(b'\n');
                 self.batch.lines += 1;
-                // Signals and OOM kills are fsync'd at once; the rest (exits included: a
-                // spawn-heavy run has one per 10 ms drain) ride with the writer's batches, on
-                // disk within 200 ms.
-                self.batch.urgent |=
-                    matches!(ev, KernelEvent::Signal { .. } | KernelEvent::Oom { .. });
+                // Signals that can end a process, and OOM kills, are fsync'd at once; the rest
+                // (exits, and the SIGCHLD of each one: a spawn-heavy run has thousands) ride
+                // with the writer's batches, on disk within 200 ms.
+                self.batch.urgent |= match ev {
+                    KernelEvent::Signal { signal, .. } => !matches!(
+                        *signal,
+                        libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT
+                    ),
+                    KernelEvent::Oom { .. } => true,
+                    _ => false,
+                };
             }
             Admit::OverBudget => {
                 self.batch.bytes.truncate(mark);
