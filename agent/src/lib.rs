@@ -16,3 +16,4 @@ pub mod kernel;
 pub mod policy;
 pub mod run;
 pub mod sdk;
+pub mod status;

@@ -141,6 +141,10 @@ fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Daemon(args) => daemon(args),
+        Command::Status { daemon, out } => {
+            print!("{}", vigil::status::render(&daemon, &out));
+            0
+        }
         Command::CgroupGuard { cgroup } => match guard::run_guard(&cgroup) {
             Ok(()) => 0,
             Err(e) => {

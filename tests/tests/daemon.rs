@@ -62,7 +62,7 @@ fn signal(pid: u32, sig: i32) {
 
 #[test]
 fn a_run_through_the_daemon_behaves_as_standalone() {
-    let d = TestDaemon::start("parity", &[]);
+    let d = TestDaemon::start("parity", &["--max-runs", "2"]);
     let (work, out) = workdir(0);
     let args = [
         "--",
@@ -116,6 +116,22 @@ fn a_run_through_the_daemon_behaves_as_standalone() {
             .expect("LATEST")
             .trim(),
         "standalone"
+    );
+    // `vigil status` sees the daemon and the newest bundle's verdict.
+    let status = Command::new(vigil_bin())
+        .arg("status")
+        .arg("--daemon")
+        .arg(&d.socket)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("status");
+    let report = text(&status.stdout);
+    assert!(report.contains("daemon: answers at"), "{report}");
+    assert!(report.contains("0 of 2 run slots busy"), "{report}");
+    assert!(
+        report.contains("standalone: committed") && report.contains("run failed exit 3"),
+        "{report}"
     );
 }
 

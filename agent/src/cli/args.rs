@@ -55,6 +55,26 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Host support summary, whether a daemon answers, the newest committed bundle and its
+    /// verdict.
+    Status {
+        /// The daemon to ask.
+        #[arg(
+            long,
+            env = "VIGIL_DAEMON_SOCKET",
+            default_value = "/run/vigil/vigil.sock",
+            value_name = "PATH"
+        )]
+        daemon: PathBuf,
+        /// Where bundles are.
+        #[arg(
+            long,
+            env = "VIGIL_OUT",
+            default_value = ".artifacts/runs",
+            value_name = "DIR"
+        )]
+        out: PathBuf,
+    },
     /// Long-lived privileged sidecar: the sensor stays loaded, runs are requested over a local
     /// socket (`vigil run --daemon PATH`, or the default socket when it answers).
     Daemon(DaemonArgs),

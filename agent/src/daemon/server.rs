@@ -46,6 +46,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             "swept run cgroups a vigil that is gone left behind"
         );
     }
+    sweep_sdk_dirs();
     // One guard for every run: if this process dies (SIGKILL included), it kills and removes
     // every run cgroup of this daemon.
     let guard = Guard::spawn(&cgroup::owner_dir(&parent)).map_err(DaemonError::Guard)?;
@@ -121,6 +122,32 @@ async fn serve(config: Config, hub: Option<Arc<Hub>>) -> Result<(), DaemonError>
     }
     tracing::info!("stopped: every run ended and committed");
     Ok(())
+}
+
+/// Remove the SDK socket directories (`$TMPDIR/vigil-sdk-<pid>-<rand>`) of vigils that are gone:
+/// a SIGKILLed vigil cannot remove its own.
+fn sweep_sdk_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("vigil-sdk-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        // Only directories of our own making (root's, not a link someone planted in /tmp).
+        let ours = e
+            .metadata()
+            .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == 0);
+        if !alive && ours && std::fs::remove_dir_all(e.path()).is_ok() {
+            tracing::info!(dir = %e.path().display(), "removed the SDK directory of a vigil that is gone");
+        }
+    }
 }
 
 /// The listening socket: systemd's (socket activation) or our own at `config.socket`.
