@@ -12,6 +12,7 @@ pub mod contracts;
 pub mod daemon;
 pub mod diag;
 pub mod evidence;
+pub mod export;
 pub mod kernel;
 pub mod policy;
 pub mod run;

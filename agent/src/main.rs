@@ -4,8 +4,9 @@
 use std::process::ExitCode as ProcessExit;
 
 use clap::Parser;
-use vigil::cli::{Cli, Command, ExitCode, PolicyCommand, one_line_usage_error};
+use vigil::cli::{Cli, Command, ExitCode, PlanCommand, PolicyCommand, one_line_usage_error};
 use vigil::evidence::{inspect, reader};
+use vigil::export::cli as export;
 use vigil::run::spec::RunSpec;
 use vigil::run::{guard, plan, plan_file, supervisor};
 
@@ -141,6 +142,31 @@ fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Daemon(args) => daemon(args),
+        Command::EmitPromotion {
+            bundle,
+            out,
+            require_promotable,
+            sign_key,
+        } => export::emit_promotion(&bundle, &out, require_promotable, sign_key.as_deref()),
+        Command::VerifyPromotion {
+            packet,
+            key,
+            bundle,
+        } => export::verify_promotion(&packet, key.as_deref(), bundle.as_deref()),
+        Command::Keygen { out } => export::keygen(&out),
+        Command::SummarizeOps { input, out } => export::summarize_ops(&input, out.as_deref()),
+        Command::Plan {
+            command: PlanCommand::Lint { file },
+        } => match plan_file::load(&file) {
+            Ok(plan) => {
+                println!("{}: ok ({} steps)", file.display(), plan.steps.len());
+                0
+            }
+            Err(e) => {
+                eprintln!("vigil: {}", e.to_string().trim_start_matches("--plan "));
+                ExitCode::USAGE
+            }
+        },
         Command::Status { daemon, out } => {
             print!("{}", vigil::status::render(&daemon, &out));
             0

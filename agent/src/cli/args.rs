@@ -55,6 +55,48 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// A compact, verified evidence packet (in-toto Statement v1) for downstream consumers.
+    EmitPromotion {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// Where the packet goes.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Exit 1 with the reasons, writing nothing, unless the run is promotable.
+        #[arg(long)]
+        require_promotable: bool,
+        /// Sign the packet (a DSSE envelope, Ed25519) with this key from `vigil keygen`.
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
+    },
+    /// Check a packet's DSSE signature and, given the bundle, every subject digest.
+    VerifyPromotion {
+        packet: PathBuf,
+        /// The public key (`PREFIX.pub` of `vigil keygen`).
+        #[arg(long, value_name = "PUB")]
+        key: Option<PathBuf>,
+        /// The bundle the packet describes.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<PathBuf>,
+    },
+    /// An Ed25519 key pair for signing packets: PREFIX.key (secret, 0600) and PREFIX.pub.
+    Keygen {
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Per-operation counts (exec, file read/write, connect, send) with allow/deny, by lane.
+    SummarizeOps {
+        /// A bundle directory or a promotion packet.
+        input: PathBuf,
+        /// Write the summary (JSON, `vigil.ops_summary.v1`) here instead of text to stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Plans: `lint` checks a plan without running it.
+    Plan {
+        #[command(subcommand)]
+        command: PlanCommand,
+    },
     /// Host support summary, whether a daemon answers, the newest committed bundle and its
     /// verdict.
     Status {
@@ -131,6 +173,15 @@ fn parse_count(s: &str) -> Result<usize, String> {
 fn parse_queue(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
         .map_err(|_| "expected a whole number of requests ≥ 0".to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// The checks of `run --plan` without running: `file:line:column` errors, exit 2.
+    Lint {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

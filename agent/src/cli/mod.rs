@@ -6,8 +6,8 @@ mod usage;
 
 pub use args::{
     AgentShim, Cli, Command, DaemonArgs, GateArgs, KernelLayerMode, LaneArg, LivenessArgs,
-    LivenessLevel, PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel, ProfileOnFail,
-    ReindexArgs, RunArgs, TriageMode,
+    LivenessLevel, PlanCommand, PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel,
+    ProfileOnFail, ReindexArgs, RunArgs, TriageMode,
 };
 pub use exit::ExitCode;
 pub use usage::one_line_usage_error;
