@@ -96,13 +96,26 @@ fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, Iterator::count)
 }
 
-/// SDK socket directories (`$TMPDIR/vigil-sdk-*`) that exist now.
-fn sdk_dirs() -> usize {
+/// SDK socket directories (`$TMPDIR/vigil-sdk-<pid>-<rand>`) that exist now.
+fn sdk_dirs() -> std::collections::BTreeSet<String> {
     std::fs::read_dir(std::env::temp_dir())
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("vigil-sdk-"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vigil-sdk-"))
+        .collect()
+}
+
+/// New SDK directories whose vigil is gone: it can no longer remove them. (A directory of a
+/// vigil still alive is not a leak yet.)
+fn leaked_sdk_dirs(before: &std::collections::BTreeSet<String>) -> usize {
+    sdk_dirs()
+        .difference(before)
+        .filter(|n| {
+            let pid = n.trim_start_matches("vigil-sdk-").split('-').next().unwrap_or("");
+            !Path::new(&format!("/proc/{pid}")).exists()
+        })
         .count()
 }
 
@@ -271,7 +284,7 @@ pub fn soak(minutes: f64) -> Result<()> {
     };
     let orphans = live_orphans(&fixture);
     let cgroups = leftover_cgroups().saturating_sub(cgroups_before);
-    let sdk_dirs = sdk_dirs().saturating_sub(sdk_dirs_before);
+    let sdk_dirs = leaked_sdk_dirs(&sdk_dirs_before);
     println!("\n| soak ({minutes} min) | value |\n|---|---|");
     println!("| runs done (sequential and 8-way concurrent) | {runs} |");
     let (rss_a, rss_b, rss_g) = growth(&rss);
