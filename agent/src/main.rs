@@ -154,6 +154,11 @@ fn dispatch(cli: Cli) -> i32 {
             bundle,
         } => export::verify_promotion(&packet, key.as_deref(), bundle.as_deref()),
         Command::Keygen { out } => export::keygen(&out),
+        Command::Export {
+            bundle,
+            format,
+            out,
+        } => export::export(&bundle, format, out.as_deref()),
         Command::SummarizeOps { input, out } => export::summarize_ops(&input, out.as_deref()),
         Command::Plan {
             command: PlanCommand::Lint { file },

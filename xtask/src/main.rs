@@ -57,7 +57,7 @@ fn main() {
 const SOAK_MINUTES: f64 = 2.0;
 
 /// Python packages the tests use, pinned where a test depends on a version's internals.
-const TEST_PYTHON: [(&str, &str, &str); 4] = [
+const TEST_PYTHON: [(&str, &str, &str); 6] = [
     (
         "pytest",
         "pytest",
@@ -77,6 +77,16 @@ const TEST_PYTHON: [(&str, &str, &str); 4] = [
         "prometheus_client",
         "prometheus_client==0.26.0",
         "the daemon tests parse a real metrics scrape with the official Prometheus client's parser",
+    ),
+    (
+        "opentelemetry.proto",
+        "opentelemetry-proto==1.45.2",
+        "the export tests parse otlp-json strictly with the official OpenTelemetry protos",
+    ),
+    (
+        "junitparser",
+        "junitparser==5.0.3",
+        "the export tests read the JUnit export with a third-party JUnit parser",
     ),
 ];
 

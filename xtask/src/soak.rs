@@ -113,7 +113,11 @@ fn leaked_sdk_dirs(before: &std::collections::BTreeSet<String>) -> usize {
     sdk_dirs()
         .difference(before)
         .filter(|n| {
-            let pid = n.trim_start_matches("vigil-sdk-").split('-').next().unwrap_or("");
+            let pid = n
+                .trim_start_matches("vigil-sdk-")
+                .split('-')
+                .next()
+                .unwrap_or("");
             !Path::new(&format!("/proc/{pid}")).exists()
         })
         .count()

@@ -84,6 +84,15 @@ pub enum Command {
         #[arg(long, value_name = "PREFIX")]
         out: PathBuf,
     },
+    /// The run as a timeline for other tools: chrome://tracing JSON, OTLP/JSON, JUnit.
+    Export {
+        bundle: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Per-operation counts (exec, file read/write, connect, send) with allow/deny, by lane.
     SummarizeOps {
         /// A bundle directory or a promotion packet.
@@ -173,6 +182,16 @@ fn parse_count(s: &str) -> Result<usize, String> {
 fn parse_queue(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
         .map_err(|_| "expected a whole number of requests ≥ 0".to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Trace Event Format JSON (chrome://tracing, Perfetto's JSON importer).
+    ChromeTrace,
+    /// OTLP/JSON ExportTraceServiceRequest.
+    OtlpJson,
+    /// JUnit XML: a testcase per step.
+    Junit,
 }
 
 #[derive(Debug, Subcommand)]

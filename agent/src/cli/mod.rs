@@ -5,8 +5,8 @@ mod exit;
 mod usage;
 
 pub use args::{
-    AgentShim, Cli, Command, DaemonArgs, GateArgs, KernelLayerMode, LaneArg, LivenessArgs,
-    LivenessLevel, PlanCommand, PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel,
+    AgentShim, Cli, Command, DaemonArgs, ExportFormat, GateArgs, KernelLayerMode, LaneArg,
+    LivenessArgs, LivenessLevel, PlanCommand, PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel,
     ProfileOnFail, ReindexArgs, RunArgs, TriageMode,
 };
 pub use exit::ExitCode;

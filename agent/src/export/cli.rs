@@ -198,3 +198,36 @@ pub fn summarize_ops(input: &Path, out: Option<&Path>) -> i32 {
         }
     }
 }
+
+pub fn export(bundle: &Path, format: crate::cli::ExportFormat, out: Option<&Path>) -> i32 {
+    use crate::cli::ExportFormat;
+    let timeline = match BundleDir::open(bundle).and_then(|b| super::timeline::Timeline::read(&b)) {
+        Ok(t) => t,
+        Err(e) => return fail(1, format!("export {}: {e}", bundle.display())),
+    };
+    let mut bytes = match format {
+        ExportFormat::ChromeTrace => {
+            serde_json::to_vec(&super::formats::chrome_trace(&timeline)).unwrap_or_default()
+        }
+        ExportFormat::OtlpJson => {
+            serde_json::to_vec(&super::formats::otlp_json(&timeline)).unwrap_or_default()
+        }
+        ExportFormat::Junit => super::formats::junit(&timeline).into_bytes(),
+    };
+    if !bytes.ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    match out {
+        None => {
+            use std::io::Write;
+            match std::io::stdout().lock().write_all(&bytes) {
+                Ok(()) => 0,
+                Err(e) => fail(ExitCode::VIGIL_FAILED, format!("stdout: {e}")),
+            }
+        }
+        Some(path) => match write_output(path, &bytes) {
+            Ok(()) => 0,
+            Err(e) => fail(ExitCode::VIGIL_FAILED, e),
+        },
+    }
+}

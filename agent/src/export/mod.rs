@@ -1,11 +1,13 @@
 //! Evidence out: readers of committed (untrusted) bundles that turn them into what downstream
 //! consumers take — signed promotion packets (`promotion`, `dsse`) and per-operation summaries
-//! (`ops`).
+//! (`ops`), and timelines for other tools (`timeline`, `formats`: chrome-trace, otlp-json, junit).
 
 pub mod cli;
 pub mod dsse;
+pub mod formats;
 pub mod ops;
 pub mod promotion;
+pub mod timeline;
 
 use std::path::Path;
 

@@ -1,0 +1,195 @@
+//! What the exports draw, read once from a bundle (beneath its directory, as untrusted input):
+//! the run's spans and steps from run-trace.json, its watchdog and stall events, and the process
+//! lives from layers/kernel.ndjson — streamed line by line, so memory follows the number of
+//! processes, never the number of events. Everything in a bundle is already redacted.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use serde_json::Value;
+
+use crate::evidence::beneath::{BundleDir, Refused};
+use crate::evidence::files;
+
+/// One exec image of a process: from its exec (or fork) to the next exec or the exit.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    pub start_ns: u64,
+    pub filename: String,
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub start_ns: u64,
+    pub images: Vec<Image>,
+    pub end_ns: Option<u64>,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+}
+
+/// A moment worth marking: a failed exec, an OOM kill, a stall warning, a watchdog kill.
+#[derive(Debug, Clone)]
+pub struct Instant {
+    pub ts_ns: u64,
+    pub pid: Option<u32>,
+    pub name: String,
+    pub detail: String,
+}
+
+/// A signal from one process to another.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub ts_ns: u64,
+    pub from: u32,
+    pub to: u32,
+    pub signal: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Timeline {
+    pub trace: Value,
+    pub procs: BTreeMap<u32, Proc>,
+    pub instants: Vec<Instant>,
+    pub flows: Vec<Flow>,
+}
+
+/// Instants and flows kept (the rest counted): an export stays bounded on a 1M-event bundle.
+pub const MAX_MARKS: usize = 10_000;
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+impl Timeline {
+    pub fn read(b: &BundleDir) -> Result<Timeline, Refused> {
+        let trace: Value = b.read_json(files::RUN_TRACE)?;
+        let mut t = Timeline {
+            trace,
+            ..Timeline::default()
+        };
+        for e in t.trace["events"].as_array().cloned().unwrap_or_default() {
+            let kind = e["kind"].as_str().unwrap_or("");
+            if matches!(kind, "stall_warning" | "watchdog") {
+                t.mark(Instant {
+                    ts_ns: u(&e["ts_ns"]),
+                    pid: None,
+                    name: kind.into(),
+                    detail: e["reason"].as_str().unwrap_or("").into(),
+                });
+            }
+        }
+        match b.open_file(files::KERNEL_LAYER) {
+            Ok(f) => {
+                for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        t.apply(&v);
+                    }
+                }
+            }
+            Err(r) if r.is_missing() => {}
+            Err(r) => return Err(r),
+        }
+        Ok(t)
+    }
+
+    fn mark(&mut self, i: Instant) {
+        if self.instants.len() < MAX_MARKS {
+            self.instants.push(i);
+        }
+    }
+
+    fn proc(&mut self, pid: u32, ppid: u32, comm: &str, ts: u64) -> &mut Proc {
+        self.procs.entry(pid).or_insert_with(|| Proc {
+            pid,
+            ppid,
+            comm: comm.to_string(),
+            start_ns: ts,
+            ..Proc::default()
+        })
+    }
+
+    fn apply(&mut self, v: &Value) {
+        let ts = u(&v["ts_ns"]);
+        let pid = u(&v["pid"]) as u32;
+        let ppid = u(&v["ppid"]) as u32;
+        let comm = v["comm"].as_str().unwrap_or("");
+        match v["kind"].as_str().unwrap_or("") {
+            "process.fork" if v["is_thread"] != true => {
+                let child = u(&v["child_pid"]) as u32;
+                self.proc(pid, ppid, comm, ts);
+                self.proc(child, pid, comm, ts);
+            }
+            "process.exec" => {
+                let p = self.proc(pid, ppid, comm, ts);
+                p.comm = comm.to_string();
+                p.images.push(Image {
+                    start_ns: ts,
+                    filename: v["filename"].as_str().unwrap_or("").into(),
+                    argv: v["argv"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+            "process.exit" if v["group_dead"] != false => {
+                let p = self.proc(pid, ppid, comm, ts);
+                p.end_ns = Some(ts);
+                p.exit_code = v["exit_code"].as_i64();
+                p.signal = v["signal"].as_i64();
+            }
+            "process.exec_failed" => self.mark(Instant {
+                ts_ns: ts,
+                pid: Some(pid),
+                name: "exec_failed".into(),
+                detail: format!(
+                    "{} {}",
+                    v["path"].as_str().unwrap_or(""),
+                    v["errno"].as_str().unwrap_or("")
+                ),
+            }),
+            "oom.kill" => self.mark(Instant {
+                ts_ns: ts,
+                pid: Some(pid),
+                name: "oom_kill".into(),
+                detail: comm.into(),
+            }),
+            "signal.generate" => {
+                let to = u(&v["target_pid"]) as u32;
+                if to != pid && self.flows.len() < MAX_MARKS {
+                    self.flows.push(Flow {
+                        ts_ns: ts,
+                        from: pid,
+                        to,
+                        signal: v["signal"].as_i64().unwrap_or(0),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The run's start and end (ns since the epoch).
+    pub fn bounds(&self) -> (u64, u64) {
+        let spans = self.trace["spans"].as_array();
+        let start = spans
+            .and_then(|s| s.iter().filter_map(|x| x["start_ns"].as_u64()).min())
+            .unwrap_or(0);
+        let end = spans
+            .and_then(|s| s.iter().filter_map(|x| x["end_ns"].as_u64()).max())
+            .unwrap_or(start);
+        (start, end)
+    }
+
+    /// When a process ended (its exit, else the run's end).
+    pub fn end_of(&self, p: &Proc) -> u64 {
+        p.end_ns.unwrap_or(self.bounds().1).max(p.start_ns)
+    }
+}

@@ -1,0 +1,165 @@
+//! Exports of a real bundle, read back by the official or third-party parsers of their formats:
+//! OTLP/JSON strictly by opentelemetry-proto (`json_format.Parse`), JUnit by `junitparser`,
+//! the Trace Event Format as the JSON chrome://tracing loads. A planted secret is absent from
+//! every byte of every format.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use vigil_e2e::*;
+
+const SECRET: &str = "hunter22-export-secret";
+
+fn export(bundle: &Path, format: &str, out: &Path) -> String {
+    let o = Command::new(vigil_bin())
+        .arg("export")
+        .arg(bundle)
+        .args(["--format", format, "--out"])
+        .arg(out)
+        .output()
+        .expect("vigil export");
+    assert!(
+        o.status.success(),
+        "{format}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(out).expect("export");
+    assert!(!text.contains(SECRET), "{format} holds the secret");
+    text
+}
+
+fn python(script: &str, arg: &Path) -> String {
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(arg)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "the official parser refused it (`cargo xtask test` installs it): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_watchdog_killed_run_exports_to_otlp_junit_and_chrome_trace() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let fixture = fixture_bin();
+    let script = format!(
+        "echo $API_TOKEN; /bin/true --token={SECRET}; exec {} hang",
+        fixture.display()
+    );
+    let st = Command::new(vigil_bin())
+        .args([
+            "run",
+            "--no-daemon",
+            "--run-id",
+            "exported",
+            "--liveness-stall-ms",
+            "600",
+            "--liveness-kill-grace-ms",
+            "200",
+            "--out",
+        ])
+        .arg(&out)
+        .args(["--", "sh", "-c", &script])
+        .env("API_TOKEN", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("vigil run");
+    assert_eq!(st.code(), Some(124));
+    let b = out.join("exported");
+    assert_valid_bundle(&b);
+
+    // OTLP/JSON, strictly parsed by the official protos.
+    let otlp_path = dir.path().join("otlp.json");
+    let otlp: Value = serde_json::from_str(&export(&b, "otlp-json", &otlp_path)).expect("json");
+    let parsed = python(
+        r#"
+import sys
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+req = json_format.Parse(open(sys.argv[1]).read(), trace_service_pb2.ExportTraceServiceRequest())
+rs = req.resource_spans[0]
+attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
+spans = rs.scope_spans[0].spans
+print(attrs["cicd.pipeline.run.id"], len(spans), sum(1 for s in spans if s.name.startswith("exec ")),
+      sum(1 for s in spans if s.status.code == 2), min(s.start_time_unix_nano for s in spans) > 0)
+"#,
+        &otlp_path,
+    );
+    let f: Vec<&str> = parsed.split_whitespace().collect();
+    assert_eq!(f[0], "exported", "{parsed}");
+    let spans = otlp["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        .as_array()
+        .expect("spans");
+    assert_eq!(f[1].parse::<usize>().expect("n"), spans.len());
+    assert!(
+        f[2].parse::<usize>().expect("execs") >= 2,
+        "sh and the fixture: {parsed}"
+    );
+    assert!(
+        f[3].parse::<usize>().expect("errors") >= 1,
+        "the killed run is an error: {parsed}"
+    );
+    assert_eq!(f[4], "True");
+    let trace_id = spans[0]["traceId"].as_str().expect("traceId");
+    assert_eq!(trace_id.len(), 32);
+    assert!(trace_id.chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(spans.iter().all(|s| s["traceId"] == trace_id));
+
+    // JUnit, read by junitparser: the step failed with the watchdog's reason.
+    let junit_path = dir.path().join("junit.xml");
+    export(&b, "junit", &junit_path);
+    let read = python(
+        r#"
+import sys
+from junitparser import JUnitXml, Failure
+xml = JUnitXml.fromfile(sys.argv[1])
+for suite in xml:
+    for case in suite:
+        res = [r for r in case.result if isinstance(r, Failure)]
+        print(suite.name, case.name, res[0].type if res else "ok", res[0].message if res else "")
+"#,
+        &junit_path,
+    );
+    assert_eq!(
+        read.trim(),
+        "exported main timed_out stall.subprocess.no_output_no_event",
+        "{read}"
+    );
+
+    // Trace Event Format: a slice per exec image, the watchdog as an instant.
+    let chrome_path = dir.path().join("trace.json");
+    let chrome: Value =
+        serde_json::from_str(&export(&b, "chrome-trace", &chrome_path)).expect("json");
+    let events = chrome["traceEvents"].as_array().expect("events");
+    let fixture_name = fixture.display().to_string();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["ph"] == "X" && e["cat"] == "process" && e["name"] == fixture_name.as_str()),
+        "no slice for the fixture"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["ph"] == "i" && e["name"] == "watchdog"),
+        "no watchdog instant"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["ph"] == "X" && e["name"] == "run.total")
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["ts"].as_f64().is_none_or(|t| t >= 0.0))
+    );
+}
