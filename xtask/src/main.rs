@@ -57,7 +57,7 @@ fn main() {
 const SOAK_MINUTES: f64 = 2.0;
 
 /// Python packages the tests use, pinned where a test depends on a version's internals.
-const TEST_PYTHON: [(&str, &str, &str); 6] = [
+const TEST_PYTHON: [(&str, &str, &str); 7] = [
     (
         "pytest",
         "pytest",
@@ -87,6 +87,11 @@ const TEST_PYTHON: [(&str, &str, &str); 6] = [
         "junitparser",
         "junitparser==5.0.3",
         "the export tests read the JUnit export with a third-party JUnit parser",
+    ),
+    (
+        "perfetto",
+        "perfetto==0.59.1",
+        "the export tests parse the .pftrace with the official Perfetto protos (perfetto_trace_pb2)",
     ),
 ];
 

@@ -186,6 +186,8 @@ fn parse_queue(s: &str) -> Result<usize, String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
+    /// Perfetto protobuf trace (.pftrace) of TrackEvent packets.
+    Perfetto,
     /// Trace Event Format JSON (chrome://tracing, Perfetto's JSON importer).
     ChromeTrace,
     /// OTLP/JSON ExportTraceServiceRequest.

@@ -205,7 +205,25 @@ pub fn export(bundle: &Path, format: crate::cli::ExportFormat, out: Option<&Path
         Ok(t) => t,
         Err(e) => return fail(1, format!("export {}: {e}", bundle.display())),
     };
+    if format == ExportFormat::Perfetto {
+        // Binary and streamed: written packet by packet, straight to its destination.
+        let written = match out {
+            None => {
+                super::perfetto::write(&timeline, std::io::BufWriter::new(std::io::stdout().lock()))
+            }
+            Some(path) => {
+                let mut buf = Vec::new();
+                super::perfetto::write(&timeline, &mut buf)
+                    .and_then(|()| write_output(path, &buf).map_err(std::io::Error::other))
+            }
+        };
+        return match written {
+            Ok(()) => 0,
+            Err(e) => fail(ExitCode::VIGIL_FAILED, format!("export: {e}")),
+        };
+    }
     let mut bytes = match format {
+        ExportFormat::Perfetto => Vec::new(),
         ExportFormat::ChromeTrace => {
             serde_json::to_vec(&super::formats::chrome_trace(&timeline)).unwrap_or_default()
         }

@@ -1,11 +1,12 @@
 //! Evidence out: readers of committed (untrusted) bundles that turn them into what downstream
 //! consumers take — signed promotion packets (`promotion`, `dsse`) and per-operation summaries
-//! (`ops`), and timelines for other tools (`timeline`, `formats`: chrome-trace, otlp-json, junit).
+//! (`ops`), and timelines for other tools (`timeline`, `formats`: chrome-trace, otlp-json, junit; `perfetto`).
 
 pub mod cli;
 pub mod dsse;
 pub mod formats;
 pub mod ops;
+pub mod perfetto;
 pub mod promotion;
 pub mod timeline;
 

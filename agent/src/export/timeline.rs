@@ -55,6 +55,8 @@ pub struct Timeline {
     pub procs: BTreeMap<u32, Proc>,
     pub instants: Vec<Instant>,
     pub flows: Vec<Flow>,
+    /// Kernel events per second of the run (second since the epoch → events).
+    pub per_second: BTreeMap<u64, u64>,
 }
 
 /// Instants and flows kept (the rest counted): an export stays bounded on a 1M-event bundle.
@@ -114,6 +116,7 @@ impl Timeline {
 
     fn apply(&mut self, v: &Value) {
         let ts = u(&v["ts_ns"]);
+        *self.per_second.entry(ts / 1_000_000_000).or_default() += v["count"].as_u64().unwrap_or(1);
         let pid = u(&v["pid"]) as u32;
         let ppid = u(&v["ppid"]) as u32;
         let comm = v["comm"].as_str().unwrap_or("");
