@@ -152,6 +152,12 @@ pub fn bench(args: &[String]) -> Result<()> {
         print_table(&rows, quick);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--export-only") {
+        rows.extend(crate::bench_export::bench(&env, &tmp, quick)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--daemon-only") {
         rows.extend(crate::bench_daemon::bench(&env, &tmp, quick)?);
         let _ = std::fs::remove_dir_all(&tmp);
@@ -350,6 +356,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         rows.extend(crate::bench_observer::bench(&env, quick)?);
         rows.extend(crate::bench_policy::bench(&env, &tmp, quick)?);
         rows.extend(crate::bench_daemon::bench(&env, &tmp, quick)?);
+        rows.extend(crate::bench_export::bench(&env, &tmp, quick)?);
     }
     rows.extend(crate::bench_contracts::bench(quick)?);
 

@@ -16,6 +16,7 @@
 mod bench;
 mod bench_contracts;
 mod bench_daemon;
+mod bench_export;
 mod bench_kernel;
 mod bench_observer;
 mod bench_policy;

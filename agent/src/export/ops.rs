@@ -5,7 +5,8 @@
 //! each event's lane taken from the policy decision grounded in it (`unjudged` without one).
 //! The same numbers go into a promotion packet, so a packet and its bundle summarize alike.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 
 use serde::{Deserialize, Serialize};
@@ -52,26 +53,70 @@ pub enum OpsError {
     },
 }
 
+/// The fields of a kernel record the summary reads, borrowed from the line (the other fields
+/// are skipped unparsed: this pass runs once per event of a possibly huge layer).
+#[derive(Deserialize, Default)]
+pub(crate) struct Line<'a> {
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub(crate) seq: Option<u64>,
+    #[serde(default)]
+    pub(crate) last_seq: Option<u64>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(borrow, default)]
+    pub(crate) errno: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resolved_path: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    filename: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    access: Option<Cow<'a, str>>,
+    #[serde(default)]
+    create: Option<bool>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(borrow, default)]
+    family: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    address: Option<Cow<'a, str>>,
+    #[serde(default)]
+    port: Option<u64>,
+}
+
+impl Line<'_> {
+    /// Whether the kernel refused the call (what Landlock and the socket hooks answer).
+    pub(crate) fn refused(&self) -> bool {
+        matches!(self.errno.as_deref(), Some("EPERM" | "EACCES"))
+    }
+}
+
 /// The operation a kernel record is, and its target; None for everything else (and for lookups
 /// that found nothing: ENOENT/ENOTDIR is a search, not an access — as the policy oracle judges).
-fn op_of(rec: &Value) -> Option<(&'static str, String)> {
-    let s = |k: &str| rec.get(k).and_then(Value::as_str);
-    if matches!(s("errno"), Some("ENOENT" | "ENOTDIR")) {
+fn op_of(rec: &Line<'_>) -> Option<(&'static str, String)> {
+    if matches!(rec.errno.as_deref(), Some("ENOENT" | "ENOTDIR")) {
         return None;
     }
     let path = || {
-        s("resolved_path")
-            .or_else(|| s("path"))
+        rec.resolved_path
+            .as_deref()
+            .or(rec.path.as_deref())
             .unwrap_or("")
             .to_string()
     };
-    match s("kind")? {
-        "process.exec" => Some(("process.exec", s("filename").unwrap_or("").to_string())),
+    match rec.kind.as_deref()? {
+        "process.exec" => Some((
+            "process.exec",
+            rec.filename.as_deref().unwrap_or("").to_string(),
+        )),
         "process.exec_failed" => Some(("process.exec", path())),
         "file.open" => {
-            let writes = matches!(s("access"), Some("write" | "read_write"))
-                || rec.get("create") == Some(&Value::Bool(true))
-                || rec.get("truncate") == Some(&Value::Bool(true));
+            let writes = matches!(rec.access.as_deref(), Some("write" | "read_write"))
+                || rec.create == Some(true)
+                || rec.truncate == Some(true);
             let op = if writes {
                 "filesystem.write_file"
             } else {
@@ -80,10 +125,10 @@ fn op_of(rec: &Value) -> Option<(&'static str, String)> {
             Some((op, path()))
         }
         kind @ ("network.connect" | "network.send") => {
-            let target = match (s("address"), rec.get("port").and_then(Value::as_u64)) {
+            let target = match (rec.address.as_deref(), rec.port) {
                 (Some(a), Some(p)) => format!("{a}:{p}"),
                 (Some(a), None) => a.to_string(),
-                _ => s("family").unwrap_or("unknown").to_string(),
+                _ => rec.family.as_deref().unwrap_or("unknown").to_string(),
             };
             Some((
                 if kind == "network.connect" {
@@ -121,40 +166,58 @@ impl OpsSummary {
     }
 }
 
-fn lines(
+/// Each non-empty line of `rel` (missing: none), with its 1-based number.
+pub(crate) fn each_line(
     b: &BundleDir,
     rel: &'static str,
-    mut each: impl FnMut(Value) -> Result<(), OpsError>,
+    mut each: impl FnMut(usize, &str) -> Result<(), OpsError>,
 ) -> Result<(), OpsError> {
     let f = match b.open_file(rel) {
         Ok(f) => f,
         Err(r) if r.is_missing() => return Ok(()),
         Err(r) => return Err(r.into()),
     };
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| OpsError::Line {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, f);
+    let mut line = String::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).map_err(|e| OpsError::Line {
             file: rel,
-            line: i + 1,
+            line: n + 1,
             error: e.to_string(),
         })?;
-        if line.trim().is_empty() {
-            continue;
+        if read == 0 {
+            return Ok(());
         }
-        let v = serde_json::from_str(&line).map_err(|e| OpsError::Line {
-            file: rel,
-            line: i + 1,
-            error: e.to_string(),
-        })?;
-        each(v)?;
+        n += 1;
+        if !line.trim().is_empty() {
+            each(n, line.trim_end())?;
+        }
     }
-    Ok(())
+}
+
+fn bad_line(file: &'static str, line: usize, e: serde_json::Error) -> OpsError {
+    OpsError::Line {
+        file,
+        line,
+        error: e.to_string(),
+    }
 }
 
 /// Summarize a bundle (read beneath its directory, never through a link).
 pub fn summarize(b: &BundleDir) -> Result<OpsSummary, OpsError> {
+    Ok(scan(b, &HashSet::new())?.0)
+}
+
+/// Summarize, and say which of the kernel events `wanted` (by seq) the kernel refused — one
+/// pass over the layer serves both the summary and the policy verdict's grounding.
+pub fn scan(b: &BundleDir, wanted: &HashSet<u64>) -> Result<(OpsSummary, HashSet<u64>), OpsError> {
     // The lane of each judged kernel event: decisions are few next to events.
     let mut lane_of: HashMap<u64, String> = HashMap::new();
-    lines(b, files::POLICY_LAYER, |d| {
+    each_line(b, files::POLICY_LAYER, |n, line| {
+        let d: Value =
+            serde_json::from_str(line).map_err(|e| bad_line(files::POLICY_LAYER, n, e))?;
         if let (Some(seq), Some(lane)) = (
             d.get("kernel_event_seq").and_then(Value::as_u64),
             d.get("lane").and_then(Value::as_str),
@@ -169,18 +232,21 @@ pub fn summarize(b: &BundleDir) -> Result<OpsSummary, OpsError> {
         run_id: health["run_id"].as_str().unwrap_or_default().to_string(),
         ..OpsSummary::default()
     };
-    lines(b, files::KERNEL_LAYER, |rec| {
+    let mut refused = HashSet::new();
+    each_line(b, files::KERNEL_LAYER, |n, line| {
+        let rec: Line<'_> =
+            serde_json::from_str(line).map_err(|e| bad_line(files::KERNEL_LAYER, n, e))?;
+        let seq = rec.seq.unwrap_or(u64::MAX);
+        if rec.refused() && !wanted.is_empty() {
+            let last = rec.last_seq.unwrap_or(seq);
+            refused.extend(wanted.iter().filter(|w| (seq..=last).contains(w)));
+        }
         let Some((op, target)) = op_of(&rec) else {
             return Ok(());
         };
-        let seq = rec.get("seq").and_then(Value::as_u64).unwrap_or(u64::MAX);
         let lane = lane_of.get(&seq).map_or("unjudged", String::as_str);
-        let denied = matches!(
-            rec.get("errno").and_then(Value::as_str),
-            Some("EPERM" | "EACCES")
-        );
-        let n = rec.get("count").and_then(Value::as_u64).unwrap_or(1);
-        out.add(op, lane, target, denied, n);
+        let n = rec.count.unwrap_or(1);
+        out.add(op, lane, target, rec.refused(), n);
         Ok(())
     })?;
     if let Some(m) = health["downgraded_events_by_kind"].as_object() {
@@ -189,7 +255,7 @@ pub fn summarize(b: &BundleDir) -> Result<OpsSummary, OpsError> {
                 .insert(k.clone(), v.as_u64().unwrap_or(0));
         }
     }
-    Ok(out)
+    Ok((out, refused))
 }
 
 /// The summary as people read it.
@@ -224,6 +290,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn op(v: Value) -> Option<(&'static str, String)> {
+        let text = v.to_string();
+        let line: Line<'_> = serde_json::from_str(&text).expect("line");
+        op_of(&line)
+    }
+
     #[test]
     fn records_map_to_operations_and_lookups_are_not_accesses() {
         let open = |access: &str, errno: Value| {
@@ -231,20 +303,20 @@ mod tests {
                    "create": false, "truncate": false, "errno": errno})
         };
         assert_eq!(
-            op_of(&open("read", Value::Null)),
+            op(open("read", Value::Null)),
             Some(("filesystem.read_file", "/w/a".into()))
         );
         assert_eq!(
-            op_of(&open("write", json!("EACCES"))).map(|o| o.0),
+            op(open("write", json!("EACCES"))).map(|o| o.0),
             Some("filesystem.write_file")
         );
-        assert_eq!(op_of(&open("read", json!("ENOENT"))), None);
+        assert_eq!(op(open("read", json!("ENOENT"))), None);
         let connect = json!({"kind": "network.connect", "address": "10.0.0.1", "port": 443});
         assert_eq!(
-            op_of(&connect),
+            op(connect),
             Some(("network.connect", "10.0.0.1:443".into()))
         );
-        assert_eq!(op_of(&json!({"kind": "process.fork"})), None);
+        assert_eq!(op(json!({"kind": "process.fork"})), None);
     }
 
     #[test]

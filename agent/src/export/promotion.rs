@@ -7,7 +7,6 @@
 //! denial grounded in a kernel event that was refused (an oracle decision never counts).
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::BufRead;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -39,8 +38,19 @@ pub fn statement(dir: &Path) -> Result<Value, PromotionError> {
     let b = BundleDir::open(dir)?;
     let trace: Value = b.read_json(files::RUN_TRACE)?;
     let health: Value = b.read_json(files::HEALTH)?;
-    let ops = ops::summarize(&b)?;
-    let policy = policy_verdict(&b)?;
+    let decisions = read_decisions(&b)?;
+    let wanted: HashSet<u64> = decisions
+        .iter()
+        .filter(|d| {
+            d["decision"]
+                .as_str()
+                .is_some_and(|x| x.starts_with("deny:"))
+        })
+        .filter_map(|d| d["kernel_event_seq"].as_u64())
+        .collect();
+    // One pass over the kernel layer: the ops summary, and which denials the kernel enforced.
+    let (ops, refused) = ops::scan(&b, &wanted)?;
+    let policy = policy_verdict(&decisions, &refused);
     let mut reasons = Vec::new();
     if index.state != "committed" {
         reasons.push(format!(
@@ -136,58 +146,49 @@ pub fn statement(dir: &Path) -> Result<Value, PromotionError> {
     }))
 }
 
+/// The policy layer's decisions (few next to kernel events).
+fn read_decisions(b: &BundleDir) -> Result<Vec<Value>, PromotionError> {
+    let mut out = Vec::new();
+    ops::each_line(b, files::POLICY_LAYER, |_, line| {
+        if let Ok(d) = serde_json::from_str::<Value>(line) {
+            out.push(d);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Decisions by verdict, denials with their kernel evidence, and how many denials have none: a
 /// deny grounded in a kernel event the kernel refused (EPERM/EACCES) is enforcement evidence.
-fn policy_verdict(b: &BundleDir) -> Result<Value, PromotionError> {
-    let mut refused: HashSet<u64> = HashSet::new();
-    if let Ok(f) = b.open_file(files::KERNEL_LAYER) {
-        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if matches!(v["errno"].as_str(), Some("EPERM" | "EACCES")) {
-                let first = v["seq"].as_u64().unwrap_or(0);
-                let last = v["last_seq"].as_u64().unwrap_or(first);
-                refused.extend(first..=last.min(first + 1_000_000));
-            }
-        }
-    }
+fn policy_verdict(decisions: &[Value], refused: &HashSet<u64>) -> Value {
     let (mut by_decision, mut by_lane) = (
         BTreeMap::<String, u64>::new(),
         BTreeMap::<String, u64>::new(),
     );
-    let (mut denials, mut more, mut ungrounded, mut total) = (Vec::new(), 0u64, 0u64, 0u64);
-    if let Ok(f) = b.open_file(files::POLICY_LAYER) {
-        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-            let Ok(d) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            total += 1;
-            let decision = d["decision"].as_str().unwrap_or("").to_string();
-            *by_lane
-                .entry(d["lane"].as_str().unwrap_or("").to_string())
-                .or_default() += 1;
-            if decision.starts_with("deny:") {
-                let seq = d["kernel_event_seq"].as_u64();
-                let grounded = d["mode"] == "enforce" && seq.is_some_and(|s| refused.contains(&s));
-                if d["mode"] == "enforce" && !grounded {
-                    ungrounded += 1;
-                }
-                if denials.len() < MAX_DENIALS {
-                    denials.push(json!({"decision": decision, "rule_id": d["rule_id"], "lane": d["lane"],
-                        "mode": d["mode"], "subject": d["subject"], "kernel_event_seq": d["kernel_event_seq"],
-                        "grounded": grounded}));
-                } else {
-                    more += 1;
-                }
+    let (mut denials, mut more, mut ungrounded) = (Vec::new(), 0u64, 0u64);
+    for d in decisions {
+        let decision = d["decision"].as_str().unwrap_or("").to_string();
+        *by_lane
+            .entry(d["lane"].as_str().unwrap_or("").to_string())
+            .or_default() += 1;
+        if decision.starts_with("deny:") {
+            let seq = d["kernel_event_seq"].as_u64();
+            let grounded = d["mode"] == "enforce" && seq.is_some_and(|s| refused.contains(&s));
+            if d["mode"] == "enforce" && !grounded {
+                ungrounded += 1;
             }
-            *by_decision.entry(decision).or_default() += 1;
+            if denials.len() < MAX_DENIALS {
+                denials.push(json!({"decision": decision, "rule_id": d["rule_id"], "lane": d["lane"],
+                    "mode": d["mode"], "subject": d["subject"], "kernel_event_seq": d["kernel_event_seq"],
+                    "grounded": grounded}));
+            } else {
+                more += 1;
+            }
         }
+        *by_decision.entry(decision).or_default() += 1;
     }
-    Ok(
-        json!({"decisions": total, "by_decision": by_decision, "by_lane": by_lane,
-              "denials": denials, "denials_more": more, "ungrounded_denials": ungrounded}),
-    )
+    json!({"decisions": decisions.len(), "by_decision": by_decision, "by_lane": by_lane,
+           "denials": denials, "denials_more": more, "ungrounded_denials": ungrounded})
 }
 
 /// The ops summary a packet carries (statement or DSSE envelope).

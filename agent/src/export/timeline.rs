@@ -3,6 +3,7 @@
 //! lives from layers/kernel.ndjson — streamed line by line, so memory follows the number of
 //! processes, never the number of events. Everything in a bundle is already redacted.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 
@@ -66,6 +67,44 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// The fields of a kernel record the timeline reads, borrowed from the line; the rest of the
+/// line is skipped unparsed.
+#[derive(serde::Deserialize, Default)]
+struct Rec<'a> {
+    #[serde(default)]
+    ts_ns: u64,
+    #[serde(default)]
+    pid: u32,
+    #[serde(default)]
+    ppid: u32,
+    #[serde(borrow, default)]
+    comm: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    is_thread: Option<bool>,
+    #[serde(default)]
+    child_pid: Option<u32>,
+    #[serde(borrow, default)]
+    filename: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    argv: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    group_dead: Option<bool>,
+    #[serde(default)]
+    exit_code: Option<i64>,
+    #[serde(default)]
+    signal: Option<i64>,
+    #[serde(borrow, default)]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    errno: Option<Cow<'a, str>>,
+    #[serde(default)]
+    target_pid: Option<u32>,
+}
+
 impl Timeline {
     pub fn read(b: &BundleDir) -> Result<Timeline, Refused> {
         let trace: Value = b.read_json(files::RUN_TRACE)?;
@@ -86,10 +125,13 @@ impl Timeline {
         }
         match b.open_file(files::KERNEL_LAYER) {
             Ok(f) => {
-                for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        t.apply(&v);
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, f);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if let Ok(rec) = serde_json::from_str::<Rec<'_>>(line.trim_end()) {
+                        t.apply(&rec);
                     }
+                    line.clear();
                 }
             }
             Err(r) if r.is_missing() => {}
@@ -114,15 +156,14 @@ impl Timeline {
         })
     }
 
-    fn apply(&mut self, v: &Value) {
-        let ts = u(&v["ts_ns"]);
-        *self.per_second.entry(ts / 1_000_000_000).or_default() += v["count"].as_u64().unwrap_or(1);
-        let pid = u(&v["pid"]) as u32;
-        let ppid = u(&v["ppid"]) as u32;
-        let comm = v["comm"].as_str().unwrap_or("");
-        match v["kind"].as_str().unwrap_or("") {
-            "process.fork" if v["is_thread"] != true => {
-                let child = u(&v["child_pid"]) as u32;
+    fn apply(&mut self, v: &Rec<'_>) {
+        let ts = v.ts_ns;
+        *self.per_second.entry(ts / 1_000_000_000).or_default() += v.count.unwrap_or(1);
+        let (pid, ppid) = (v.pid, v.ppid);
+        let comm = v.comm.as_deref().unwrap_or("");
+        match v.kind.as_deref().unwrap_or("") {
+            "process.fork" if v.is_thread != Some(true) => {
+                let child = v.child_pid.unwrap_or(0);
                 self.proc(pid, ppid, comm, ts);
                 self.proc(child, pid, comm, ts);
             }
@@ -131,22 +172,15 @@ impl Timeline {
                 p.comm = comm.to_string();
                 p.images.push(Image {
                     start_ns: ts,
-                    filename: v["filename"].as_str().unwrap_or("").into(),
-                    argv: v["argv"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    filename: v.filename.as_deref().unwrap_or("").into(),
+                    argv: v.argv.iter().map(|a| a.to_string()).collect(),
                 });
             }
-            "process.exit" if v["group_dead"] != false => {
+            "process.exit" if v.group_dead != Some(false) => {
                 let p = self.proc(pid, ppid, comm, ts);
                 p.end_ns = Some(ts);
-                p.exit_code = v["exit_code"].as_i64();
-                p.signal = v["signal"].as_i64();
+                p.exit_code = v.exit_code;
+                p.signal = v.signal;
             }
             "process.exec_failed" => self.mark(Instant {
                 ts_ns: ts,
@@ -154,8 +188,8 @@ impl Timeline {
                 name: "exec_failed".into(),
                 detail: format!(
                     "{} {}",
-                    v["path"].as_str().unwrap_or(""),
-                    v["errno"].as_str().unwrap_or("")
+                    v.path.as_deref().unwrap_or(""),
+                    v.errno.as_deref().unwrap_or("")
                 ),
             }),
             "oom.kill" => self.mark(Instant {
@@ -165,13 +199,13 @@ impl Timeline {
                 detail: comm.into(),
             }),
             "signal.generate" => {
-                let to = u(&v["target_pid"]) as u32;
+                let to = v.target_pid.unwrap_or(0);
                 if to != pid && self.flows.len() < MAX_MARKS {
                     self.flows.push(Flow {
                         ts_ns: ts,
                         from: pid,
                         to,
-                        signal: v["signal"].as_i64().unwrap_or(0),
+                        signal: v.signal.unwrap_or(0),
                     });
                 }
             }
