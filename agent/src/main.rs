@@ -158,7 +158,8 @@ fn dispatch(cli: Cli) -> i32 {
             bundle,
             format,
             out,
-        } => export::export(&bundle, format, out.as_deref()),
+            otlp_endpoint,
+        } => export::export(&bundle, format, out.as_deref(), otlp_endpoint.as_deref()),
         Command::SummarizeOps { input, out } => export::summarize_ops(&input, out.as_deref()),
         Command::Plan {
             command: PlanCommand::Lint { file },

@@ -163,3 +163,85 @@ for suite in xml:
             .all(|e| e["ts"].as_f64().is_none_or(|t| t >= 0.0))
     );
 }
+
+#[test]
+fn otlp_json_is_posted_to_a_real_receiver_with_a_retry() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let st = Command::new(vigil_bin())
+        .args(["run", "--no-daemon", "--run-id", "posted", "--out"])
+        .arg(&out)
+        .args(["--", "sh", "-c", "/bin/true; exit 0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("vigil run");
+    assert!(st.success());
+    // An OTLP/HTTP receiver on loopback: 503 first (with Retry-After), then it decodes the
+    // body with the official protos and answers 200.
+    let got = dir.path().join("received.txt");
+    let receiver = r#"
+import sys, http.server
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+seen = []
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        seen.append(self.path)
+        if len(seen) == 1:
+            self.send_response(503); self.send_header("Retry-After", "0"); self.end_headers(); return
+        req = json_format.Parse(body.decode(), trace_service_pb2.ExportTraceServiceRequest())
+        n = len(req.resource_spans[0].scope_spans[0].spans)
+        open(sys.argv[1], "w").write(f"{len(seen)} {self.path} {self.headers['Content-Type']} {n}\n")
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+while not seen or len(seen) < 2:
+    srv.handle_request()
+"#;
+    let mut rx = Command::new("python3")
+        .args(["-c", receiver])
+        .arg(&got)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(rx.stdout.take().expect("stdout")),
+        &mut port,
+    )
+    .expect("port");
+    let url = format!("http://127.0.0.1:{}", port.trim());
+    let file = dir.path().join("otlp.json");
+    let o = Command::new(vigil_bin())
+        .arg("export")
+        .arg(out.join("posted"))
+        .args(["--format", "otlp-json", "--otlp-endpoint", &url, "--out"])
+        .arg(&file)
+        .output()
+        .expect("export");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 attempt(s)"));
+    assert!(rx.wait().expect("receiver").success());
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("file")).expect("json");
+    let n = written["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        std::fs::read_to_string(&got).expect("received").trim(),
+        format!("2 /v1/traces application/json {n}")
+    );
+    // Nobody listening: bounded retries, then a clear failure.
+    let o = Command::new(vigil_bin())
+        .arg("export")
+        .arg(out.join("posted"))
+        .args(["--format", "otlp-json", "--otlp-endpoint", &url])
+        .output()
+        .expect("export");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("gave up after 5 attempts"));
+}

@@ -92,6 +92,10 @@ pub enum Command {
         /// Write here instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// With otlp-json: POST it to this OTLP/HTTP receiver (http://HOST:PORT[/PATH];
+        /// `/v1/traces` is appended unless the path ends with it).
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
     },
     /// Per-operation counts (exec, file read/write, connect, send) with allow/deny, by lane.
     SummarizeOps {

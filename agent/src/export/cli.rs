@@ -199,8 +199,19 @@ pub fn summarize_ops(input: &Path, out: Option<&Path>) -> i32 {
     }
 }
 
-pub fn export(bundle: &Path, format: crate::cli::ExportFormat, out: Option<&Path>) -> i32 {
+pub fn export(
+    bundle: &Path,
+    format: crate::cli::ExportFormat,
+    out: Option<&Path>,
+    otlp_endpoint: Option<&str>,
+) -> i32 {
     use crate::cli::ExportFormat;
+    if otlp_endpoint.is_some() && format != ExportFormat::OtlpJson {
+        return fail(
+            ExitCode::USAGE,
+            "--otlp-endpoint goes with --format otlp-json",
+        );
+    }
     let timeline = match BundleDir::open(bundle).and_then(|b| super::timeline::Timeline::read(&b)) {
         Ok(t) => t,
         Err(e) => return fail(1, format!("export {}: {e}", bundle.display())),
@@ -234,6 +245,15 @@ pub fn export(bundle: &Path, format: crate::cli::ExportFormat, out: Option<&Path
     };
     if !bytes.ends_with(b"\n") {
         bytes.push(b'\n');
+    }
+    if let Some(url) = otlp_endpoint {
+        match super::otlp_http::post(url, &bytes) {
+            Ok(attempts) => eprintln!("vigil: sent to {url} ({attempts} attempt(s))"),
+            Err(e) => return fail(1, format!("--otlp-endpoint {e}")),
+        }
+        if out.is_none() {
+            return 0;
+        }
     }
     match out {
         None => {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod dsse;
 pub mod formats;
 pub mod ops;
+pub mod otlp_http;
 pub mod perfetto;
 pub mod promotion;
 pub mod timeline;
