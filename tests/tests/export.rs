@@ -245,3 +245,113 @@ while not seen or len(seen) < 2:
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("gave up after 5 attempts"));
 }
+
+/// Chromium, headless, with its own background networking off; the page's console and network
+/// are read from its log and net log.
+fn chromium(page: &Path, shot: &Path, netlog: &Path) -> (String, String) {
+    let o = Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-default-apps",
+            "--window-size=1280,900",
+        ])
+        .arg(format!("--log-net-log={}", netlog.display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium (Debian package chromium; `cargo xtask test` installs it)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// URLs the page itself asked for (the browser's own requests carry no origin).
+fn page_requests(netlog: &Path) -> Vec<String> {
+    let log: Value =
+        serde_json::from_str(&std::fs::read_to_string(netlog).expect("netlog")).expect("json");
+    log["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let p = &e["params"];
+            let initiator = p["initiator"].as_str()?;
+            (initiator != "not an origin").then(|| p["url"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_html_report_loads_in_chromium_with_no_error_and_no_request() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let st = Command::new(vigil_bin())
+        .args([
+            "run",
+            "--no-daemon",
+            "--run-id",
+            "report",
+            "--liveness-stall-ms",
+            "500",
+            "--liveness-kill-grace-ms",
+            "200",
+            "--out",
+        ])
+        .arg(&out)
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "echo $API_TOKEN; /bin/true; /bin/true; exec {} hang",
+            fixture_bin().display()
+        ))
+        .env("API_TOKEN", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("vigil run");
+    assert_eq!(st.code(), Some(124));
+    let page = dir.path().join("report.html");
+    let html = export(&out.join("report"), "html", &page);
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+    let (shot, netlog) = (dir.path().join("report.png"), dir.path().join("net.json"));
+    let (dom, log) = chromium(&page, &shot, &netlog);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    let requests: Vec<String> = page_requests(&netlog)
+        .into_iter()
+        .filter(|u| !u.starts_with("file://"))
+        .collect();
+    assert!(requests.is_empty(), "the report fetched {requests:?}");
+    assert!(
+        dom.contains("data-verdict=\"timed_out\""),
+        "no verdict in the DOM"
+    );
+    // The script ran: it appends the verdict to the title.
+    assert!(
+        dom.contains("— timed_out</title>"),
+        "the inline script did not run"
+    );
+    let count = dom
+        .split("data-count=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("process count");
+    assert!(count >= 3, "sh, two trues and the fixture: {count}");
+    assert!(dom.contains("stall.subprocess.no_output_no_event"));
+    assert!(std::fs::metadata(&shot).expect("screenshot").len() > 1000);
+    // Kept for a person to look at.
+    let keep = std::env::temp_dir().join("vigil-report-screenshot.png");
+    let _ = std::fs::copy(&shot, keep);
+}

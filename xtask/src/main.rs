@@ -97,7 +97,7 @@ const TEST_PYTHON: [(&str, &str, &str); 7] = [
 ];
 
 /// Debian packages the tests use besides the eBPF toolchain.
-const TEST_DEBIAN: [(&str, &str); 2] = [
+const TEST_DEBIAN: [(&str, &str); 3] = [
     (
         "systemd",
         "the daemon tests check contrib/systemd/ with systemd-analyze verify",
@@ -105,6 +105,10 @@ const TEST_DEBIAN: [(&str, &str); 2] = [
     (
         "util-linux",
         "the daemon tests run it under the unit's capability bounding set with setpriv",
+    ),
+    (
+        "chromium",
+        "the export tests load the HTML report in a real headless Chromium",
     ),
 ];
 

@@ -84,7 +84,7 @@ pub enum Command {
         #[arg(long, value_name = "PREFIX")]
         out: PathBuf,
     },
-    /// The run as a timeline for other tools: chrome://tracing JSON, OTLP/JSON, JUnit.
+    /// The run for other tools: Perfetto, chrome://tracing JSON, OTLP/JSON, JUnit, an HTML report.
     Export {
         bundle: PathBuf,
         #[arg(long, value_enum)]
@@ -198,6 +198,8 @@ pub enum ExportFormat {
     OtlpJson,
     /// JUnit XML: a testcase per step.
     Junit,
+    /// One self-contained HTML report (no fetch, no external script).
+    Html,
 }
 
 #[derive(Debug, Subcommand)]

@@ -212,7 +212,11 @@ pub fn export(
             "--otlp-endpoint goes with --format otlp-json",
         );
     }
-    let timeline = match BundleDir::open(bundle).and_then(|b| super::timeline::Timeline::read(&b)) {
+    let dir = match BundleDir::open(bundle) {
+        Ok(d) => d,
+        Err(e) => return fail(1, format!("export {}: {e}", bundle.display())),
+    };
+    let timeline = match super::timeline::Timeline::read(&dir) {
         Ok(t) => t,
         Err(e) => return fail(1, format!("export {}: {e}", bundle.display())),
     };
@@ -242,6 +246,19 @@ pub fn export(
             serde_json::to_vec(&super::formats::otlp_json(&timeline)).unwrap_or_default()
         }
         ExportFormat::Junit => super::formats::junit(&timeline).into_bytes(),
+        ExportFormat::Html => {
+            let health: Value = dir
+                .read_json(crate::evidence::files::HEALTH)
+                .unwrap_or_default();
+            let mut decisions = Vec::new();
+            let _ = ops::each_line(&dir, crate::evidence::files::POLICY_LAYER, |_, line| {
+                if let Ok(d) = serde_json::from_str::<Value>(line) {
+                    decisions.push(d);
+                }
+                Ok(())
+            });
+            super::html::render(&timeline, &health, &decisions).into_bytes()
+        }
     };
     if !bytes.ends_with(b"\n") {
         bytes.push(b'\n');
