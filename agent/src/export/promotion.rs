@@ -196,3 +196,53 @@ pub fn ops_of_packet(packet: &Value) -> Option<OpsSummary> {
     let statement = super::dsse::statement_of(packet).ok()?;
     serde_json::from_value(statement["predicate"]["ops"].clone()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::bundle::Bundle;
+
+    /// Losses cannot be produced on demand on a real kernel (the reader keeps up with what a
+    /// test can generate), so this reason is checked on a committed bundle written here.
+    #[test]
+    fn lost_events_make_a_passing_run_unpromotable() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let b = Bundle::create(out.path(), "r").expect("bundle");
+        b.write_json(
+            files::RUN_TRACE,
+            &json!({"run_id": "r", "status": "passed", "exit_code": 0, "events": [],
+                    "summary": {"steps": [{"duration_ms": 1, "stall_detected": false}]}}),
+        )
+        .expect("trace");
+        let health = |lost: u64| {
+            json!({"run_id": "r", "kernel_layer": "observed", "cgroup_correlation": "full",
+                   "policy_layer": "absent", "lost_events": {"kernel_ring_buffer": lost, "reader": 0, "queues": 0},
+                   "downgraded_events_by_kind": {}})
+        };
+        b.write_json(files::HEALTH, &health(3)).expect("health");
+        for rel in [files::KERNEL_LAYER, files::POLICY_LAYER] {
+            b.write_bytes(rel, b"").expect("layer");
+        }
+        b.commit(&[]).expect("commit");
+        let dir = out.path().join("r");
+        let st = statement(&dir).expect("statement");
+        let p = &st["predicate"]["promotability"];
+        assert_eq!(p["promotable"], false);
+        assert_eq!(p["reasons"], json!(["lost_events: 3"]));
+
+        let b2 = Bundle::create(out.path(), "r2").expect("bundle");
+        b2.write_json(
+            files::RUN_TRACE,
+            &json!({"run_id": "r2", "status": "passed", "exit_code": 0,
+            "summary": {"steps": []}}),
+        )
+        .expect("trace");
+        b2.write_json(files::HEALTH, &health(0)).expect("health");
+        b2.commit(&[]).expect("commit");
+        let st = statement(&out.path().join("r2")).expect("statement");
+        assert_eq!(
+            st["predicate"]["promotability"]["promotable"], true,
+            "{st:#}"
+        );
+    }
+}
