@@ -251,15 +251,8 @@ fn run(args: vigil::cli::RunArgs) -> i32 {
             return ExitCode::USAGE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil: cannot start the runtime: {e}");
-            return ExitCode::VIGIL_FAILED;
-        }
+    let Some(rt) = vigil::cli::runtime() else {
+        return ExitCode::VIGIL_FAILED;
     };
     if let Some((file, plan)) = plan {
         let spec = plan::PlanSpec {

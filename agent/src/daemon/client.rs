@@ -159,15 +159,8 @@ pub fn run(path: &Path, args: RunArgs) -> i32 {
         return ExitCode::VIGIL_FAILED;
     }
     drop((cwd, out));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil: cannot start the runtime: {e}");
-            return ExitCode::VIGIL_FAILED;
-        }
+    let Some(rt) = crate::cli::runtime() else {
+        return ExitCode::VIGIL_FAILED;
     };
     rt.block_on(relay(stream, path))
 }

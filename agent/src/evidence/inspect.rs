@@ -261,11 +261,7 @@ fn write_decisions(out: &mut String, b: &BundleDir) {
     }
     let denials: Vec<&Value> = decisions
         .iter()
-        .filter(|d| {
-            d["decision"]
-                .as_str()
-                .is_some_and(|x| x.starts_with("deny:"))
-        })
+        .filter(|d| crate::policy::layer::is_denial(d))
         .collect();
     for d in denials.iter().take(10) {
         let _ = writeln!(

@@ -101,11 +101,7 @@ pub fn render(t: &Timeline, health: &Value, decisions: &[Value]) -> String {
     // Denials.
     let denials: Vec<&Value> = decisions
         .iter()
-        .filter(|d| {
-            d["decision"]
-                .as_str()
-                .is_some_and(|x| x.starts_with("deny:"))
-        })
+        .filter(|d| crate::policy::layer::is_denial(d))
         .collect();
     let _ = write!(h, "<h2>Policy denials ({})</h2><table>", denials.len());
     for d in denials.iter().take(MAX_DENIALS) {

@@ -41,11 +41,7 @@ pub fn statement(dir: &Path) -> Result<Value, PromotionError> {
     let decisions = read_decisions(&b)?;
     let wanted: HashSet<u64> = decisions
         .iter()
-        .filter(|d| {
-            d["decision"]
-                .as_str()
-                .is_some_and(|x| x.starts_with("deny:"))
-        })
+        .filter(|d| crate::policy::layer::is_denial(d))
         .filter_map(|d| d["kernel_event_seq"].as_u64())
         .collect();
     // One pass over the kernel layer: the ops summary, and which denials the kernel enforced.

@@ -204,3 +204,10 @@ impl crate::kernel::bus::KernelObserver for PolicyLayer {
         PolicyLayer::observe(self, batch);
     }
 }
+
+/// Whether a `layers/policy.ndjson` line is a denial (`deny:<op>`).
+pub fn is_denial(decision: &serde_json::Value) -> bool {
+    decision["decision"]
+        .as_str()
+        .is_some_and(|x| x.starts_with("deny:"))
+}
