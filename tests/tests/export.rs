@@ -355,3 +355,58 @@ fn the_html_report_loads_in_chromium_with_no_error_and_no_request() {
     let keep = std::env::temp_dir().join("vigil-report-screenshot.png");
     let _ = std::fs::copy(&shot, keep);
 }
+
+#[test]
+fn a_plans_steps_get_tracks_and_testcases_of_their_own() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "steps:\n  - name: build\n    command: \"true\"\n  - name: check\n    command: \"exit 3\"\n",
+    )
+    .expect("plan");
+    let out = dir.path().join("out");
+    let st = Command::new(vigil_bin())
+        .args(["run", "--run-id", "gate", "--continue-on-fail", "--plan"])
+        .arg(&plan)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("vigil run --plan");
+    assert_eq!(st.code(), Some(3));
+    let b = out.join("gate");
+    let pf = dir.path().join("gate.pftrace");
+    let o = Command::new(vigil_bin())
+        .arg("export")
+        .arg(&b)
+        .args(["--format", "perfetto", "--out"])
+        .arg(&pf)
+        .output()
+        .expect("export");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tracks = python(
+        r#"
+import sys
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+t = pb.Trace(); t.ParseFromString(open(sys.argv[1], "rb").read())
+print(sorted(p.track_descriptor.name for p in t.packet if p.HasField("track_descriptor") and p.track_descriptor.name.startswith("step ")))
+"#,
+        &pf,
+    );
+    assert_eq!(tracks.trim(), "['step build', 'step check']");
+    let junit_path = dir.path().join("gate.xml");
+    export(&b, "junit", &junit_path);
+    let read = python(
+        r#"
+import sys
+from junitparser import JUnitXml, Failure
+for suite in JUnitXml.fromfile(sys.argv[1]):
+    print(suite.tests, suite.failures, [c.name for c in suite])
+"#,
+        &junit_path,
+    );
+    assert_eq!(read.trim(), "2 1 ['build', 'check']");
+}

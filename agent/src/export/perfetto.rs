@@ -3,7 +3,7 @@
 //! `Trace`). The message subset below carries the field numbers of Perfetto's
 //! `perfetto_trace.proto` (checked against the official `perfetto_trace_pb2` in the tests).
 //!
-//! Tracks: the run (root), its spans, one track per process nested as the process tree (a
+//! Tracks: the run (root), its spans (a plan's steps on tracks of their own), one track per process nested as the process tree (a
 //! slice per exec image with argv, and exit code or signal at its end), failed execs, OOM kills
 //! and stalls as instants, signals as flows from sender to target, and a counter of kernel
 //! events per second.
@@ -84,6 +84,8 @@ const SEQ: u32 = 1;
 const RUN: u64 = 1;
 const SPANS: u64 = 2;
 const COUNTER: u64 = 3;
+/// A plan's step tracks: STEPS + step index.
+const STEPS: u64 = 16;
 /// Process tracks: PROC + pid.
 const PROC: u64 = 1 << 32;
 
@@ -168,6 +170,25 @@ pub fn write(t: &Timeline, w: impl Write) -> std::io::Result<()> {
         }),
         ..TracePacket::default()
     })?;
+    // A plan's steps (its `case.run` spans: `attrs.step`, or the step bundle they name,
+    // `steps/NN-<name>`) get tracks of their own.
+    let step_of = |sp: &serde_json::Value| -> Option<String> {
+        if let Some(s) = sp["attrs"]["step"].as_str() {
+            return Some(s.to_string());
+        }
+        let b = sp["attrs"]["bundle"].as_str()?.strip_prefix("steps/")?;
+        Some(b.split_once('-').map_or(b, |(_, name)| name).to_string())
+    };
+    let mut step_tracks: BTreeMap<String, u64> = BTreeMap::new();
+    for sp in t.trace["spans"].as_array().into_iter().flatten() {
+        if let Some(step) = step_of(sp)
+            && !step_tracks.contains_key(&step)
+        {
+            let uuid = STEPS + step_tracks.len() as u64;
+            out.track(uuid, Some(RUN), format!("step {step}"))?;
+            step_tracks.insert(step, uuid);
+        }
+    }
     // Spans as nested slices, begins and ends in time order.
     let mut marks: BTreeMap<(u64, u8, u64), TrackEvent> = BTreeMap::new();
     for (n, sp) in t.trace["spans"]
@@ -176,6 +197,9 @@ pub fn write(t: &Timeline, w: impl Write) -> std::io::Result<()> {
         .flatten()
         .enumerate()
     {
+        let track = step_of(sp)
+            .and_then(|s| step_tracks.get(&s).copied())
+            .unwrap_or(SPANS);
         let (b, e) = (
             sp["start_ns"].as_u64().unwrap_or(0),
             sp["end_ns"].as_u64().unwrap_or(0),
@@ -186,12 +210,12 @@ pub fn write(t: &Timeline, w: impl Write) -> std::io::Result<()> {
             (b, 1, n as u64),
             ev(
                 1,
-                SPANS,
+                track,
                 Some(name),
                 vec![s("status", sp["status"].as_str().unwrap_or(""))],
             ),
         );
-        marks.insert((e, 0, u64::MAX - n as u64), ev(2, SPANS, None, Vec::new()));
+        marks.insert((e, 0, u64::MAX - n as u64), ev(2, track, None, Vec::new()));
     }
     for ((ts, ..), e) in marks {
         out.event(ts, e)?;
