@@ -129,7 +129,14 @@ impl Supervisor<'_> {
                                 .iter()
                                 .find(|(k, _)| k == "PYTHONPATH")
                                 .map(|(_, v)| v.clone())
-                                .or_else(|| std::env::var_os("PYTHONPATH"));
+                                // The environment the child starts from: vigil's own, or
+                                // the daemon client's.
+                                .or_else(|| {
+                                    self.base_env
+                                        .iter()
+                                        .find(|(k, _)| k == "PYTHONPATH")
+                                        .map(|(_, v)| v.clone())
+                                });
                             env.push((
                                 "PYTHONPATH".into(),
                                 shim::python_path(&dir, existing.as_ref()),
