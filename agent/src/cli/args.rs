@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::run::spec::{RunId, UserSpec};
 
+pub use super::commands::{DaemonArgs, ExportFormat, PlanCommand};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vigil",
@@ -138,76 +140,6 @@ pub enum Command {
     CgroupGuard {
         #[arg(long)]
         cgroup: PathBuf,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct DaemonArgs {
-    /// The socket clients connect to.
-    #[arg(
-        long,
-        env = "VIGIL_DAEMON_SOCKET",
-        default_value = "/run/vigil/vigil.sock",
-        value_name = "PATH"
-    )]
-    pub socket: PathBuf,
-
-    /// Group whose members may request runs (socket mode 0660); without such a group the
-    /// socket is root's only (0600).
-    #[arg(long, default_value = "vigil", value_name = "GROUP")]
-    pub socket_group: String,
-
-    /// Runs at once (default: the number of CPUs).
-    #[arg(long, value_name = "N", value_parser = parse_count)]
-    pub max_runs: Option<usize>,
-
-    /// Requests that may wait for a run slot; past it a request is rejected (`queue_full`).
-    #[arg(long, default_value = "32", value_name = "N", value_parser = parse_queue)]
-    pub queue: usize,
-
-    /// Runs one uid may have active or queued at once (`uid_limit` past it; default: no limit
-    /// beyond --max-runs plus --queue).
-    #[arg(long, value_name = "N", value_parser = parse_count)]
-    pub max_runs_per_uid: Option<usize>,
-
-    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
-
-    /// cgroup v2 parent for run cgroups, relative to the cgroup2 mount or absolute under it.
-    #[arg(long, default_value = "vigil", value_name = "PATH")]
-    pub cgroup_parent: PathBuf,
-}
-
-fn parse_count(s: &str) -> Result<usize, String> {
-    parse_whole(s, "runs").map(|n| n as usize)
-}
-
-fn parse_queue(s: &str) -> Result<usize, String> {
-    s.parse::<usize>()
-        .map_err(|_| "expected a whole number of requests ≥ 0".to_string())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExportFormat {
-    /// Perfetto protobuf trace (.pftrace) of TrackEvent packets.
-    Perfetto,
-    /// Trace Event Format JSON (chrome://tracing, Perfetto's JSON importer).
-    ChromeTrace,
-    /// OTLP/JSON ExportTraceServiceRequest.
-    OtlpJson,
-    /// JUnit XML: a testcase per step.
-    Junit,
-    /// One self-contained HTML report (no fetch, no external script).
-    Html,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PlanCommand {
-    /// The checks of `run --plan` without running: `file:line:column` errors, exit 2.
-    Lint {
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
     },
 }
 
@@ -587,7 +519,7 @@ fn parse_min_events(s: &str) -> Result<u64, String> {
     parse_whole(s, "events")
 }
 
-fn parse_whole(s: &str, unit: &str) -> Result<u64, String> {
+pub(super) fn parse_whole(s: &str, unit: &str) -> Result<u64, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("expected a whole number of {unit} ≥ 1"));
     }

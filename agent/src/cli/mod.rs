@@ -1,6 +1,7 @@
 //! The command-line surface: clap definitions, environment equivalents and exit codes.
 
 mod args;
+mod commands;
 mod exit;
 mod usage;
 
