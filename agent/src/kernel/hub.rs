@@ -175,6 +175,10 @@ impl Hub {
             if let Err(e) = sensor.watch(cgroup_id) {
                 drop(sensor);
                 lock(&self.shared.routes).remove(&cgroup_id);
+                if full {
+                    let mut n = lock(&self.shared.syscall_runs);
+                    *n = n.saturating_sub(1);
+                }
                 return Err(e);
             }
             sensor.probes().clone()
