@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -128,7 +128,6 @@ pub fn bench(env: &Env, tmp: &Path, quick: bool) -> Result<Vec<Row>> {
     for _ in 0..(if quick { 3 } else { 7 }) {
         bare.extend(batch(false)?);
         under.extend(batch(true)?);
-        std::thread::sleep(Duration::from_millis(50));
     }
     let (b, v) = (median(bare), median(under));
     rows.push(Row {

@@ -216,7 +216,7 @@ pub fn export(
         Ok(d) => d,
         Err(e) => return fail(1, format!("export {}: {e}", bundle.display())),
     };
-    let timeline = match super::timeline::Timeline::read(&dir) {
+    let timeline = match super::timeline::Timeline::read(&dir, format != ExportFormat::Junit) {
         Ok(t) => t,
         Err(e) => return fail(1, format!("export {}: {e}", bundle.display())),
     };
@@ -250,13 +250,7 @@ pub fn export(
             let health: Value = dir
                 .read_json(crate::evidence::files::HEALTH)
                 .unwrap_or_default();
-            let mut decisions = Vec::new();
-            let _ = ops::each_line(&dir, crate::evidence::files::POLICY_LAYER, |_, line| {
-                if let Ok(d) = serde_json::from_str::<Value>(line) {
-                    decisions.push(d);
-                }
-                Ok(())
-            });
+            let decisions = ops::read_decisions(&dir).unwrap_or_default();
             super::html::render(&timeline, &health, &decisions).into_bytes()
         }
     };

@@ -197,6 +197,19 @@ pub(crate) fn each_line(
     }
 }
 
+/// The policy layer's decisions (few next to kernel events); a line that does not parse is
+/// skipped.
+pub(crate) fn read_decisions(b: &BundleDir) -> Result<Vec<Value>, OpsError> {
+    let mut out = Vec::new();
+    each_line(b, files::POLICY_LAYER, |_, line| {
+        if let Ok(d) = serde_json::from_str::<Value>(line) {
+            out.push(d);
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 fn bad_line(file: &'static str, line: usize, e: serde_json::Error) -> OpsError {
     OpsError::Line {
         file,

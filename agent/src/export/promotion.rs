@@ -38,7 +38,7 @@ pub fn statement(dir: &Path) -> Result<Value, PromotionError> {
     let b = BundleDir::open(dir)?;
     let trace: Value = b.read_json(files::RUN_TRACE)?;
     let health: Value = b.read_json(files::HEALTH)?;
-    let decisions = read_decisions(&b)?;
+    let decisions = ops::read_decisions(&b)?;
     let wanted: HashSet<u64> = decisions
         .iter()
         .filter(|d| crate::policy::layer::is_denial(d))
@@ -140,18 +140,6 @@ pub fn statement(dir: &Path) -> Result<Value, PromotionError> {
             "promotability": {"promotable": reasons.is_empty(), "reasons": reasons},
         }
     }))
-}
-
-/// The policy layer's decisions (few next to kernel events).
-fn read_decisions(b: &BundleDir) -> Result<Vec<Value>, PromotionError> {
-    let mut out = Vec::new();
-    ops::each_line(b, files::POLICY_LAYER, |_, line| {
-        if let Ok(d) = serde_json::from_str::<Value>(line) {
-            out.push(d);
-        }
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 /// Decisions by verdict, denials with their kernel evidence, and how many denials have none: a

@@ -5,11 +5,11 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::BufRead;
 
 use serde_json::Value;
 
-use crate::evidence::beneath::{BundleDir, Refused};
+use super::ops::{OpsError, each_line};
+use crate::evidence::beneath::BundleDir;
 use crate::evidence::files;
 
 /// One exec image of a process: from its exec (or fork) to the next exec or the exit.
@@ -106,36 +106,37 @@ struct Rec<'a> {
 }
 
 impl Timeline {
-    pub fn read(b: &BundleDir) -> Result<Timeline, Refused> {
+    /// The trace, and with `kernel` the process lives and marks of the kernel layer (a report
+    /// that only needs the steps, such as JUnit, skips the layer).
+    pub fn read(b: &BundleDir, kernel: bool) -> Result<Timeline, OpsError> {
         let trace: Value = b.read_json(files::RUN_TRACE)?;
+        let marks: Vec<Instant> = trace["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| matches!(e["kind"].as_str(), Some("stall_warning" | "watchdog")))
+            .map(|e| Instant {
+                ts_ns: u(&e["ts_ns"]),
+                pid: None,
+                name: e["kind"].as_str().unwrap_or("").into(),
+                detail: e["reason"].as_str().unwrap_or("").into(),
+            })
+            .collect();
         let mut t = Timeline {
             trace,
             ..Timeline::default()
         };
-        for e in t.trace["events"].as_array().cloned().unwrap_or_default() {
-            let kind = e["kind"].as_str().unwrap_or("");
-            if matches!(kind, "stall_warning" | "watchdog") {
-                t.mark(Instant {
-                    ts_ns: u(&e["ts_ns"]),
-                    pid: None,
-                    name: kind.into(),
-                    detail: e["reason"].as_str().unwrap_or("").into(),
-                });
-            }
+        for m in marks {
+            t.mark(m);
         }
-        match b.open_file(files::KERNEL_LAYER) {
-            Ok(f) => {
-                let mut reader = std::io::BufReader::with_capacity(1 << 16, f);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if let Ok(rec) = serde_json::from_str::<Rec<'_>>(line.trim_end()) {
-                        t.apply(&rec);
-                    }
-                    line.clear();
+        if kernel {
+            // A line that does not parse is skipped: the rest of the layer still draws.
+            each_line(b, files::KERNEL_LAYER, |_, line| {
+                if let Ok(rec) = serde_json::from_str::<Rec<'_>>(line) {
+                    t.apply(&rec);
                 }
-            }
-            Err(r) if r.is_missing() => {}
-            Err(r) => return Err(r),
+                Ok(())
+            })?;
         }
         Ok(t)
     }

@@ -126,11 +126,6 @@ impl Hub {
             .map_or(0, |by_kind| by_kind.values().sum())
     }
 
-    /// Runs routed now.
-    pub fn runs(&self) -> usize {
-        lock(&self.shared.routes).len()
-    }
-
     /// The sensor's probes now.
     pub fn probes(&self) -> BTreeMap<String, ProbeStatus> {
         lock(&self.shared.sensor).probes().clone()

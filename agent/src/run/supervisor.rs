@@ -140,7 +140,9 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
             v.to_string_lossy().into_owned(),
         )
     };
-    let mut env: Vec<(String, String)> = host.base_env().into_iter().map(lossy).collect();
+    // Read once: the child starts from it, and the trace profiles it.
+    let base_env = host.base_env();
+    let mut env: Vec<(String, String)> = base_env.iter().cloned().map(lossy).collect();
     for (k, v) in spec.env.iter().cloned().map(lossy) {
         env.retain(|(key, _)| *key != k);
         env.push((k, v));
@@ -234,7 +236,7 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
         network_mechanism: None,
         cgroup_mount: mount,
         child_env: Vec::new(),
-        base_env: host.base_env(),
+        base_env,
         sdk: None,
         sdk_stats: None,
     };
