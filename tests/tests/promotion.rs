@@ -129,6 +129,8 @@ fn a_promotable_run_signs_verifies_and_summarizes_like_its_bundle() {
         })
         .expect("base64");
     let st: Value = serde_json::from_slice(&payload.stdout).expect("statement");
+    assert_matches_schema("promotion_statement.v1.json", &st);
+    assert_matches_schema("ops_summary.v1.json", &st["predicate"]["ops"]);
     assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
     let index = read_json(&b.join("artifact_index.json"));
     assert_eq!(
