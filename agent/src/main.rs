@@ -142,6 +142,7 @@ fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Daemon(args) => daemon(args),
+        Command::Watch(args) => watch(*args),
         Command::EmitPromotion {
             bundle,
             out,
@@ -224,6 +225,27 @@ fn daemon(args: vigil::cli::DaemonArgs) -> i32 {
         Err(e) => {
             eprintln!("vigil daemon: {e}");
             ExitCode::HOST_UNSUPPORTED
+        }
+    }
+}
+
+/// `vigil watch`: standalone here (the daemon serves watches for the CI hooks).
+fn watch(args: vigil::cli::WatchArgs) -> i32 {
+    let spec = match vigil::run::watch::spec(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            return e.exit_code();
+        }
+    };
+    let Some(rt) = vigil::cli::runtime() else {
+        return ExitCode::VIGIL_FAILED;
+    };
+    match rt.block_on(supervisor::run(spec)) {
+        Ok(result) => result.exit_code(),
+        Err(e) => {
+            eprintln!("vigil: {e}");
+            e.exit_code()
         }
     }
 }

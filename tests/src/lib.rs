@@ -275,6 +275,32 @@ pub fn read_pid(path: &Path) -> i32 {
         .expect("pid")
 }
 
+/// Wait (on cgroup.events, no polling loop) until `cgroup` holds no process; false on timeout.
+pub fn wait_cgroup_empty(cgroup: &Path, timeout: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+    let Ok(mut f) = std::fs::File::open(cgroup.join("cgroup.events")) else {
+        return true;
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut text = String::new();
+        let _ = f.rewind();
+        let _ = f.read_to_string(&mut text);
+        if text.lines().any(|l| l == "populated 0") {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLPRI)];
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+    }
+}
+
 /// Events of one kind, in order.
 pub fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()

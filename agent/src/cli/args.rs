@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::run::spec::{RunId, UserSpec};
 
-pub use super::commands::{DaemonArgs, ExportFormat, PlanCommand};
+pub use super::commands::{DaemonArgs, ExportFormat, PlanCommand, WatchArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,6 +132,9 @@ pub enum Command {
         )]
         out: PathBuf,
     },
+    /// Observe (and police) the processes of an existing cgroup that vigil did not spawn, until
+    /// it empties, SIGINT, or `--duration`; write the same bundle as `run`.
+    Watch(Box<WatchArgs>),
     /// Long-lived privileged sidecar: the sensor stays loaded, runs are requested over a local
     /// socket (`vigil run --daemon PATH`, or the default socket when it answers).
     Daemon(DaemonArgs),
@@ -534,7 +537,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_whole(s, "bytes")
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("expected a duration > 0 such as 90s, 1500ms or 2m".into()),
         Ok(d) => Ok(d),

@@ -54,6 +54,34 @@ fn parse_queue(s: &str) -> Result<usize, String> {
         .map_err(|_| "expected a whole number of requests ≥ 0".to_string())
 }
 
+/// `vigil watch`: an existing cgroup, when to stop, and the run flags that apply to a watch.
+#[derive(Debug, Clone, Args, serde::Serialize, serde::Deserialize)]
+pub struct WatchArgs {
+    /// The cgroup to observe (and everything beneath it): relative to the cgroup2 mount or
+    /// absolute under it.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: PathBuf,
+
+    /// End when the cgroup holds no process any more (always true; the flag says it aloud).
+    #[arg(long, conflicts_with = "duration")]
+    pub until_empty: bool,
+
+    /// End after this long (`90s`, `10m`), or earlier when the cgroup empties. Ending a watch
+    /// never kills anything (`--timeout` does).
+    #[arg(long, value_name = "DURATION", value_parser = super::args::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    /// Write the SDK socket's path to FILE once the watch is active (vigil does not set the
+    /// watched processes' environment: they read it from there into `VIGIL_SDK_SOCKET`).
+    #[arg(long, value_name = "FILE")]
+    pub sdk_announce: Option<PathBuf>,
+
+    /// The run flags; those that only make sense for a child vigil spawns (`--user`, `--plan`,
+    /// a command, `--agent-shim`, `--lane`) are refused.
+    #[command(flatten)]
+    pub run: super::args::RunArgs,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
     /// Perfetto protobuf trace (.pftrace) of TrackEvent packets.

@@ -320,6 +320,7 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
         signals: sig_rx,
         hub: d.hub.clone(),
         started: Some(started_tx),
+        sdk_socket: None,
     };
     d.active().insert(ticket, sig_tx.clone());
     d.metrics.runs_started.inc();

@@ -141,11 +141,33 @@ pub struct ObservationHealth {
     /// The SDK socket and what it heard (absent when no socket was offered).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub sdk: Option<SdkHealth>,
+    /// false for `vigil watch`: the processes were started by someone else, before vigil looked.
+    #[serde(default = "yes")]
+    pub spawned_by_vigil: bool,
+    /// A watch's attach: what it found, and what it cannot have seen.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub watch: Option<WatchHealth>,
     pub notes: Vec<String>,
 }
 
 fn standalone() -> String {
     "standalone".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `watch` in health: the cgroup a watch attached to and what the attach could not see.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchHealth {
+    pub cgroup: String,
+    /// Processes found running at attach (`seeded: true` in their subprocess_state).
+    pub seeded_processes: u64,
+    /// Wall-clock ns of the attach: kernel evidence starts here.
+    pub attached_at_ns: u64,
+    /// What happened before the attach and is not in the bundle.
+    pub missed_before_attach: Vec<String>,
 }
 
 impl ObservationHealth {

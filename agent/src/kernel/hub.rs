@@ -136,6 +136,7 @@ impl Hub {
     pub fn register(
         &self,
         cgroup_id: u64,
+        beneath: &dyn Fn() -> Vec<u64>,
         scope: Scope,
         redactor: Arc<Redactor>,
         layer: &Path,
@@ -167,7 +168,7 @@ impl Hub {
             let mut sensor = lock(&self.shared.sensor);
             // Counters a run with a reused inode number might have left.
             let _ = sensor.lost_of_run(cgroup_id, true);
-            if let Err(e) = sensor.watch(cgroup_id) {
+            if let Err(e) = sensor.watch_subtree(cgroup_id, beneath) {
                 drop(sensor);
                 lock(&self.shared.routes).remove(&cgroup_id);
                 if full {

@@ -59,9 +59,16 @@ fn probe(status: ProbeState, reason: Option<String>) -> ProbeHealth {
 }
 
 impl KernelLayer {
-    /// Load and attach the programs of `scope` (none when None) and watch `cgroup_id`. Never
+    /// Load and attach the programs of `scope` (none when None) and watch `cgroup_id` (with the
+    /// cgroups `beneath` lists). Never
     /// fails: a missing feature lowers the claim and is recorded.
-    pub fn start(scope: Option<Scope>, cgroup_id: u64, layer: &Path, space: Arc<Space>) -> Self {
+    pub fn start(
+        scope: Option<Scope>,
+        cgroup_id: u64,
+        beneath: &dyn Fn() -> Vec<u64>,
+        layer: &Path,
+        space: Arc<Space>,
+    ) -> Self {
         let mut me = KernelLayer {
             sensor: None,
             reader: None,
@@ -85,7 +92,7 @@ impl KernelLayer {
             }
         };
         me.probes = probe_health(sensor.probes());
-        if let Err(e) = sensor.watch(cgroup_id) {
+        if let Err(e) = sensor.watch_subtree(cgroup_id, beneath) {
             me.notes
                 .push(format!("kernel layer not watching the run cgroup: {e}"));
             return me;

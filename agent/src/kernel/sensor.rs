@@ -214,6 +214,36 @@ impl KernelSensor {
             .map_err(|e| map_err("watched")(e.to_string()))
     }
 
+    /// Report events of `root`, of every cgroup already beneath it (`vigil watch`), and of
+    /// cgroups created beneath it from now on. `beneath` lists the existing ones; it is called
+    /// after `root` is in the filter, and again until a listing brings nothing new, so a cgroup
+    /// made meanwhile is caught by the listing or by the kernel's `cgroup_mkdir` program.
+    /// Returns how many cgroups beneath `root` were added.
+    pub fn watch_subtree(
+        &mut self,
+        root: u64,
+        beneath: &dyn Fn() -> Vec<u64>,
+    ) -> Result<usize, SensorError> {
+        self.watch(root)?;
+        let mut known = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let new: Vec<u64> = beneath()
+                .into_iter()
+                .filter(|id| known.insert(*id))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            let mut watched = self.watched()?;
+            for id in new {
+                watched
+                    .insert(id, root, 0)
+                    .map_err(|e| map_err("watched")(e.to_string()))?;
+            }
+        }
+        Ok(known.len())
+    }
+
     /// Stop reporting the run whose cgroup is `root`, and every cgroup created beneath it.
     pub fn unwatch(&mut self, root: u64) -> Result<usize, SensorError> {
         let mut watched = self.watched()?;

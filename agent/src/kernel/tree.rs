@@ -47,6 +47,8 @@ pub struct ProcessLife {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub oom_killed: bool,
+    /// Found running at a watch's attach (its fork and exec came before vigil looked).
+    pub seeded: bool,
 }
 
 fn state(pid: u32, ppid: u32, comm: &str, state: &str) -> Value {
@@ -79,6 +81,24 @@ impl KernelTree {
         all
     }
 
+    /// A process a watch found running at attach; its `subprocess_state` record (`running`,
+    /// `seeded: true`). Its exit then comes from kernel events like any other's.
+    pub fn seed(&mut self, life: ProcessLife) -> Value {
+        let mut s = state(life.pid, life.ppid, &life.comm, "running");
+        s["seeded"] = json!(true);
+        s["source"] = json!("procfs");
+        s["argv"] = json!(life.argv);
+        s["start_boot_ns"] = json!(life.start_boot_ns);
+        self.live.insert(
+            life.pid,
+            ProcessLife {
+                seeded: true,
+                ..life
+            },
+        );
+        s
+    }
+
     /// The `subprocess_state` records one kernel event implies.
     /// The event is already redacted (the reader redacts once, before any consumer).
     pub fn apply(&mut self, ev: &KernelEvent) -> Vec<Value> {
@@ -104,6 +124,7 @@ impl KernelTree {
                         exit_code: None,
                         signal: None,
                         oom_killed: false,
+                        seeded: false,
                     },
                 );
                 vec![state(*child_pid, hdr.pid, &hdr.comm, "spawned")]
@@ -335,5 +356,40 @@ mod tests {
         assert_eq!(exit.len(), 1);
         assert_eq!(exit[0]["state"], "exited");
         assert!(t.lives()[0].oom_killed);
+    }
+
+    #[test]
+    fn a_seeded_process_lives_until_its_exit_event() {
+        let mut t = KernelTree::new(0);
+        let rec = t.seed(ProcessLife {
+            pid: 30,
+            ppid: 1,
+            comm: "sleep".into(),
+            start_boot_ns: 5,
+            exec_boot_ns: None,
+            end_boot_ns: None,
+            exec_chain: vec![],
+            argv: vec!["sleep".into(), "60".into()],
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            seeded: false,
+        });
+        assert_eq!(rec["state"], "running");
+        assert_eq!(rec["seeded"], true);
+        assert_eq!(t.live_count(), 1);
+        let out = t.apply(&KernelEvent::Exit {
+            hdr: h(30, 1, "sleep"),
+            exit_code: Some(0),
+            signal: None,
+            core_dumped: false,
+            group_dead: true,
+        });
+        assert_eq!(
+            out[0]["state"], "exited",
+            "a watch's pid 0 is no main child"
+        );
+        assert_eq!(t.live_count(), 0);
+        assert!(t.lives()[0].seeded);
     }
 }

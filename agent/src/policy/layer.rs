@@ -23,6 +23,9 @@ pub struct PolicySpec {
     pub policy: Policy,
     /// Enforce mode: the Landlock ruleset for the child (built before anything started).
     pub landlock: Option<std::sync::Arc<super::landlock::LandlockPlan>>,
+    /// Enforce mode on a watch: only the network rules are held (cgroup hooks); the policy
+    /// allows every filesystem access, so there is nothing for Landlock to do.
+    pub network_hooks_only: bool,
     pub lane: DecisionLane,
 }
 

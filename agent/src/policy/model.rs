@@ -94,6 +94,18 @@ impl Policy {
                 }),
             })
     }
+
+    /// Whether reads, writes and execs are allowed everywhere (each list's first rule allows
+    /// `/`): such a policy restricts only the network, which a `vigil watch` can enforce.
+    pub fn filesystem_unrestricted(&self) -> bool {
+        [&self.read, &self.write, &self.exec]
+            .into_iter()
+            .all(|rules| {
+                rules
+                    .first()
+                    .is_some_and(|r| r.action == Action::Allow && r.paths.iter().any(|p| p == "/"))
+            })
+    }
 }
 
 /// Variables a path may start with, expanded per run.

@@ -17,6 +17,10 @@ pub enum CgroupError {
     NoCgroup2,
     #[error("cgroup parent {0} is not under the cgroup2 mount {1}")]
     ParentOutsideMount(PathBuf, PathBuf),
+    #[error(
+        "--cgroup {0}: {1}; accepted: an existing cgroup v2 directory, relative to the cgroup2 mount or absolute under it"
+    )]
+    NotACgroup(PathBuf, &'static str),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -115,6 +119,9 @@ pub struct RunCgroup {
     id: u64,
     /// The owner directory holds other runs too (a daemon's): only this run's cgroup is removed.
     shared_owner: bool,
+    /// Someone else's cgroup (`vigil watch`): observed and, on a watchdog verdict, killed, but
+    /// never removed.
+    foreign: bool,
 }
 
 /// One observation of `cgroup.events`.
@@ -138,6 +145,7 @@ impl RunCgroup {
             path,
             id,
             shared_owner: false,
+            foreign: false,
         })
     }
 
@@ -146,6 +154,68 @@ impl RunCgroup {
         let mut cg = RunCgroup::create(parent, run_id)?;
         cg.shared_owner = true;
         Ok(cg)
+    }
+
+    /// An existing cgroup to watch: `path` relative to the cgroup2 mount or absolute under it,
+    /// a real directory there (no `..`, no symlink on the way: cgroupfs has none, so one is an
+    /// attempt to point vigil elsewhere).
+    pub fn existing(mount: &Path, path: &Path) -> Result<Self, CgroupError> {
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(CgroupError::NotACgroup(
+                path.to_path_buf(),
+                "must not contain '..'",
+            ));
+        }
+        let full = resolve_parent(mount, path)?;
+        let mut at = mount.to_path_buf();
+        for part in full
+            .strip_prefix(mount)
+            .unwrap_or(Path::new(""))
+            .components()
+        {
+            at.push(part);
+            match fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => {
+                    return Err(CgroupError::NotACgroup(full, "is not a directory"));
+                }
+                Err(e) => return Err(io_err("open cgroup", &full)(e)),
+            }
+        }
+        if !full.join("cgroup.procs").exists() {
+            return Err(CgroupError::NotACgroup(full, "has no cgroup.procs"));
+        }
+        let id = fs::metadata(&full).map_err(io_err("stat", &full))?.ino();
+        Ok(RunCgroup {
+            owner_dir: full.clone(),
+            path: full,
+            id,
+            shared_owner: false,
+            foreign: true,
+        })
+    }
+
+    /// The ids of every cgroup beneath this one, parents before children.
+    pub fn descendant_ids(&self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut queue = std::collections::VecDeque::from([self.path.clone()]);
+        while let Some(dir) = queue.pop_front() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                if e.file_type().is_ok_and(|t| t.is_dir())
+                    && let Ok(m) = e.metadata()
+                {
+                    ids.push(m.ino());
+                    queue.push_back(e.path());
+                }
+            }
+        }
+        ids
     }
 
     pub fn path(&self) -> &Path {
@@ -190,6 +260,9 @@ impl RunCgroup {
 
     /// Remove the run cgroup and (unless shared) its owner directory. The cgroup must be empty.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        if self.foreign {
+            return Ok(());
+        }
         match self.shared_owner {
             true => remove_tree(&self.path),
             false => remove_tree(&self.owner_dir),

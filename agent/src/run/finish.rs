@@ -141,8 +141,14 @@ impl Supervisor<'_> {
             )),
             None => {}
         }
+        let hooks_only = self
+            .spec
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.network_hooks_only);
         let policy_layer = match (&landlock, &policy) {
             (Some(_), _) => PolicyClaim::Enforced,
+            (None, _) if hooks_only => PolicyClaim::Enforced,
             (None, Some(p)) if p.write_error.is_none() => PolicyClaim::Audited,
             _ => PolicyClaim::Absent,
         };
@@ -222,6 +228,8 @@ impl Supervisor<'_> {
             output,
             sdk: sdk_health,
             observer: Some(ObserverCost::since(self.rec.observer_start)),
+            spawned_by_vigil: self.spec.watch.is_none(),
+            watch: self.watch_health.take(),
             notes: {
                 let mut n = vec![match sup.process_tree_source {
                     "kernel" => "process tree (subprocess_state) from kernel events".to_string(),

@@ -49,6 +49,8 @@ pub struct Client {
     pub hub: Option<Arc<Hub>>,
     /// Told the main child's pid once it runs.
     pub started: Option<mpsc::UnboundedSender<i32>>,
+    /// Told a watch's SDK socket path once the watch is active.
+    pub sdk_socket: Option<mpsc::UnboundedSender<std::path::PathBuf>>,
 }
 
 pub enum RunHost {
@@ -126,6 +128,36 @@ impl RunHost {
                     waited.get() > 10
                 });
             }
+        }
+    }
+
+    /// Tell the watched processes where the SDK socket is: standalone, vigil writes `file`
+    /// (never through a symlink); a daemon's client is told the path and writes it as itself.
+    pub fn announce_sdk(
+        &self,
+        file: &std::path::Path,
+        socket: &std::path::Path,
+    ) -> std::io::Result<()> {
+        match self {
+            RunHost::Standalone => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o644)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(file)?;
+                writeln!(f, "{}", socket.display())
+            }
+            RunHost::Daemon(c) => match &c.sdk_socket {
+                Some(tx) => {
+                    let _ = tx.send(socket.to_path_buf());
+                    Ok(())
+                }
+                None => Ok(()),
+            },
         }
     }
 

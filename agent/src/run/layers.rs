@@ -21,7 +21,12 @@ impl Supervisor<'_> {
     /// policy leaves every address open: nothing to hold). An error means the child must not
     /// start — it would run beyond its policy.
     pub(super) fn enforce_network(&mut self) -> Result<Option<SockAddrEnforcer>, NotStarted> {
-        let Some(spec) = self.spec.policy.as_ref().filter(|p| p.landlock.is_some()) else {
+        let Some(spec) = self
+            .spec
+            .policy
+            .as_ref()
+            .filter(|p| p.landlock.is_some() || p.network_hooks_only)
+        else {
             return Ok(None);
         };
         if spec.policy.network_unrestricted() {

@@ -23,3 +23,4 @@ pub mod spec;
 pub mod supervisor;
 pub mod tee;
 pub mod triage;
+pub mod watch;

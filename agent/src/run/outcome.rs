@@ -19,6 +19,9 @@ pub enum Outcome {
     VigilFailed,
     /// The command succeeded but, under `--contracts-strict`, a contract was violated.
     ContractViolated,
+    /// A watch ended (the cgroup emptied, SIGINT, `--duration`) without vigil ending any of its
+    /// processes: they were observed, not supervised, and their own results are in the tree.
+    Observed,
 }
 
 impl Outcome {
@@ -31,13 +34,14 @@ impl Outcome {
             Outcome::Watchdog(_) => "timed_out",
             Outcome::Cancelled(_) => "cancelled",
             Outcome::NotStarted(_) | Outcome::VigilFailed => "error",
+            Outcome::Observed => "observed",
         }
     }
 
     /// A step row's `status` (a cancelled run's step was killed).
     pub fn step_status(&self) -> StepStatus {
         match self {
-            Outcome::Exited(0) => StepStatus::Passed,
+            Outcome::Exited(0) | Outcome::Observed => StepStatus::Passed,
             Outcome::Exited(_) | Outcome::ContractViolated => StepStatus::Failed,
             Outcome::Signaled(_) | Outcome::Cancelled(_) => StepStatus::Killed,
             Outcome::Watchdog(_) => StepStatus::TimedOut,
@@ -48,6 +52,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Exited(c) => *c,
+            Outcome::Observed => 0,
             Outcome::Signaled(s) | Outcome::Cancelled(s) => ExitCode::signal(*s),
             Outcome::Watchdog(_) => ExitCode::TIMEOUT,
             Outcome::NotStarted(c) => *c,
@@ -64,7 +69,7 @@ impl Outcome {
     }
 
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Outcome::Exited(0))
+        !matches!(self, Outcome::Exited(0) | Outcome::Observed)
     }
 }
 

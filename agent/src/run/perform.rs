@@ -11,6 +11,7 @@ use super::cgroup::RunCgroup;
 use super::dispatch::{Action, RunEvent, RunState, Stream};
 use super::kill::Escalation;
 use super::liveness::reason;
+use super::proctree::{ProcInfo, ProcTracker, read_stat};
 use super::supervisor::{CPU_WINDOW, Shell, Supervisor};
 use super::tee::{TeeMsg, TeeReport};
 use super::triage;
@@ -18,6 +19,29 @@ use crate::clock;
 use crate::evidence::events::EventKind;
 
 impl Supervisor<'_> {
+    /// The main child as vigil spawned it: its `spawned` and `running` records, and the
+    /// sampler's first process.
+    pub(super) fn adopt_main(&mut self, tracker: &mut ProcTracker, main_pid: i32) {
+        let argv = self.spec.argv_lossy();
+        let stat = read_stat(main_pid);
+        let main_info = ProcInfo {
+            pid: main_pid,
+            ppid: i32::try_from(std::process::id()).unwrap_or(0),
+            start_ticks: stat.as_ref().map_or(0, |s| s.start_ticks),
+            comm: stat.map(|s| s.comm).unwrap_or_default(),
+            argv: argv.clone(),
+        };
+        for state in ["spawned", "running"] {
+            self.rec.events.emit(
+                EventKind::SubprocessState,
+                None,
+                json!({"pid": main_pid, "ppid": main_info.ppid, "state": state, "comm": main_info.comm,
+                       "argv": self.rec.redactor.redact_argv(&argv), "exit_code": null, "signal": null, "source": "spawn"}),
+            );
+        }
+        tracker.adopt_main(main_info);
+    }
+
     /// Perform the state's actions in order; those that ask a question (probe, sample) feed
     /// their answer back to the state at once.
     pub(super) fn perform(&mut self, state: &mut RunState, shell: &mut Shell, acts: Vec<Action>) {

@@ -580,6 +580,8 @@ fn plan_health(
         cgroup: None,
         output: Default::default(),
         sdk: None,
+        spawned_by_vigil: true,
+        watch: None,
         // The gate's vigil process ran every step: its cost is the whole gate's.
         observer: Some(ObserverCost::since(observer_start)),
         notes,

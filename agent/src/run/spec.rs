@@ -174,6 +174,8 @@ pub struct RunSpec {
     pub timeout_source: Option<String>,
     /// `--agent-shim`: the agent SDK the child uses.
     pub agent_shim: AgentShim,
+    /// `vigil watch`: an existing cgroup instead of a child (None for `run`).
+    pub watch: Option<crate::run::watch::WatchTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +324,7 @@ fn load_policy(
         file: file.to_path_buf(),
         policy,
         landlock,
+        network_hooks_only: false,
         lane,
     })
 }
@@ -418,6 +421,7 @@ impl RunSpec {
             contracts_strict: args.contracts_strict,
             timeout_source,
             agent_shim: args.agent_shim,
+            watch: None,
         })
     }
 

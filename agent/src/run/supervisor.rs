@@ -20,7 +20,7 @@ use super::host::{Controls, RunHost};
 use super::kill::Escalation;
 use super::outcome::Outcome;
 use super::perform::on_tee;
-use super::proctree::{ProcInfo, ProcTracker, read_stat};
+use super::proctree::ProcTracker;
 use super::recorder::{Opened, RunRecorder, exit_status, record_process_spans};
 use super::spawn::{self, SpawnError};
 use super::spec::RunSpec;
@@ -170,7 +170,17 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
     }
     let mount = cgroup::cgroup2_mount()?;
     let parent = cgroup::resolve_parent(&mount, &spec.cgroup_parent)?;
-    for stale in cgroup::sweep_stale(&parent) {
+    // A watch observes a cgroup someone else made: nothing of vigil's to sweep, and no guard
+    // (vigil dying must not kill the job it watched).
+    let watched = match &spec.watch {
+        Some(w) => Some(RunCgroup::existing(&mount, &w.cgroup)?),
+        None => None,
+    };
+    let stale = match watched {
+        Some(_) => Vec::new(),
+        None => cgroup::sweep_stale(&parent),
+    };
+    for stale in stale {
         let msg = format!(
             "removed stale run cgroup {} (owner vigil pid {} gone; runs {:?}; {} processes killed{})",
             stale.dir.display(),
@@ -188,13 +198,14 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
     }
     // The guard starts before the cgroup exists, so there is no moment at which a killed vigil
     // could leave a cgroup nobody will remove.
-    let guard = match host.own_guard() {
+    let guard = match host.own_guard() && watched.is_none() {
         true => Some(Guard::spawn(&cgroup::owner_dir(&parent)).map_err(SetupError::Guard)?),
         false => None,
     };
-    let created = match host.own_guard() {
-        true => RunCgroup::create(&parent, &run_id),
-        false => RunCgroup::create_shared(&parent, &run_id),
+    let created = match (watched, host.own_guard()) {
+        (Some(cg), _) => Ok(cg),
+        (None, true) => RunCgroup::create(&parent, &run_id),
+        (None, false) => RunCgroup::create_shared(&parent, &run_id),
     };
     let cg = match created {
         Ok(cg) => cg,
@@ -239,6 +250,7 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
         base_env,
         sdk: None,
         sdk_stats: None,
+        watch_health: None,
     };
     sup.rec
         .bundle
@@ -252,11 +264,23 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
     };
     let layer = sup.rec.bundle.path(files::KERNEL_LAYER);
     let space = sup.rec.bundle.space().clone();
+    // A watched cgroup may already have cgroups beneath it: they are watched too.
+    let beneath = || match spec.watch {
+        Some(_) => cg.descendant_ids(),
+        None => Vec::new(),
+    };
     let outcome = match (&host, scope) {
         (RunHost::Daemon(c), Some(scope)) => {
             let shared = match &c.hub {
                 Some(hub) => hub
-                    .register(cg.id(), scope, sup.rec.redactor.clone(), &layer, space)
+                    .register(
+                        cg.id(),
+                        &beneath,
+                        scope,
+                        sup.rec.redactor.clone(),
+                        &layer,
+                        space,
+                    )
                     .map_err(|e| e.to_string()),
                 None => Err("the daemon has no sensor (see its log)".to_string()),
             };
@@ -269,7 +293,7 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
             }
         }
         _ => {
-            let kernel = KernelLayer::start(scope, cg.id(), &layer, space);
+            let kernel = KernelLayer::start(scope, cg.id(), &beneath, &layer, space);
             sup.supervise(&mut spans, &mut controls, kernel).await
         }
     };
@@ -301,6 +325,8 @@ pub(super) struct Supervisor<'a> {
     /// The SDK layer, from the child's socket being offered to the run's end.
     pub(super) sdk: Option<SdkLayer>,
     pub(super) sdk_stats: Option<Arc<SdkStats>>,
+    /// A watch's attach, for health.
+    pub(super) watch_health: Option<crate::evidence::health::WatchHealth>,
 }
 
 /// Why the child was not started.
@@ -345,6 +371,14 @@ const KERNEL_POLL: Duration = Duration::from_millis(100);
 /// Output messages in flight from the two tee threads (chunk counts coalesce when full).
 const TEE_CHANNEL: usize = 64;
 
+/// The main child's exit; never, for a watch (it has no child).
+async fn wait_child(child: &Option<spawn::Child>) -> std::io::Result<ExitInfo> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn join_opt(h: &mut Option<tokio::task::JoinHandle<StallSnapshot>>) -> Option<StallSnapshot> {
     match h {
         Some(h) => h.await.ok(),
@@ -367,15 +401,17 @@ impl Supervisor<'_> {
         let network = self.enforce_network();
         let check = self.rec.tree.open(span::CHECK_EXECUTE, Some(&spans.case));
         let exec_span = self.rec.tree.open(span::SUBPROCESS_EXEC, Some(&check));
-        let started = network.and_then(|n| {
-            spawn::spawn(
+        // A watch has no child: its processes are already running.
+        let started = network.and_then(|n| match self.spec.watch {
+            Some(_) => Ok((None, n)),
+            None => spawn::spawn(
                 self.spec,
                 self.cg.path(),
                 self.host.child_io(&self.base_env),
                 &self.child_env,
             )
-            .map(|s| (s, n))
-            .map_err(NotStarted::Spawn)
+            .map(|s| (Some(s), n))
+            .map_err(NotStarted::Spawn),
         });
         let (spawned, _network) = match started {
             Ok(s) => s,
@@ -412,10 +448,17 @@ impl Supervisor<'_> {
                 };
             }
         };
-        self.host.started(spawned.child.pid);
+        let main_pid = spawned.as_ref().map_or(0, |s| s.child.pid);
+        if spawned.is_some() {
+            self.host.started(main_pid);
+        }
         let spawned_mono = clock::mono_ns();
         let spawned_ns = clock::now_ns();
-        exec_span.close("passed", json!({"pid": spawned.child.pid}), spawned_ns);
+        let exec_attrs = match spawned {
+            Some(_) => json!({"pid": main_pid}),
+            None => json!({"watch": self.cg.path().display().to_string()}),
+        };
+        exec_span.close("passed", exec_attrs, spawned_ns);
         if let Some(d) = spans.dispatch.take() {
             d.close("passed", json!({}), spawned_ns);
         }
@@ -426,27 +469,11 @@ impl Supervisor<'_> {
         // Closed at the child's exit; the registry ends it for the contract layer only after
         // `wait_span`, i.e. after the last kernel event was counted.
         let mut check = Some(check);
-        let main_pid = spawned.child.pid;
 
         let mut tracker = ProcTracker::new(main_pid);
-        let argv = self.spec.argv_lossy();
-        let stat = read_stat(main_pid);
-        let main_info = ProcInfo {
-            pid: main_pid,
-            ppid: i32::try_from(std::process::id()).unwrap_or(0),
-            start_ticks: stat.as_ref().map_or(0, |s| s.start_ticks),
-            comm: stat.map(|s| s.comm).unwrap_or_default(),
-            argv: argv.clone(),
-        };
-        for state in ["spawned", "running"] {
-            self.rec.events.emit(
-                EventKind::SubprocessState,
-                None,
-                json!({"pid": main_pid, "ppid": main_info.ppid, "state": state, "comm": main_info.comm,
-                       "argv": self.rec.redactor.redact_argv(&argv), "exit_code": null, "signal": null, "source": "spawn"}),
-            );
+        if spawned.is_some() {
+            self.adopt_main(&mut tracker, main_pid);
         }
-        tracker.adopt_main(main_info);
         // With the kernel layer the tree is exact; the procfs sampler then only feeds triage.
         let kernel_tree = kernel.active();
         let mut state = RunState::new(
@@ -457,14 +484,20 @@ impl Supervisor<'_> {
                 sample: PROCESS_SAMPLE,
                 main_pid,
                 kernel_tree,
+                watch: self.spec.watch.as_ref().map(|w| w.duration),
             },
             spawned_mono,
             spawned_ns,
         );
+        if spawned.is_none() {
+            self.seed_watch(&mut state, kernel_tree);
+        }
         let (tee_tx, mut tee_rx) = mpsc::channel(TEE_CHANNEL);
         let mut reports: [TeeReport; 2] = Default::default();
-        let failed_tees = self.start_tees(spawned.stdout, spawned.stderr, tee_tx);
-        let child = spawned.child;
+        let (child, failed_tees) = match spawned {
+            Some(s) => (Some(s.child), self.start_tees(s.stdout, s.stderr, tee_tx)),
+            None => (None, Vec::new()),
+        };
         let mut main_exit: Option<ExitInfo> = None;
         let watch = self.cg.watch_events();
         let afd = watch.as_ref().ok().and_then(|w| w.async_fd().ok());
@@ -479,6 +512,11 @@ impl Supervisor<'_> {
             watch_empty: afd.is_none(),
             triage: None,
         };
+        if self.spec.watch.is_some() && !self.cg.events().populated {
+            // Empty at attach (or emptied before the watch on cgroup.events was armed).
+            let acts = state.handle(RunEvent::CgroupEmpty, clock::mono_ns());
+            self.perform(&mut state, &mut shell, acts);
+        }
         for stream in failed_tees {
             // A tee that could not start has no pipe to wait for.
             let acts = state.handle(RunEvent::StreamClosed(stream), clock::mono_ns());
@@ -513,7 +551,7 @@ impl Supervisor<'_> {
                 biased;
                 sig = controls.recv() => state.handle(RunEvent::Signal(sig), clock::mono_ns()),
                 _ = tokio::time::sleep_until(wake) => state.handle(RunEvent::Tick, clock::mono_ns()),
-                status = child.wait(), if main_exit.is_none() => {
+                status = wait_child(&child), if main_exit.is_none() => {
                     let now_ns = clock::now_ns();
                     let (code, signal) = status.unwrap_or((None, None));
                     main_exit = Some((code, signal));

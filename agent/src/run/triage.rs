@@ -34,7 +34,7 @@ pub struct ProcSnapshot {
     pub last_progress_age_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct StallSnapshot {
     pub frozen: bool,
     pub freeze_note: Option<String>,

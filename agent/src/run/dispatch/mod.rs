@@ -123,6 +123,9 @@ pub struct DispatchConfig {
     pub main_pid: i32,
     /// The kernel layer is active: the process tree comes from kernel events.
     pub kernel_tree: bool,
+    /// `vigil watch`: no main child and no output pipes; the run ends when the cgroup empties,
+    /// on SIGINT/SIGTERM (nothing is killed) or after this long (None: no limit).
+    pub watch: Option<Option<Duration>>,
 }
 
 /// A stopping run: SIGTERM was sent at `started`, SIGKILL is due at `kill_at`.
@@ -170,6 +173,8 @@ pub struct RunState {
     pipes_give_up: Option<Mono>,
     next_heartbeat: Mono,
     next_sample: Mono,
+    /// A watch's `--duration` ends it here.
+    watch_until: Option<Mono>,
     tree: KernelTree,
     sampled_processes: usize,
     done: bool,
@@ -181,9 +186,12 @@ impl RunState {
     pub fn new(cfg: DispatchConfig, spawned: Mono, wall_at_spawn: u64) -> Self {
         let liveness = Liveness::new(cfg.liveness.clone(), cfg.profile_stall, spawned);
         let progress = Progress::new(cfg.liveness.min_events);
+        let watching = cfg.watch.is_some();
+        let watch_until = cfg.watch.flatten().map(|d| spawned.saturating_add(ns(d)));
         RunState {
             next_heartbeat: spawned.saturating_add(ns(cfg.heartbeat)),
             next_sample: spawned,
+            watch_until,
             tree: KernelTree::new(cfg.main_pid.unsigned_abs()),
             cfg,
             wall0: wall_at_spawn,
@@ -193,7 +201,8 @@ impl RunState {
             decided: None,
             main_result: None,
             main_exited: None,
-            streams_open: [true, true],
+            // A watch has no pipes of its own: the watched processes write where they write.
+            streams_open: [!watching; 2],
             cgroup_empty: false,
             probing: false,
             escalation: None,
@@ -234,6 +243,9 @@ impl RunState {
         if let Some(g) = self.pipes_give_up {
             next = next.min(g);
         }
+        if let Some(u) = self.watch_until.filter(|_| self.judging()) {
+            next = next.min(u);
+        }
         if self.judging() {
             let d = self.liveness.next_deadline(
                 self.progress.snapshot(),
@@ -266,10 +278,16 @@ impl RunState {
         &self.tree
     }
 
+    /// A process a watch found running at attach; its `subprocess_state` record.
+    pub fn seed(&mut self, life: crate::kernel::tree::ProcessLife) -> Value {
+        self.tree.seed(life)
+    }
+
     /// How many of the run's processes are alive now, as far as vigil knows.
     pub fn live_processes(&self) -> usize {
         if self.cfg.kernel_tree {
-            self.tree.live_count() + usize::from(self.main_exited.is_none())
+            self.tree.live_count()
+                + usize::from(self.cfg.watch.is_none() && self.main_exited.is_none())
         } else {
             self.sampled_processes
         }
@@ -397,6 +415,14 @@ impl RunState {
         } else {
             "SIGTERM"
         };
+        if self.cfg.watch.is_some() && self.judging() {
+            // Ending a watch is not stopping the job: the watched processes keep running.
+            out.push(Action::Say(format!(
+                "{name} received; ending the watch (the watched processes keep running)"
+            )));
+            self.end_watch("signal", json!({"signal": name}), out);
+            return;
+        }
         if self.escalation.is_some() || self.triage.is_some() {
             // A second request (or one during a watchdog kill): kill at once.
             out.push(Action::Emit(
@@ -462,8 +488,21 @@ impl RunState {
         self.start_kill(Some(pending.reason), now, out);
     }
 
+    /// A watch is over without vigil deciding anything about its processes.
+    fn end_watch(&mut self, why: &str, mut data: Value, out: &mut Vec<Action>) {
+        data["what"] = json!("watch_ended");
+        data["why"] = json!(why);
+        out.push(Action::Emit(EventKind::Note, None, data));
+        self.decided.get_or_insert(Outcome::Observed);
+        self.done = true;
+    }
+
     /// Everything that is due at `now`.
     fn on_time(&mut self, now: Mono, out: &mut Vec<Action>) {
+        if self.judging() && self.watch_until.is_some_and(|u| now >= u) {
+            self.end_watch("duration", json!({}), out);
+            return;
+        }
         if self
             .escalation
             .is_some_and(|e| !e.escalated && now >= e.kill_at)
@@ -571,6 +610,14 @@ impl RunState {
     /// After the main child exited and its output drained: over once the cgroup is empty,
     /// else what is left is killed; pipes held open outside the run are given up on.
     fn settle(&mut self, now: Mono, out: &mut Vec<Action>) {
+        if self.cfg.watch.is_some() && self.cgroup_empty && !self.done {
+            // Emptied by itself, or by a watchdog kill (whose outcome was decided first).
+            if self.decided.is_none() {
+                self.end_watch("cgroup_empty", json!({}), out);
+            }
+            self.done = true;
+            return;
+        }
         if self.main_exited.is_none() || self.done {
             return;
         }
