@@ -171,6 +171,13 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
             e.reason.as_deref().unwrap_or(""),
             phase
         );
+        // Who waited on whom when the stall was judged (untrusted text: one line each).
+        let waits = e.data.pointer("/snapshot/waits").and_then(Value::as_array);
+        for w in waits.into_iter().flatten() {
+            if let Some(text) = w.get("explanation").and_then(Value::as_str) {
+                let _ = writeln!(out, "    {}", text.replace(['\n', '\r'], " "));
+            }
+        }
     }
     if !any {
         let _ = writeln!(out, "  none");

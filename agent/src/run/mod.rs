@@ -23,4 +23,5 @@ pub mod spec;
 pub mod supervisor;
 pub mod tee;
 pub mod triage;
+pub mod waits;
 pub mod watch;

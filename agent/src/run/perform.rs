@@ -15,6 +15,7 @@ use super::proctree::{ProcInfo, ProcTracker, read_stat};
 use super::supervisor::{CPU_WINDOW, Shell, Supervisor};
 use super::tee::{TeeMsg, TeeReport};
 use super::triage;
+use super::waits::Known;
 use crate::clock;
 use crate::evidence::events::EventKind;
 
@@ -74,8 +75,15 @@ impl Supervisor<'_> {
                     let cg = RunCgroup::clone(self.cg);
                     let redactor = self.rec.redactor.clone();
                     let rate = self.cpu_rate();
+                    // Parentage and start times the kernel saw, for the hang explanation.
+                    let known: Known = state
+                        .tree()
+                        .lives()
+                        .into_iter()
+                        .map(|l| (l.pid, (l.ppid, l.start_boot_ns)))
+                        .collect();
                     shell.triage = Some(tokio::task::spawn_blocking(move || {
-                        triage::snapshot(&cg, rate, silent_ms, &redactor)
+                        triage::snapshot(&cg, rate, silent_ms, &redactor, &known)
                     }));
                 }
                 Action::ProbeCgroup => {

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use super::cgroup::RunCgroup;
 use super::proctree::{read_argv, read_stat};
+use super::waits::{Blocked, Known, Wait, explain};
 use crate::evidence::redact::Redactor;
+use std::collections::HashSet;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProcSnapshot {
@@ -26,6 +28,9 @@ pub struct ProcSnapshot {
     /// Syscall number and name the task is in, or None when it is in user space.
     pub syscall_nr: Option<i64>,
     pub syscall: Option<String>,
+    /// The syscall's argument registers (for the hang explanation; not written).
+    #[serde(skip)]
+    pub syscall_args: Option<[u64; 6]>,
     pub kernel_stack: Option<Vec<String>>,
     pub cpu_ms: u64,
     pub open_fds: Option<usize>,
@@ -42,6 +47,9 @@ pub struct StallSnapshot {
     pub cpu_rate: Option<f64>,
     pub processes: Vec<ProcSnapshot>,
     pub stall_phase: String,
+    /// Who waits on whom: each blocked process, what it waits on and who holds the other end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waits: Vec<Wait>,
 }
 
 fn ticks_to_ms(ticks: u64) -> u64 {
@@ -50,11 +58,16 @@ fn ticks_to_ms(ticks: u64) -> u64 {
     ticks * 1000 / hz
 }
 
-fn read_syscall(pid: i32) -> Option<i64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
-    let first = text.split_whitespace().next()?;
-    // "running" means on a CPU; "-1" means in user space.
-    first.parse::<i64>().ok().filter(|n| *n >= 0)
+/// The syscall the task is blocked in and its arguments (None on a CPU or in user space).
+fn read_syscall(pid: i32) -> Option<(i64, [u64; 6])> {
+    match procfs::process::Process::new(pid).ok()?.syscall().ok()? {
+        procfs::process::Syscall::Blocked {
+            syscall_number,
+            argument_registers,
+            ..
+        } if syscall_number >= 0 => Some((syscall_number, argument_registers)),
+        _ => None,
+    }
 }
 
 fn syscall_name(nr: i64) -> Option<String> {
@@ -72,7 +85,8 @@ fn snapshot_one(pid: i32, last_progress_age_ms: u64, redactor: &Redactor) -> Opt
     let kernel_stack = fs::read_to_string(format!("/proc/{pid}/stack"))
         .ok()
         .map(|s| s.lines().map(|l| l.trim().to_string()).collect());
-    let syscall_nr = read_syscall(pid);
+    let syscall = read_syscall(pid);
+    let syscall_nr = syscall.map(|(nr, _)| nr);
     Some(ProcSnapshot {
         pid,
         ppid: st.ppid,
@@ -82,6 +96,7 @@ fn snapshot_one(pid: i32, last_progress_age_ms: u64, redactor: &Redactor) -> Opt
         wchan,
         syscall_nr,
         syscall: syscall_nr.and_then(syscall_name),
+        syscall_args: syscall.map(|(_, args)| args),
         kernel_stack,
         cpu_ms: ticks_to_ms(st.utime + st.stime),
         open_fds: fs::read_dir(format!("/proc/{pid}/fd"))
@@ -99,6 +114,7 @@ pub fn snapshot(
     cpu_rate: Option<f64>,
     last_progress_age_ms: u64,
     redactor: &Redactor,
+    known: &Known,
 ) -> StallSnapshot {
     let mut processes: Vec<ProcSnapshot> = cg
         .procs()
@@ -145,6 +161,21 @@ pub fn snapshot(
         freeze_note =
             Some("cgroup did not report frozen within 1 s; snapshot may be inconsistent".into());
     }
+    // While frozen, fd tables hold still: who waits on whom.
+    let blocked: Vec<Blocked> = processes
+        .iter()
+        .filter(|p| matches!(p.state.as_str(), "S" | "D"))
+        .filter_map(|p| {
+            Some(Blocked {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                syscall: p.syscall.clone()?,
+                args: p.syscall_args?,
+            })
+        })
+        .collect();
+    let run: HashSet<i32> = processes.iter().map(|p| p.pid).collect();
+    let waits = explain(&blocked, &run, known, redactor);
     if let Err(e) = cg.set_frozen(false) {
         freeze_note.get_or_insert_with(|| format!("thaw failed: {e}"));
     }
@@ -155,6 +186,7 @@ pub fn snapshot(
         cpu_rate,
         processes,
         stall_phase,
+        waits,
     }
 }
 
@@ -201,6 +233,7 @@ mod tests {
             wchan: None,
             syscall_nr: None,
             syscall: syscall.map(String::from),
+            syscall_args: None,
             kernel_stack: None,
             cpu_ms: 0,
             open_fds: None,

@@ -23,6 +23,10 @@
 //!   mono                   print CLOCK_MONOTONIC in ns (when it started running), exit 0
 //!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
 //!                          (under a memory limit the OOM killer ends it first)
+//!   unix-server PATH       listen on a unix socket at PATH, print "listening", then stop
+//!                          itself (SIGSTOP) before accepting anything
+//!   unix-client PATH       connect to PATH, send "ping" and wait for the answer
+//!   read-own-pipe          make a pipe, keep its write end, and read from it (forever)
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -149,6 +153,28 @@ fn main() {
                 drop(std::net::TcpStream::connect(to));
             }
         }
+        Some("unix-server") => {
+            let _listener = std::os::unix::net::UnixListener::bind(arg(1)).expect("bind");
+            println!("listening");
+            std::io::stdout().flush().expect("flush");
+            // SAFETY: stopping this process; it holds no lock another thread needs.
+            unsafe { libc::raise(libc::SIGSTOP) };
+            sleep_forever()
+        }
+        Some("unix-client") => {
+            use std::io::Read;
+            let mut s = std::os::unix::net::UnixStream::connect(arg(1)).expect("connect");
+            s.write_all(b"ping").expect("send");
+            let mut answer = [0u8; 4];
+            let _ = s.read(&mut answer);
+        }
+        Some("read-own-pipe") => {
+            use std::io::Read;
+            let (r, w) = nix::unistd::pipe().expect("pipe");
+            let mut r = std::fs::File::from(r);
+            let _ = r.read(&mut [0u8; 1]);
+            drop(w);
+        }
         Some("alloc") => {
             let mb: usize = arg(1).parse().unwrap_or_else(|_| usage());
             let mut held = Vec::with_capacity(mb);
@@ -169,7 +195,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|connect-storm N ADDR|alloc MB"
+        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|connect-storm N ADDR|alloc MB|unix-server PATH|unix-client PATH|read-own-pipe"
     );
     std::process::exit(2)
 }

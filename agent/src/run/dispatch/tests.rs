@@ -210,6 +210,7 @@ fn a_stall_asks_for_triage_then_kills_with_the_snapshot() {
         cpu_rate: Some(0.0),
         processes: vec![],
         stall_phase: "blocked_in_syscall:read".into(),
+        waits: vec![],
     };
     let acts = s.handle(RunEvent::TriageDone(Box::new(snap)), T0 + 1300 * MS);
     assert_eq!(
@@ -369,6 +370,7 @@ fn strict_kills_on_too_few_events_in_a_window() {
             cpu_rate: None,
             processes: vec![],
             stall_phase: "sleeping".into(),
+            waits: vec![],
         })),
         T0 + 10_000 * MS,
     );
@@ -569,7 +571,10 @@ fn a_watch_ends_when_its_cgroup_empties_and_on_sigint_without_killing() {
 #[test]
 fn a_watch_ends_after_its_duration_and_a_stall_still_kills() {
     let mut s = watching(liveness(LivenessLevel::Off), Some(Duration::from_secs(2)));
-    assert!(at(&mut s, RunEvent::Tick, T0).is_empty(), "the first sample only");
+    assert!(
+        at(&mut s, RunEvent::Tick, T0).is_empty(),
+        "the first sample only"
+    );
     assert_eq!(s.next_deadline(), T0 + 2000 * MS);
     assert!(at(&mut s, RunEvent::Tick, T0 + 1999 * MS).is_empty());
     assert_eq!(
