@@ -345,10 +345,10 @@ impl Ctx<'_> {
                 .collect();
             return (on, holders);
         }
-        let tcp = proc_.as_ref().and_then(|p| {
+        let tcp = proc_.as_ref().map(|p| {
             let mut all = p.tcp().unwrap_or_default();
             all.extend(p.tcp6().unwrap_or_default());
-            Some(all)
+            all
         });
         let Some(tcp) = tcp else {
             return (format!("socket:[{ino}]"), Vec::new());
