@@ -97,7 +97,11 @@ impl Supervisor<'_> {
         };
         let failed = outcome.is_failure();
         self.rec.trace.summary.first_failure_step = failed.then(|| "main".to_string());
-        self.rec.trace.summary.steps = vec![step];
+        // A watched CI job's steps are its rows; anything else has its one `main` step.
+        self.rec.trace.summary.steps = match sup.step_rows.is_empty() {
+            true => vec![step],
+            false => sup.step_rows.clone(),
+        };
 
         // The oracle saw every kernel event (the last drain came before this).
         let policy = self.policy.take().map(PolicyLayer::finish);

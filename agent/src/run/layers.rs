@@ -104,6 +104,9 @@ impl Supervisor<'_> {
         if let Some(sdk) = self.sdk.as_mut() {
             observers.push(sdk);
         }
+        if let Some(steps) = self.steps.as_mut() {
+            observers.push(steps);
+        }
         bus::fan_out(seen, &mut observers);
     }
 

@@ -20,6 +20,7 @@ pub mod recorder;
 pub mod schedule;
 pub mod spawn;
 pub mod spec;
+pub mod steps;
 pub mod supervisor;
 pub mod tee;
 pub mod triage;

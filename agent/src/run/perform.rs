@@ -19,6 +19,16 @@ use super::waits::Known;
 use crate::clock;
 use crate::evidence::events::EventKind;
 
+/// Parentage and start times the kernel saw, for the hang explanation.
+fn known_of(state: &RunState) -> Known {
+    state
+        .tree()
+        .lives()
+        .into_iter()
+        .map(|l| (l.pid, (l.ppid, l.start_boot_ns)))
+        .collect()
+}
+
 impl Supervisor<'_> {
     /// The main child as vigil spawned it: its `spawned` and `running` records, and the
     /// sampler's first process.
@@ -75,16 +85,21 @@ impl Supervisor<'_> {
                     let cg = RunCgroup::clone(self.cg);
                     let redactor = self.rec.redactor.clone();
                     let rate = self.cpu_rate();
-                    // Parentage and start times the kernel saw, for the hang explanation.
-                    let known: Known = state
-                        .tree()
-                        .lives()
-                        .into_iter()
-                        .map(|l| (l.pid, (l.ppid, l.start_boot_ns)))
-                        .collect();
+                    let known = known_of(state);
                     shell.triage = Some(tokio::task::spawn_blocking(move || {
                         triage::snapshot(&cg, rate, silent_ms, &redactor, &known)
                     }));
+                }
+                Action::Explain { silent_ms } => {
+                    // On this thread: a few procfs reads while the run is stalled anyway.
+                    let waits = triage::explain_now(self.cg, &self.rec.redactor, &known_of(state));
+                    if !waits.is_empty() {
+                        self.rec.events.emit(
+                            EventKind::Note,
+                            None,
+                            json!({"what": "hang_explanation", "silent_ms": silent_ms, "waits": waits}),
+                        );
+                    }
                 }
                 Action::ProbeCgroup => {
                     let processes = self.cg.procs().len();

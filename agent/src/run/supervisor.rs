@@ -251,6 +251,11 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
         sdk: None,
         sdk_stats: None,
         watch_health: None,
+        steps: spec
+            .watch
+            .as_ref()
+            .and_then(|w| w.steps_parent)
+            .map(|p| super::steps::StepTracker::new(p, super::steps::github_action)),
     };
     sup.rec
         .bundle
@@ -327,6 +332,8 @@ pub(super) struct Supervisor<'a> {
     pub(super) sdk_stats: Option<Arc<SdkStats>>,
     /// A watch's attach, for health.
     pub(super) watch_health: Option<crate::evidence::health::WatchHealth>,
+    /// A watched CI job's steps (children of the runner's worker).
+    pub(super) steps: Option<super::steps::StepTracker>,
 }
 
 /// Why the child was not started.
@@ -354,6 +361,8 @@ pub(super) struct Supervised {
     pub(super) process_tree: bool,
     pub(super) process_tree_source: &'static str,
     pub(super) kernel: KernelReport,
+    /// A watched CI job's steps, as summary rows (their spans are recorded already).
+    pub(super) step_rows: Vec<crate::evidence::trace::StepRow>,
 }
 
 /// What the shell keeps while performing the state's actions: the procfs sampler, the pending
@@ -445,6 +454,7 @@ impl Supervisor<'_> {
                     process_tree: false,
                     process_tree_source: "procfs",
                     kernel,
+                    step_rows: Vec::new(),
                 };
             }
         };
@@ -618,6 +628,11 @@ impl Supervisor<'_> {
             &state.tree().lives(),
             boot_to_wall,
         );
+        let step_rows = self
+            .steps
+            .as_ref()
+            .map(|s| s.record(&self.rec.tree, &spans.chain, boot_to_wall))
+            .unwrap_or_default();
         // Without the kernel layer, everything the sampler still knows has exited.
         if !kernel_tree {
             for ch in shell.tracker.update(&[], &self.rec.redactor) {
@@ -641,6 +656,7 @@ impl Supervisor<'_> {
             process_tree: true,
             process_tree_source: if kernel_tree { "kernel" } else { "procfs" },
             kernel,
+            step_rows,
         }
     }
 }

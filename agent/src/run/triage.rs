@@ -162,6 +162,23 @@ pub fn snapshot(
             Some("cgroup did not report frozen within 1 s; snapshot may be inconsistent".into());
     }
     // While frozen, fd tables hold still: who waits on whom.
+    let waits = waits_of(&processes, known, redactor);
+    if let Err(e) = cg.set_frozen(false) {
+        freeze_note.get_or_insert_with(|| format!("thaw failed: {e}"));
+    }
+    let stall_phase = derive_phase(&processes, cpu_rate);
+    StallSnapshot {
+        frozen,
+        freeze_note,
+        cpu_rate,
+        processes,
+        stall_phase,
+        waits,
+    }
+}
+
+/// Who waits on whom among `processes` (their syscalls read before any freeze).
+fn waits_of(processes: &[ProcSnapshot], known: &Known, redactor: &Redactor) -> Vec<Wait> {
     let blocked: Vec<Blocked> = processes
         .iter()
         .filter(|p| matches!(p.state.as_str(), "S" | "D"))
@@ -175,19 +192,17 @@ pub fn snapshot(
         })
         .collect();
     let run: HashSet<i32> = processes.iter().map(|p| p.pid).collect();
-    let waits = explain(&blocked, &run, known, redactor);
-    if let Err(e) = cg.set_frozen(false) {
-        freeze_note.get_or_insert_with(|| format!("thaw failed: {e}"));
-    }
-    let stall_phase = derive_phase(&processes, cpu_rate);
-    StallSnapshot {
-        frozen,
-        freeze_note,
-        cpu_rate,
-        processes,
-        stall_phase,
-        waits,
-    }
+    explain(&blocked, &run, known, redactor)
+}
+
+/// The hang explanation of a stall warning: no freeze (nothing is being stopped), one pass.
+pub fn explain_now(cg: &RunCgroup, redactor: &Redactor, known: &Known) -> Vec<Wait> {
+    let processes: Vec<ProcSnapshot> = cg
+        .procs()
+        .into_iter()
+        .filter_map(|p| snapshot_one(p, 0, redactor))
+        .collect();
+    waits_of(&processes, known, redactor)
 }
 
 /// The phase the run stalled in. The run is `spinning` when it burned at least half a CPU over

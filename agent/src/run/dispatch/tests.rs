@@ -62,6 +62,7 @@ fn labels(acts: &[Action]) -> Vec<String> {
             Action::KillRemaining { watchdog } => format!("kill:{watchdog}"),
             Action::KillComplete => "kill_complete".into(),
             Action::Triage { .. } => "triage".into(),
+            Action::Explain { .. } => "explain".into(),
             Action::CloseFence => "fence".into(),
             Action::ProbeCgroup => "probe".into(),
             Action::Sample => "sample".into(),
