@@ -6,6 +6,7 @@
 //! `contracts` and `sdk` are the layers of evidence and judgement over a run; `daemon` serves
 //! runs to clients over a local socket with one sensor loaded for all of them.
 
+pub mod ci;
 pub mod cli;
 pub mod clock;
 pub mod contracts;

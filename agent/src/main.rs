@@ -143,6 +143,9 @@ fn dispatch(cli: Cli) -> i32 {
         }
         Command::Daemon(args) => daemon(args),
         Command::Watch(args) => watch(*args),
+        Command::Ci {
+            command: vigil::cli::CiCommand::Github { hook },
+        } => vigil::ci::github::hook(hook),
         Command::EmitPromotion {
             bundle,
             out,

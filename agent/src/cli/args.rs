@@ -135,6 +135,12 @@ pub enum Command {
     /// Observe (and police) the processes of an existing cgroup that vigil did not spawn, until
     /// it empties, SIGINT, or `--duration`; write the same bundle as `run`.
     Watch(Box<WatchArgs>),
+    /// CI runner integrations: `vigil ci github job-started|job-completed` (fail open: always
+    /// exit 0).
+    Ci {
+        #[command(subcommand)]
+        command: CiCommand,
+    },
     /// Long-lived privileged sidecar: the sensor stays loaded, runs are requested over a local
     /// socket (`vigil run --daemon PATH`, or the default socket when it answers).
     Daemon(DaemonArgs),
@@ -143,6 +149,15 @@ pub enum Command {
     CgroupGuard {
         #[arg(long)]
         cgroup: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CiCommand {
+    /// GitHub Actions self-hosted runner job hooks.
+    Github {
+        #[command(subcommand)]
+        hook: crate::ci::github::GithubHook,
     },
 }
 

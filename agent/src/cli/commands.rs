@@ -94,6 +94,8 @@ pub enum ExportFormat {
     Junit,
     /// One self-contained HTML report (no fetch, no external script).
     Html,
+    /// Markdown job summary for GitHub Actions (`$GITHUB_STEP_SUMMARY`, ≤ 1 MiB).
+    GithubSummary,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,9 +6,9 @@ mod exit;
 mod usage;
 
 pub use args::{
-    AgentShim, Cli, Command, DaemonArgs, ExportFormat, GateArgs, KernelLayerMode, LaneArg,
-    LivenessArgs, LivenessLevel, PlanCommand, PolicyCommand, PolicyMode, ProfileArgs, ProfileLevel,
-    ProfileOnFail, ReindexArgs, RunArgs, TriageMode, WatchArgs,
+    AgentShim, CiCommand, Cli, Command, DaemonArgs, ExportFormat, GateArgs, KernelLayerMode,
+    LaneArg, LivenessArgs, LivenessLevel, PlanCommand, PolicyCommand, PolicyMode, ProfileArgs,
+    ProfileLevel, ProfileOnFail, ReindexArgs, RunArgs, TriageMode, WatchArgs,
 };
 pub use exit::ExitCode;
 pub use usage::one_line_usage_error;

@@ -166,7 +166,11 @@ pub fn run(path: &Path, args: RunArgs) -> i32 {
 }
 
 /// The request's first bytes carry the fds; the rest follows plainly.
-fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+pub(crate) fn send_with_fds(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[RawFd],
+) -> std::io::Result<()> {
     let cmsg = [ControlMessage::ScmRights(fds)];
     let sent = sendmsg::<()>(
         stream.as_raw_fd(),
@@ -215,7 +219,7 @@ async fn relay(stream: UnixStream, path: &Path) -> i32 {
                     "vigil: every run slot of the daemon is busy; waiting (position {position})"
                 ),
                 Reply::Accepted { bundle: b, .. } => bundle = Some(b),
-                Reply::Started { .. } | Reply::Status(_) => {}
+                Reply::Started { .. } | Reply::Status(_) | Reply::Watching { .. } => {}
                 Reply::Finished(f) => {
                     for c in &f.copies {
                         if let Err(e) = write_copy(&c.path, c.content.as_bytes()) {

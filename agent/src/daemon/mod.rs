@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod jobs;
 pub mod metrics;
 pub mod peer;
 pub mod protocol;
@@ -52,6 +53,10 @@ pub struct Daemon {
     active: Mutex<HashMap<Ticket, mpsc::Sender<i32>>>,
     /// Woken whenever a run ends.
     pub ended: Notify,
+    /// CI jobs being watched, by key.
+    jobs: Mutex<HashMap<String, jobs::Job>>,
+    /// Job watches whose bundle is not committed yet (the daemon waits for them to stop).
+    job_watches: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,6 +80,8 @@ impl Daemon {
             waiting: Mutex::new(HashMap::new()),
             active: Mutex::new(HashMap::new()),
             ended: Notify::new(),
+            jobs: Mutex::new(HashMap::new()),
+            job_watches: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -90,8 +97,9 @@ impl Daemon {
         lock(&self.active)
     }
 
+    /// Runs, and job watches, not finished yet.
     pub fn runs_active(&self) -> usize {
-        self.admission().active()
+        self.admission().active() + self.job_watches.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn update_gauges(&self) {
@@ -131,6 +139,7 @@ impl Daemon {
         for tx in self.active().values() {
             let _ = tx.try_send(libc::SIGTERM);
         }
+        jobs::end_all(self);
         self.update_gauges();
     }
 }

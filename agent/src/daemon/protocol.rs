@@ -36,6 +36,28 @@ pub enum Request {
     Signal { signal: i32 },
     /// Whether the daemon answers, and what it is doing.
     Status,
+    /// A CI runner's job starts (with JOB_FDS fds): put its worker in a job cgroup and watch it.
+    JobStart(Box<JobStart>),
+    /// The job is over: end its watch, commit its bundle, answer `finished`.
+    JobEnd { key: String },
+}
+
+/// Fds of a `job_start` request: the `--out` directory.
+pub const JOB_FDS: usize = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobStart {
+    pub version: u32,
+    /// The job's key (`gh-<run_id>-<attempt>-<job>`): the watch's run id and job cgroup name.
+    pub key: String,
+    /// The runner's worker process (an ancestor of the client): moved into the job cgroup so
+    /// every step inherits it; its direct children are the steps.
+    pub worker_pid: i32,
+    /// The watch's run flags, resolved by the client.
+    pub args: RunArgs,
+    pub inputs: RunInputs,
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,6 +95,13 @@ pub enum Reply {
     Error { reason: String, message: String },
     /// The answer to `status`.
     Status(DaemonStatus),
+    /// A job's watch is active: its bundle, cgroup and SDK socket (for the steps' environment).
+    Watching {
+        run_id: String,
+        bundle: PathBuf,
+        cgroup: PathBuf,
+        sdk_socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -145,7 +174,7 @@ pub enum FrameError {
     Oversized(usize),
     #[error("frame is not a JSON message: {0}")]
     Malformed(String),
-    #[error("unknown message: {0}; accepted types: run, signal, status")]
+    #[error("unknown message: {0}; accepted types: run, signal, status, job_start, job_end")]
     Unknown(String),
     #[error("the peer closed the connection in the middle of a frame")]
     Truncated,
@@ -223,7 +252,7 @@ pub fn parse_request(body: &[u8]) -> Result<Request, FrameError> {
         .and_then(|t| t.as_str())
         .map(str::to_string);
     match kind.as_deref() {
-        Some("run" | "signal" | "status") => {
+        Some("run" | "signal" | "status" | "job_start" | "job_end") => {
             serde_json::from_value(value).map_err(|e| FrameError::Malformed(e.to_string()))
         }
         Some(other) => Err(FrameError::Unknown(format!("{other:?}"))),
@@ -285,6 +314,12 @@ mod tests {
                 message: "m".into(),
             },
             Reply::Status(DaemonStatus::default()),
+            Reply::Watching {
+                run_id: "gh-1-1-build".into(),
+                bundle: "/o/gh-1-1-build".into(),
+                cgroup: "/sys/fs/cgroup/vigil/jobs/gh-1-1-build".into(),
+                sdk_socket: Some("/tmp/vigil-sdk-1/sdk.sock".into()),
+            },
         ];
         let mut values: Vec<serde_json::Value> = replies
             .iter()
@@ -292,6 +327,30 @@ mod tests {
             .collect();
         values.push(serde_json::to_value(Request::Signal { signal: 2 }).expect("json"));
         values.push(serde_json::to_value(Request::Status).expect("json"));
+        values.push(
+            serde_json::to_value(Request::JobEnd {
+                key: "gh-1-1-build".into(),
+            })
+            .expect("json"),
+        );
+        let job = Request::JobStart(Box::new(JobStart {
+            version: VERSION,
+            key: "gh-1-1-build".into(),
+            worker_pid: 10,
+            args: <crate::cli::WatchArgs as clap::FromArgMatches>::from_arg_matches(
+                &<crate::cli::WatchArgs as clap::Args>::augment_args(clap::Command::new("w"))
+                    .get_matches_from(["w", "--cgroup", "x"]),
+            )
+            .expect("args")
+            .run,
+            inputs: RunInputs {
+                policy: None,
+                contracts: vec![],
+                vars: crate::policy::oracle::Vars::of_this_process(),
+            },
+            out: "/o".into(),
+        }));
+        values.push(serde_json::to_value(job).expect("json"));
         for v in values {
             let ty = v["type"].as_str().expect("type");
             let def = &schema["$defs"][if ty == "status" && v.get("pid").is_none() {

@@ -160,6 +160,15 @@ pub async fn serve(stream: UnixStream, d: Arc<Daemon>) {
             conn.refuse(&d, r).await;
         }
         Ok(Some(Request::Run(req))) => run(conn, peer, *req, d).await,
+        Ok(Some(Request::JobStart(req))) => {
+            let fds = std::mem::take(&mut conn.dec.fds);
+            let reply = super::jobs::start(*req, &peer, fds, &d).await;
+            conn.send(&reply).await;
+        }
+        Ok(Some(Request::JobEnd { key })) => {
+            let reply = super::jobs::end(&key, &peer, &d).await;
+            conn.send(&reply).await;
+        }
     }
 }
 
@@ -375,7 +384,7 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
 
 /// Run the spec on a thread of its own (its own current-thread runtime, as standalone vigil
 /// runs): one run's storm or slow disk never delays another run's deadlines.
-async fn spawn_run(spec: RunSpec, client: Client) -> Finished {
+pub(super) async fn spawn_run(spec: RunSpec, client: Client) -> Finished {
     let (tx, rx) = oneshot::channel();
     let bundle = spec.out_dir.join(spec.run_id.as_str());
     let name = format!("run-{}", spec.run_id);

@@ -199,6 +199,15 @@ pub fn summarize_ops(input: &Path, out: Option<&Path>) -> i32 {
     }
 }
 
+/// The GitHub job summary of an opened bundle.
+pub fn github_summary(dir: &BundleDir, timeline: &super::timeline::Timeline) -> String {
+    let health: Value = dir
+        .read_json(crate::evidence::files::HEALTH)
+        .unwrap_or_default();
+    let events = crate::evidence::reader::read_events(dir);
+    super::github_summary::render(dir, timeline, &health, &events)
+}
+
 pub fn export(
     bundle: &Path,
     format: crate::cli::ExportFormat,
@@ -253,6 +262,7 @@ pub fn export(
             let decisions = ops::read_decisions(&dir).unwrap_or_default();
             super::html::render(&timeline, &health, &decisions).into_bytes()
         }
+        ExportFormat::GithubSummary => github_summary(&dir, &timeline).into_bytes(),
     };
     if !bytes.ends_with(b"\n") {
         bytes.push(b'\n');

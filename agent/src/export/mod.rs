@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod dsse;
 pub mod formats;
+pub mod github_summary;
 pub mod html;
 pub mod ops;
 pub mod otlp_http;

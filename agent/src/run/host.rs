@@ -50,7 +50,7 @@ pub struct Client {
     /// Told the main child's pid once it runs.
     pub started: Option<mpsc::UnboundedSender<i32>>,
     /// Told a watch's SDK socket path once the watch is active.
-    pub sdk_socket: Option<mpsc::UnboundedSender<std::path::PathBuf>>,
+    pub sdk_socket: Option<mpsc::UnboundedSender<Option<std::path::PathBuf>>>,
 }
 
 pub enum RunHost {
@@ -131,15 +131,19 @@ impl RunHost {
         }
     }
 
-    /// Tell the watched processes where the SDK socket is: standalone, vigil writes `file`
-    /// (never through a symlink); a daemon's client is told the path and writes it as itself.
-    pub fn announce_sdk(
+    /// A watch is active: tell whoever asked, with the SDK socket's path. Standalone, vigil
+    /// writes it to `file` (`--sdk-announce`, never through a symlink); a daemon's client is
+    /// told the path (a CI hook exports it to the job's steps).
+    pub fn watch_active(
         &self,
-        file: &std::path::Path,
-        socket: &std::path::Path,
+        file: Option<&std::path::Path>,
+        socket: Option<&std::path::Path>,
     ) -> std::io::Result<()> {
         match self {
             RunHost::Standalone => {
+                let (Some(file), Some(socket)) = (file, socket) else {
+                    return Ok(());
+                };
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
                 let mut f = std::fs::OpenOptions::new()
@@ -151,13 +155,12 @@ impl RunHost {
                     .open(file)?;
                 writeln!(f, "{}", socket.display())
             }
-            RunHost::Daemon(c) => match &c.sdk_socket {
-                Some(tx) => {
-                    let _ = tx.send(socket.to_path_buf());
-                    Ok(())
+            RunHost::Daemon(c) => {
+                if let Some(tx) = &c.sdk_socket {
+                    let _ = tx.send(socket.map(std::path::Path::to_path_buf));
                 }
-                None => Ok(()),
-            },
+                Ok(())
+            }
         }
     }
 

@@ -21,11 +21,17 @@ use crate::evidence::events::EventKind;
 
 /// Parentage and start times the kernel saw, for the hang explanation.
 fn known_of(state: &RunState) -> Known {
-    state
-        .tree()
-        .lives()
-        .into_iter()
-        .map(|l| (l.pid, (l.ppid, l.start_boot_ns)))
+    let lives = state.tree().lives();
+    let comm: std::collections::HashMap<u32, &str> =
+        lives.iter().map(|l| (l.pid, l.comm.as_str())).collect();
+    lives
+        .iter()
+        .map(|l| {
+            let parent = comm
+                .get(&l.ppid)
+                .map_or_else(String::new, |c| c.to_string());
+            (l.pid, (l.ppid, parent, l.start_boot_ns))
+        })
         .collect()
 }
 

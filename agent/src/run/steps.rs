@@ -2,7 +2,8 @@
 //! process (GitHub's `Runner.Worker`); its id is `GITHUB_ACTION` in that child's environment at
 //! its exec, read once from /proc (only that one value is kept). Every process the step forks is
 //! the step's, and its kernel events are counted per step. At the end each step becomes a
-//! `case.run` span and a summary step row.
+//! `case.run` span and a summary step row. A step that is gone before its environment could
+//! be read (it ended within milliseconds of its exec) is still a step, named `pid-<pid>`.
 
 use std::collections::HashMap;
 
@@ -17,6 +18,8 @@ use crate::kernel::event::{KernelEvent, Observed};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Step {
     pub id: String,
+    /// The id is `GITHUB_ACTION` (false: the process was gone before it was read).
+    pub named: bool,
     pub pid: u32,
     pub start_boot_ns: u64,
     pub end_boot_ns: Option<u64>,
@@ -30,18 +33,36 @@ pub struct Step {
     pub write_bytes: u64,
 }
 
-/// Reads a process's step id (`GITHUB_ACTION`) at its exec; None when it has none.
-pub type StepIdOf = fn(u32) -> Option<String>;
+/// What a worker's child's environment says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepId {
+    /// A step, with this id.
+    Step(String),
+    /// Not a step (the runner's own helper: no `GITHUB_ACTION`).
+    NotAStep,
+    /// Gone before its environment could be read: a step, name unknown.
+    Gone,
+}
+
+/// Reads a process's step id at its exec.
+pub type StepIdOf = fn(u32) -> StepId;
 
 /// `GITHUB_ACTION` from /proc/PID/environ.
-pub fn github_action(pid: u32) -> Option<String> {
-    let env = procfs::process::Process::new(i32::try_from(pid).ok()?)
-        .ok()?
-        .environ()
-        .ok()?;
-    env.get(std::ffi::OsStr::new("GITHUB_ACTION"))
-        .map(|v| v.to_string_lossy().into_owned())
-        .filter(|v| !v.is_empty())
+pub fn github_action(pid: u32) -> StepId {
+    let env = i32::try_from(pid)
+        .ok()
+        .and_then(|p| procfs::process::Process::new(p).ok())
+        .and_then(|p| p.environ().ok());
+    match env {
+        // A zombie's environment reads empty: it is gone too.
+        None => StepId::Gone,
+        Some(e) if e.is_empty() => StepId::Gone,
+        Some(e) => e
+            .get(std::ffi::OsStr::new("GITHUB_ACTION"))
+            .map(|v| v.to_string_lossy().into_owned())
+            .filter(|v| !v.is_empty())
+            .map_or(StepId::NotAStep, StepId::Step),
+    }
 }
 
 pub struct StepTracker {
@@ -71,11 +92,17 @@ impl StepTracker {
         if let KernelEvent::Exec { .. } = ev
             && hdr.ppid == self.parent
             && !self.member.contains_key(&hdr.pid)
-            && let Some(id) = (self.id_of)(hdr.pid)
         {
+            // A step that ended before its environment could be read keeps its pid as name.
+            let (id, named) = match (self.id_of)(hdr.pid) {
+                StepId::Step(id) => (id, true),
+                StepId::Gone => (format!("pid-{}", hdr.pid), false),
+                StepId::NotAStep => return,
+            };
             self.member.insert(hdr.pid, self.steps.len());
             self.steps.push(Step {
                 id,
+                named,
                 pid: hdr.pid,
                 start_boot_ns: hdr.boot_ns,
                 processes: 1,
@@ -133,7 +160,7 @@ impl StepTracker {
                     (_, Some(_), _) => StepStatus::Failed,
                     (_, None, _) => StepStatus::Killed,
                 };
-                let attrs = json!({"step_id": s.id, "pid": s.pid, "exit_code": s.exit_code,
+                let attrs = json!({"step_id": s.id, "step_id_read": s.named, "pid": s.pid, "exit_code": s.exit_code,
                     "signal": s.signal, "processes": s.processes, "execs": s.execs, "opens": s.opens,
                     "network": s.network, "writes": s.writes, "write_bytes": s.write_bytes,
                     "finished": s.end_boot_ns.is_some()});
@@ -207,11 +234,13 @@ mod tests {
 
     #[test]
     fn direct_children_with_a_step_id_are_steps_and_own_their_subtrees() {
-        // pid 11 and 13 are steps; 12 (a runner helper without GITHUB_ACTION) is not.
+        // pid 11 and 13 are named steps; 12's environment was gone before it was read; 14 is
+        // the runner's own helper.
         let id_of: StepIdOf = |pid| match pid {
-            11 => Some("build".into()),
-            13 => Some("test".into()),
-            _ => None,
+            11 => StepId::Step("build".into()),
+            13 => StepId::Step("test".into()),
+            12 => StepId::Gone,
+            _ => StepId::NotAStep,
         };
         let mut t = StepTracker::new(10, id_of);
         for ev in [
@@ -226,19 +255,21 @@ mod tests {
             exec(12, 10, 130),
             exit(20, 11, 0, 140),
             exit(11, 10, 0, 150),
+            exec(14, 10, 190),
             exec(13, 10, 200),
             exit(13, 10, 3, 250),
         ] {
             t.apply(&ev);
         }
         let steps = t.steps();
-        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert_eq!((steps[1].id.as_str(), steps[1].named), ("pid-12", false));
         assert_eq!((steps[0].id.as_str(), steps[0].processes), ("build", 2));
         assert_eq!(steps[0].execs, 2, "its own exec and its child's");
         assert_eq!(steps[0].exit_code, Some(0));
         assert_eq!(steps[0].end_boot_ns, Some(150));
         assert_eq!(
-            (steps[1].id.as_str(), steps[1].exit_code),
+            (steps[2].id.as_str(), steps[2].exit_code),
             ("test", Some(3))
         );
     }

@@ -54,15 +54,17 @@ pub struct Wait {
     pub comm: String,
     pub syscall: String,
     /// `pipe:[ino]`, `socket:[ino] (unix /path)`, `tcp 127.0.0.1:1 -> 127.0.0.1:2`, `children`,
-    /// `lock on /path`, `futex`, `timer`.
+    /// `lock on /path`, `futex`.
     pub on: String,
     pub holders: Vec<Holder>,
     /// One sentence for people.
     pub explanation: String,
 }
 
-/// What the kernel layer knows of the run's processes: (parent, start on the boot clock).
-pub type Known = HashMap<u32, (u32, u64)>;
+/// What the kernel layer knows of the run's processes: the parent that forked it, that
+/// parent's comm, and its start on the boot clock (a daemonized process's parent is init by
+/// now; the kernel saw who started it).
+pub type Known = HashMap<u32, (u32, String, u64)>;
 
 /// Every process's fds on pipes and sockets: inode → (pid, mode).
 struct FdIndex {
@@ -155,9 +157,8 @@ impl Ctx<'_> {
                 Vec::new(),
                 "waits on a futex (a lock or condition inside the process)",
             ),
-            "nanosleep" | "clock_nanosleep" | "pause" => {
-                ("timer".to_string(), Vec::new(), "sleeps")
-            }
+            // A sleeper waits on nobody.
+            "nanosleep" | "clock_nanosleep" | "pause" => return None,
             "flock" | "fcntl" => {
                 let (on, holders) = self.lock(b)?;
                 (on, holders, "waits for a file lock held by")
@@ -256,15 +257,23 @@ impl Ctx<'_> {
             true => vec![st.comm.clone()],
             false => self.redactor.redact_argv(&argv),
         };
-        let parent_comm = Process::new(st.ppid)
-            .ok()
-            .and_then(|pp| pp.stat().ok())
-            .map(|s| s.comm);
-        let boot_ns = match self.known.get(&pid.unsigned_abs()) {
-            Some((_, start)) => *start,
+        let (ppid, parent_comm, boot_ns) = match self.known.get(&pid.unsigned_abs()) {
+            Some((ppid, comm, start)) => (
+                i32::try_from(*ppid).unwrap_or(st.ppid),
+                Some(comm.clone()).filter(|c| !c.is_empty()),
+                *start,
+            ),
             None => {
                 let hz = procfs::ticks_per_second().max(1);
-                st.starttime.saturating_mul(1_000_000_000) / hz
+                let comm = Process::new(st.ppid)
+                    .ok()
+                    .and_then(|pp| pp.stat().ok())
+                    .map(|s| s.comm);
+                (
+                    st.ppid,
+                    comm,
+                    st.starttime.saturating_mul(1_000_000_000) / hz,
+                )
             }
         };
         let started_ns = Some(crate::clock::boot_to_wall(boot_ns, self.boot_to_wall));
@@ -272,7 +281,7 @@ impl Ctx<'_> {
             pid,
             comm: st.comm,
             argv,
-            ppid: st.ppid,
+            ppid,
             parent_comm,
             started_ns,
             setsid: st.session == pid,

@@ -178,10 +178,12 @@ impl Supervisor<'_> {
             .iter()
             .find(|(k, _)| k == "VIGIL_SDK_SOCKET")
             .map(|(_, v)| PathBuf::from(v));
-        if let (Some(file), Some(sock)) = (&target.sdk_announce, &socket)
-            && let Err(e) = self.host.announce_sdk(file, sock)
-        {
-            let msg = format!("--sdk-announce {}: {e}", file.display());
+        let announce = target.sdk_announce.as_deref();
+        if let Err(e) = self.host.watch_active(announce, socket.as_deref()) {
+            let file = announce
+                .map(|f| f.display().to_string())
+                .unwrap_or_default();
+            let msg = format!("--sdk-announce {file}: {e}");
             self.host.say(&msg);
             self.notes.push(msg);
         }
