@@ -83,6 +83,25 @@ fn a_reader_blocked_on_a_pipe_names_the_daemonized_writer() {
         shown.contains(text),
         "inspect shows the explanation:\n{shown}"
     );
+    // And the exports carry it: the watchdog's mark in the Trace Event Format.
+    let out = vigil_ok(&[
+        std::ffi::OsStr::new("export"),
+        f.bundle.as_os_str(),
+        std::ffi::OsStr::new("--format"),
+        std::ffi::OsStr::new("chrome-trace"),
+    ]);
+    let chrome: Value = serde_json::from_slice(&out.stdout).expect("chrome trace");
+    let marked = chrome["traceEvents"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .any(|e| {
+            e["ph"] == "i"
+                && e["args"]["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(text))
+        });
+    assert!(marked, "the watchdog mark names the holder");
 }
 
 #[test]

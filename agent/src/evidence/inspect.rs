@@ -172,7 +172,11 @@ pub fn inspect(dir: &Path) -> Result<String, BundleProblem> {
             phase
         );
         // Who waited on whom when the stall was judged (untrusted text: one line each).
-        let waits = e.data.pointer("/snapshot/waits").and_then(Value::as_array);
+        let waits = e
+            .data
+            .pointer("/snapshot/waits")
+            .or_else(|| e.data.get("waits"))
+            .and_then(Value::as_array);
         for w in waits.into_iter().flatten() {
             if let Some(text) = w.get("explanation").and_then(Value::as_str) {
                 let _ = writeln!(out, "    {}", text.replace(['\n', '\r'], " "));

@@ -51,9 +51,9 @@ fn explanations(events: &[RunnerEvent]) -> Vec<Value> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for e in events {
-        let waits = match (e.kind.as_str(), e.data.get("what")) {
-            ("watchdog", _) => e.data.pointer("/snapshot/waits"),
-            ("note", Some(w)) if w == "hang_explanation" => e.data.get("waits"),
+        let waits = match e.kind.as_str() {
+            "watchdog" => e.data.pointer("/snapshot/waits"),
+            "stall_warning" => e.data.get("waits"),
             _ => None,
         };
         for w in waits.and_then(Value::as_array).into_iter().flatten() {

@@ -115,11 +115,24 @@ impl Timeline {
             .into_iter()
             .flatten()
             .filter(|e| matches!(e["kind"].as_str(), Some("stall_warning" | "watchdog")))
-            .map(|e| Instant {
-                ts_ns: u(&e["ts_ns"]),
-                pid: None,
-                name: e["kind"].as_str().unwrap_or("").into(),
-                detail: e["reason"].as_str().unwrap_or("").into(),
+            .map(|e| {
+                // The reason, and who waited on whom (the hang explanation), one per line.
+                let waits = e["data"]["waits"]
+                    .as_array()
+                    .or_else(|| e["data"]["snapshot"]["waits"].as_array());
+                let mut detail = e["reason"].as_str().unwrap_or("").to_string();
+                for w in waits.into_iter().flatten() {
+                    if let Some(x) = w["explanation"].as_str() {
+                        detail.push('\n');
+                        detail.push_str(x);
+                    }
+                }
+                Instant {
+                    ts_ns: u(&e["ts_ns"]),
+                    pid: None,
+                    name: e["kind"].as_str().unwrap_or("").into(),
+                    detail,
+                }
             })
             .collect();
         let mut t = Timeline {

@@ -96,16 +96,14 @@ impl Supervisor<'_> {
                         triage::snapshot(&cg, rate, silent_ms, &redactor, &known)
                     }));
                 }
-                Action::Explain { silent_ms } => {
+                Action::WarnStall(mut data) => {
                     // On this thread: a few procfs reads while the run is stalled anyway.
                     let waits = triage::explain_now(self.cg, &self.rec.redactor, &known_of(state));
                     if !waits.is_empty() {
-                        self.rec.events.emit(
-                            EventKind::Note,
-                            None,
-                            json!({"what": "hang_explanation", "silent_ms": silent_ms, "waits": waits}),
-                        );
+                        data["waits"] = json!(waits);
                     }
+                    let why = Some(reason::NO_PROGRESS);
+                    self.rec.events.emit(EventKind::StallWarning, why, data);
                 }
                 Action::ProbeCgroup => {
                     let processes = self.cg.procs().len();

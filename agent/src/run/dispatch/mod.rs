@@ -102,8 +102,9 @@ pub enum Action {
     KillComplete,
     /// Take a stall triage snapshot off the runtime thread; answer with `TriageDone`.
     Triage { silent_ms: u64 },
-    /// Say who waits on whom now (a stall warning: nothing is frozen or killed).
-    Explain { silent_ms: u64 },
+    /// Append a `stall_warning` with `data`, and who waits on whom now (nothing is frozen or
+    /// killed).
+    WarnStall(Value),
     /// Close the fence: nothing more is accepted into the run's output or SDK layer.
     CloseFence,
     /// Count the cgroup's processes; answer with `CgroupProbed`.
@@ -562,16 +563,10 @@ impl RunState {
 
     fn on_verdict(&mut self, v: Verdict, now: Mono, out: &mut Vec<Action>) {
         match v {
-            Verdict::StallWarning { silent_ms } => {
-                out.push(Action::Emit(
-                    EventKind::StallWarning,
-                    Some(reason::NO_PROGRESS),
-                    json!({"silent_ms": silent_ms,
-                           "threshold_ms": self.cfg.profile_stall.as_millis() as u64}),
-                ));
-                // A stall nobody kills (liveness off, a watched CI job) is still explained.
-                out.push(Action::Explain { silent_ms });
-            }
+            // A stall nobody kills (liveness off, a watched CI job) is still explained.
+            Verdict::StallWarning { silent_ms } => out
+                .push(Action::WarnStall(json!({"silent_ms": silent_ms,
+                       "threshold_ms": self.cfg.profile_stall.as_millis() as u64}))),
             Verdict::DrainCleanup => {
                 out.push(Action::Note(format!(
                     "output pipes stayed open {} ms after the main child exited; leftover processes killed (liveness not strict, run outcome unchanged)",

@@ -62,7 +62,7 @@ fn labels(acts: &[Action]) -> Vec<String> {
             Action::KillRemaining { watchdog } => format!("kill:{watchdog}"),
             Action::KillComplete => "kill_complete".into(),
             Action::Triage { .. } => "triage".into(),
-            Action::Explain { .. } => "explain".into(),
+            Action::WarnStall(_) => format!("emit:stall_warning:{}", reason::NO_PROGRESS),
             Action::CloseFence => "fence".into(),
             Action::ProbeCgroup => "probe".into(),
             Action::Sample => "sample".into(),
