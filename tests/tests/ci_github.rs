@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use vigil_e2e::daemon::TestDaemon;
 use vigil_e2e::*;
 
+fn script(which: &str) -> std::path::PathBuf {
+    repo_root().join("contrib/github").join(format!("{which}.sh"))
+}
+
 /// The stand-in worker: /bin/sh under the name Runner.Worker (comm comes from the exec'd path).
 fn worker(dir: &Path) -> std::path::PathBuf {
     let w = dir.join("Runner.Worker");
@@ -37,7 +41,8 @@ fn a_job_is_watched_per_step_and_its_summary_names_the_step_that_hung_and_the_ho
     let dir = tempfile::tempdir().expect("tempdir");
     let vigil = vigil_bin().display().to_string();
     let sock = d.socket.display().to_string();
-    let hook = |which: &str| format!("{vigil} ci github {which} --daemon {sock}");
+    // The shipped hook scripts, as the runner's .env names them.
+    let hook = |which: &str| format!("VIGIL={vigil} {} --daemon {sock}", script(which).display());
     // The runner: hooks around two steps; each step's output is read to its end, as the real
     // runner does, with the step's timeout (3 s) as the only way out of a pipe held open. Each
     // step does some work (0.3 s) as real steps do: its id is read from its environment while
@@ -153,11 +158,18 @@ fn without_a_daemon_or_with_a_silent_one_both_hooks_exit_0_within_5_s() {
     let silent = dir.path().join("silent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&silent).expect("bind");
     let w = worker(dir.path());
-    for socket in [dir.path().join("absent.sock"), silent.clone()] {
+    let cases = [
+        (vigil_bin(), dir.path().join("absent.sock")),
+        (vigil_bin(), silent.clone()),
+        // vigil itself missing: the script says so and still exits 0.
+        (dir.path().join("no-vigil"), silent.clone()),
+    ];
+    for (vigil, socket) in cases {
         for which in ["job-started", "job-completed"] {
             let script = format!(
-                "{} ci github {which} --daemon {}",
-                vigil_bin().display(),
+                "VIGIL={} {} --daemon {}",
+                vigil.display(),
+                script(which).display(),
                 socket.display()
             );
             // The hook runs under the stand-in worker, so job-started gets as far as the daemon.
