@@ -13,7 +13,9 @@ use vigil_e2e::daemon::TestDaemon;
 use vigil_e2e::*;
 
 fn script(which: &str) -> std::path::PathBuf {
-    repo_root().join("contrib/github").join(format!("{which}.sh"))
+    repo_root()
+        .join("contrib/github")
+        .join(format!("{which}.sh"))
 }
 
 /// The stand-in worker: /bin/sh under the name Runner.Worker (comm comes from the exec'd path).

@@ -158,6 +158,12 @@ pub fn bench(args: &[String]) -> Result<()> {
         print_table(&rows, quick);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--watch-only") {
+        rows.extend(crate::bench_watch::bench(&env, &tmp, quick)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--daemon-only") {
         rows.extend(crate::bench_daemon::bench(&env, &tmp, quick)?);
         let _ = std::fs::remove_dir_all(&tmp);
@@ -357,6 +363,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         rows.extend(crate::bench_policy::bench(&env, &tmp, quick)?);
         rows.extend(crate::bench_daemon::bench(&env, &tmp, quick)?);
         rows.extend(crate::bench_export::bench(&env, &tmp, quick)?);
+        rows.extend(crate::bench_watch::bench(&env, &tmp, quick)?);
     }
     rows.extend(crate::bench_contracts::bench(quick)?);
 

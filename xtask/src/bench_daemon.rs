@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::bench::{Env, Row, median, paired, ratio_row, sh, time_ms};
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
 }
 
@@ -23,7 +23,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start(env: &Env, socket: &Path) -> Result<Daemon> {
+pub(crate) fn start(env: &Env, socket: &Path) -> Result<Daemon> {
     let mut child = Command::new(&env.vigil)
         .arg("daemon")
         .arg("--socket")

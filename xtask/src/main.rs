@@ -20,6 +20,7 @@ mod bench_export;
 mod bench_kernel;
 mod bench_observer;
 mod bench_policy;
+mod bench_watch;
 mod ebpf;
 mod setup;
 mod soak;

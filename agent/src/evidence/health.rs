@@ -159,13 +159,15 @@ fn yes() -> bool {
 }
 
 /// `watch` in health: the cgroup a watch attached to and what the attach could not see.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WatchHealth {
     pub cgroup: String,
     /// Processes found running at attach (`seeded: true` in their subprocess_state).
     pub seeded_processes: u64,
     /// Wall-clock ns of the attach: kernel evidence starts here.
     pub attached_at_ns: u64,
+    /// From the kernel filter holding the cgroup subtree to the seeded tree being complete.
+    pub attach_ms: f64,
     /// What happened before the attach and is not in the bundle.
     pub missed_before_attach: Vec<String>,
 }

@@ -148,6 +148,7 @@ impl Supervisor<'_> {
         let Some(target) = &self.spec.watch else {
             return;
         };
+        let attach = std::time::Instant::now();
         let seeded = seed(&self.cg.procs(), &self.rec.redactor);
         for s in &seeded {
             let record = state.seed(ProcessLife {
@@ -178,6 +179,7 @@ impl Supervisor<'_> {
             .iter()
             .find(|(k, _)| k == "VIGIL_SDK_SOCKET")
             .map(|(_, v)| PathBuf::from(v));
+        let attach_ms = attach.elapsed().as_secs_f64() * 1e3;
         let announce = target.sdk_announce.as_deref();
         if let Err(e) = self.host.watch_active(announce, socket.as_deref()) {
             let file = announce
@@ -198,6 +200,7 @@ impl Supervisor<'_> {
             cgroup: self.cg.path().display().to_string(),
             seeded_processes: seeded.len() as u64,
             attached_at_ns: crate::clock::now_ns(),
+            attach_ms,
             missed_before_attach: vec![
                 "processes that started and ended before the attach".into(),
                 format!(
