@@ -181,14 +181,12 @@ impl Metrics {
     }
 }
 
-/// The daemon's resident set size (statm's second field, in pages).
+/// The daemon's resident set size (statm's resident pages).
 pub fn rss_bytes() -> i64 {
-    let pages: i64 = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) }
+    let pages = procfs::process::Process::myself()
+        .and_then(|p| p.statm())
+        .map_or(0, |s| s.resident);
+    i64::try_from(pages.saturating_mul(procfs::page_size())).unwrap_or(i64::MAX)
 }
 
 /// Serve `GET /metrics` on `listener` until the task is dropped.

@@ -38,15 +38,9 @@ impl Peer {
 }
 
 fn groups_of(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
-                g.split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect()
-            })
-        })
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
+        .map(|s| s.groups)
         .unwrap_or_default()
 }
 

@@ -139,7 +139,7 @@ fn sweep_sdk_dirs() {
         else {
             continue;
         };
-        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        let alive = i32::try_from(pid).is_ok_and(|p| procfs::process::Process::new(p).is_ok());
         // Only directories of our own making (root's, not a link someone planted in /tmp).
         let ours = e
             .metadata()

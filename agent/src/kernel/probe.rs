@@ -90,13 +90,11 @@ pub fn probe_host() -> HostReport {
     features.insert("cgroup_kill", kill);
     features.insert("cgroup_freeze", freeze);
 
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let tracefs = mounts
-        .lines()
-        .find(|l| l.split(' ').nth(2) == Some("tracefs"));
+    let mounts = procfs::mounts().unwrap_or_default();
+    let tracefs = mounts.iter().find(|m| m.fs_vfstype == "tracefs");
     features.insert(
         "tracefs",
-        match tracefs.and_then(|l| l.split(' ').nth(1)) {
+        match tracefs.map(|m| &m.fs_file) {
             Some(at) => feature("yes", format!("mounted at {at}")),
             None => feature("no", "not mounted: vigil attaches tp_btf/raw_tp programs by BTF id, which do not need it"),
         },
@@ -273,11 +271,9 @@ fn error_line(e: &dyn std::error::Error) -> String {
 
 /// The effective capabilities vigil needs, from /proc/self/status.
 fn capabilities() -> Feature {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    let Ok(eff) = procfs::process::Process::myself()
+        .and_then(|p| p.status())
+        .map(|s| s.capeff)
     else {
         return feature("unknown", "no CapEff in /proc/self/status");
     };

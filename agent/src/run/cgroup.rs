@@ -41,20 +41,24 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cgr
 /// The cgroup2 mount point, from /proc/self/mounts (pure v2: /sys/fs/cgroup; hybrid:
 /// /sys/fs/cgroup/unified).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let mounts = fs::read_to_string("/proc/self/mounts")
-        .map_err(io_err("read", Path::new("/proc/self/mounts")))?;
-    parse_cgroup2_mount(&mounts).ok_or(CgroupError::NoCgroup2)
+    let mounts = procfs::mounts().map_err(|e| CgroupError::Io {
+        op: "read",
+        path: PathBuf::from("/proc/self/mounts"),
+        source: io::Error::other(e.to_string()),
+    })?;
+    cgroup2_in(&mounts).ok_or(CgroupError::NoCgroup2)
 }
 
-fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split(' ');
-        let (_src, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_field(target)))
-    })
+/// The first cgroup2 mount of a mount table.
+fn cgroup2_in(mounts: &[procfs::MountEntry]) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .find(|m| m.fs_vfstype == "cgroup2")
+        .map(|m| PathBuf::from(unescape_mount_field(&m.fs_file)))
 }
 
-/// /proc/self/mounts escapes space, tab, newline and backslash as `\ooo`.
+/// /proc/self/mounts escapes space, tab, newline and backslash as `\ooo` (procfs leaves the
+/// mount point as it reads it).
 fn unescape_mount_field(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -96,12 +100,16 @@ fn owner_tag(pid: u32) -> Option<String> {
     Some(format!("vigil-{pid}-{start}"))
 }
 
-/// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let pid = i32::try_from(pid).ok()?;
+    Some(
+        procfs::process::Process::new(pid)
+            .ok()?
+            .stat()
+            .ok()?
+            .starttime,
+    )
 }
 
 /// This vigil's owner directory under `parent` (not created).
@@ -509,20 +517,26 @@ impl EventsWatch {
 mod tests {
     use super::*;
 
+    fn table(text: &str) -> Vec<procfs::MountEntry> {
+        <Vec<procfs::MountEntry> as procfs::FromBufRead>::from_buf_read(text.as_bytes())
+            .expect("mount table")
+    }
+
     #[test]
     fn finds_cgroup2_on_hybrid_and_pure_hosts() {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
         assert_eq!(
-            parse_cgroup2_mount(hybrid),
+            cgroup2_in(&table(hybrid)),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let pure = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
         assert_eq!(
-            parse_cgroup2_mount(pure),
+            cgroup2_in(&table(pure)),
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
-        assert_eq!(parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
-        assert_eq!(unescape_mount_field("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(cgroup2_in(&table("proc /proc proc rw 0 0\n")), None);
+        let escaped = "cgroup2 /mnt/a\\040b cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_in(&table(escaped)), Some(PathBuf::from("/mnt/a b")));
     }
 
     #[test]

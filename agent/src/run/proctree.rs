@@ -5,7 +5,6 @@
 //! 52) while they are zombies; once reaped the code is unknown and reported as null.
 
 use std::collections::HashMap;
-use std::fs;
 
 use serde_json::json;
 
@@ -33,35 +32,23 @@ pub struct Stat {
     pub exit_code: Option<i32>,
 }
 
-pub fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text[open + 1..close].to_string();
-    let f: Vec<&str> = text[close + 2..].split(' ').collect();
-    // f[0] is field 3 (state); field N is f[N - 3].
+/// The stat fields of a process (procfs parses the awkward comm: spaces, parentheses).
+pub fn read_stat(pid: i32) -> Option<Stat> {
+    let st = procfs::process::Process::new(pid).ok()?.stat().ok()?;
     Some(Stat {
-        comm,
-        state: f.first()?.chars().next()?,
-        ppid: f.get(1)?.parse().ok()?,
-        utime: f.get(11)?.parse().ok()?,
-        stime: f.get(12)?.parse().ok()?,
-        start_ticks: f.get(19)?.parse().ok()?,
-        exit_code: f.get(49).and_then(|s| s.trim().parse().ok()),
+        comm: st.comm,
+        state: st.state,
+        ppid: st.ppid,
+        utime: st.utime,
+        stime: st.stime,
+        start_ticks: st.starttime,
+        exit_code: st.exit_code,
     })
 }
 
-pub fn read_stat(pid: i32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
 pub fn read_argv(pid: i32) -> Vec<String> {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.cmdline())
         .unwrap_or_default()
 }
 
@@ -189,15 +176,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_stat_with_awkward_comm() {
-        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5555 1000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 256";
-        let st = parse_stat(line).expect("parse");
-        assert_eq!(st.comm, "a) b (c)");
-        assert_eq!(st.state, 'S');
-        assert_eq!(st.ppid, 1);
-        assert_eq!((st.utime, st.stime), (7, 3));
-        assert_eq!(st.start_ticks, 5555);
-        assert_eq!(st.exit_code, Some(256));
+    fn wait_statuses_decode() {
         assert_eq!(decode_wait_status(256), (Some(1), None));
         assert_eq!(decode_wait_status(9), (None, Some(9)));
     }

@@ -53,9 +53,12 @@ pub struct StallSnapshot {
 }
 
 fn ticks_to_ms(ticks: u64) -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1000 / hz
+    ticks * 1000 / procfs::ticks_per_second().max(1)
+}
+
+/// Open fds of a process (None when it is gone or unreadable).
+fn fd_count(pid: i32) -> Option<usize> {
+    procfs::process::Process::new(pid).ok()?.fd_count().ok()
 }
 
 /// The syscall the task is blocked in and its arguments (None on a CPU or in user space).
@@ -79,9 +82,11 @@ fn syscall_name(nr: i64) -> Option<String> {
 
 fn snapshot_one(pid: i32, last_progress_age_ms: u64, redactor: &Redactor) -> Option<ProcSnapshot> {
     let st = read_stat(pid)?;
-    let wchan = fs::read_to_string(format!("/proc/{pid}/wchan"))
+    let wchan = procfs::process::Process::new(pid)
+        .and_then(|p| p.wchan())
         .ok()
         .filter(|w| !w.is_empty() && w != "0");
+    // procfs has no reader for the kernel stack: the file is read as is.
     let kernel_stack = fs::read_to_string(format!("/proc/{pid}/stack"))
         .ok()
         .map(|s| s.lines().map(|l| l.trim().to_string()).collect());
@@ -99,9 +104,7 @@ fn snapshot_one(pid: i32, last_progress_age_ms: u64, redactor: &Redactor) -> Opt
         syscall_args: syscall.map(|(_, args)| args),
         kernel_stack,
         cpu_ms: ticks_to_ms(st.utime + st.stime),
-        open_fds: fs::read_dir(format!("/proc/{pid}/fd"))
-            .ok()
-            .map(Iterator::count),
+        open_fds: fd_count(pid),
         last_progress_age_ms,
     })
 }
@@ -141,9 +144,7 @@ pub fn snapshot(
                     if let Some(st) = read_stat(pid) {
                         p.cpu_ms = ticks_to_ms(st.utime + st.stime);
                     }
-                    p.open_fds = fs::read_dir(format!("/proc/{pid}/fd"))
-                        .ok()
-                        .map(Iterator::count);
+                    p.open_fds = fd_count(pid);
                 }
                 None => {
                     // Forked after the first pass: its wchan/stack show the freezer trap, so

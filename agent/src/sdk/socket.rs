@@ -161,16 +161,14 @@ impl Drop for SdkSocket {
 
 /// Whether `pid` is in `run_cgroup` or below it (cgroup v2 line `0::/path` of /proc/pid/cgroup).
 fn in_run(pid: i32, run_cgroup: &Path, mount: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+    let Ok(groups) = procfs::process::Process::new(pid).and_then(|p| p.cgroups()) else {
         return false;
     };
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .is_some_and(|rel| {
-            mount
-                .join(rel.trim_start_matches('/'))
-                .starts_with(run_cgroup)
-        })
+    groups.0.iter().find(|g| g.hierarchy == 0).is_some_and(|g| {
+        mount
+            .join(g.pathname.trim_start_matches('/'))
+            .starts_with(run_cgroup)
+    })
 }
 
 fn serve(
