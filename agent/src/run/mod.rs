@@ -18,6 +18,7 @@ pub mod plan_file;
 pub mod proctree;
 pub mod recorder;
 pub mod schedule;
+mod setup;
 pub mod spawn;
 pub mod spec;
 pub mod steps;

@@ -15,16 +15,16 @@ use serde_json::{Value, json};
 
 use super::liveness::{Liveness, Progress, Verdict, reason};
 use super::outcome::Outcome;
-use super::proctree::StateChange;
-use super::spec::LivenessConfig;
-use super::triage::StallSnapshot;
 use crate::evidence::events::EventKind;
-use crate::kernel::event::Observed;
 use crate::kernel::tree::KernelTree;
-use crate::sdk::Received;
 
 #[cfg(test)]
 mod tests;
+mod vocabulary;
+#[cfg(test)]
+mod watch_tests;
+
+pub use vocabulary::{Action, DispatchConfig, RunEvent, Stream};
 
 /// Nanoseconds on CLOCK_MONOTONIC.
 pub type Mono = u64;
@@ -35,101 +35,6 @@ pub const TRIAGE_BUDGET: Duration = Duration::from_secs(3);
 /// How often the procfs sampler runs (process tree without the kernel layer, CPU rate for
 /// triage, emptiness when cgroup.events cannot be watched).
 pub const PROCESS_SAMPLE: Duration = Duration::from_millis(50);
-
-/// One of the child's two output streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-impl Stream {
-    fn index(self) -> usize {
-        match self {
-            Stream::Stdout => 0,
-            Stream::Stderr => 1,
-        }
-    }
-}
-
-/// Something that happened to the run.
-#[derive(Debug)]
-pub enum RunEvent<'a> {
-    /// vigil was sent SIGINT or SIGTERM.
-    Signal(i32),
-    /// The main child was reaped.
-    ChildExited {
-        code: Option<i32>,
-        signal: Option<i32>,
-    },
-    /// `chunks` output chunks went through a tee (several when the channel was full).
-    Output { chunks: u64 },
-    /// A stream's pipe closed: every writer is gone.
-    StreamClosed(Stream),
-    /// One drain of kernel events of the run, decoded once.
-    Kernel(&'a [Observed]),
-    /// One SDK event from the run's socket.
-    Sdk(Received),
-    /// The procfs sampler's changes (without the kernel layer) and how many processes it saw.
-    Sampled {
-        changes: Vec<StateChange>,
-        processes: usize,
-    },
-    /// The run's cgroup holds no process any more.
-    CgroupEmpty,
-    /// The answer to [`Action::ProbeCgroup`]: how many processes the cgroup holds.
-    CgroupProbed { processes: usize },
-    /// The triage snapshot a stall kill asked for.
-    TriageDone(Box<StallSnapshot>),
-    /// Nothing but time: a deadline may be due.
-    Tick,
-}
-
-/// What the shell must do.
-#[derive(Debug)]
-pub enum Action {
-    /// Append a runner event.
-    Emit(EventKind, Option<&'static str>, Value),
-    /// A line for health's notes.
-    Note(String),
-    /// A line on vigil's stderr (`vigil: …`).
-    Say(String),
-    /// SIGTERM to every process of the run's cgroup; `cause` is the watchdog reason, if any.
-    Terminate { cause: Option<&'static str> },
-    /// SIGKILL what is left (cgroup.kill); `watchdog` says whether it is a watchdog kill.
-    KillRemaining { watchdog: bool },
-    /// The escalation is over: the cgroup emptied.
-    KillComplete,
-    /// Take a stall triage snapshot off the runtime thread; answer with `TriageDone`.
-    Triage { silent_ms: u64 },
-    /// Append a `stall_warning` with `data`, and who waits on whom now (nothing is frozen or
-    /// killed).
-    WarnStall(Value),
-    /// Close the fence: nothing more is accepted into the run's output or SDK layer.
-    CloseFence,
-    /// Count the cgroup's processes; answer with `CgroupProbed`.
-    ProbeCgroup,
-    /// Sample the cgroup (procfs tree, CPU time); answer with `Sampled`.
-    Sample,
-    /// Hand this SDK event to the SDK layer.
-    AcceptSdk(Received),
-}
-
-/// What a run is configured with, as far as its state machine is concerned.
-#[derive(Debug, Clone)]
-pub struct DispatchConfig {
-    pub liveness: LivenessConfig,
-    pub profile_stall: Duration,
-    pub heartbeat: Duration,
-    /// The procfs sampler's period ([`PROCESS_SAMPLE`] in runs).
-    pub sample: Duration,
-    pub main_pid: i32,
-    /// The kernel layer is active: the process tree comes from kernel events.
-    pub kernel_tree: bool,
-    /// `vigil watch`: no main child and no output pipes; the run ends when the cgroup empties,
-    /// on SIGINT/SIGTERM (nothing is killed) or after this long (None: no limit).
-    pub watch: Option<Option<Duration>>,
-}
 
 /// A stopping run: SIGTERM was sent at `started`, SIGKILL is due at `kill_at`.
 #[derive(Debug, Clone, Copy)]

@@ -6,13 +6,16 @@ use super::*;
 use crate::cli::LivenessLevel;
 use crate::kernel::event::{Header, KernelEvent, Observed};
 use crate::run::liveness::reason;
+use crate::run::spec::LivenessConfig;
+use crate::run::triage::StallSnapshot;
+use crate::sdk::Received;
 use crate::sdk::event::SdkEvent;
 
-const MS: u64 = 1_000_000;
+pub(super) const MS: u64 = 1_000_000;
 /// Monotonic time of the spawn in these tests (not 0, so wall conversion is exercised).
-const T0: Mono = 1_000 * MS;
+pub(super) const T0: Mono = 1_000 * MS;
 
-fn liveness(level: LivenessLevel) -> LivenessConfig {
+pub(super) fn liveness(level: LivenessLevel) -> LivenessConfig {
     LivenessConfig {
         level,
         stall: Duration::from_millis(1000),
@@ -46,7 +49,7 @@ fn state(level: LivenessLevel) -> RunState {
 }
 
 /// A short label per action, for asserting sequences.
-fn labels(acts: &[Action]) -> Vec<String> {
+pub(super) fn labels(acts: &[Action]) -> Vec<String> {
     acts.iter()
         .map(|a| match a {
             Action::Emit(kind, why, data) => match (why, data.get("what")) {
@@ -73,7 +76,7 @@ fn labels(acts: &[Action]) -> Vec<String> {
 }
 
 /// Handle `ev` at `t` and return the labels.
-fn at(s: &mut RunState, ev: RunEvent<'_>, t: Mono) -> Vec<String> {
+pub(super) fn at(s: &mut RunState, ev: RunEvent<'_>, t: Mono) -> Vec<String> {
     labels(&s.handle(ev, t))
 }
 
@@ -531,87 +534,4 @@ fn heartbeats_keep_their_period_and_count_live_processes() {
         assert_eq!(*t, T0 + (i as u64 + 1) * 200 * MS, "on the period");
         assert_eq!(data["processes"], 4, "main + 3 forked: {data}");
     }
-}
-
-fn watching(l: LivenessConfig, until: Option<Duration>) -> RunState {
-    RunState::new(
-        DispatchConfig {
-            liveness: l,
-            profile_stall: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(3600),
-            sample: Duration::from_secs(3600),
-            main_pid: 0,
-            kernel_tree: true,
-            watch: Some(until),
-        },
-        T0,
-        0,
-    )
-}
-
-#[test]
-fn a_watch_ends_when_its_cgroup_empties_and_on_sigint_without_killing() {
-    let mut s = watching(liveness(LivenessLevel::Off), None);
-    assert!(!s.is_done());
-    assert_eq!(s.live_processes(), 0, "no main child of vigil's own");
-    assert_eq!(
-        at(&mut s, RunEvent::CgroupEmpty, T0 + MS),
-        ["emit:note:watch_ended"]
-    );
-    assert!(s.is_done());
-    assert_eq!(s.conclude(false, false), Outcome::Observed);
-    assert_eq!(Outcome::Observed.exit_code(), 0);
-
-    let mut s = watching(liveness(LivenessLevel::Off), None);
-    let acts = at(&mut s, RunEvent::Signal(libc::SIGINT), T0 + MS);
-    assert_eq!(acts, ["say", "emit:note:watch_ended"], "no term, no fence");
-    assert!(s.is_done());
-    assert_eq!(s.conclude(false, false), Outcome::Observed);
-}
-
-#[test]
-fn a_watch_ends_after_its_duration_and_a_stall_still_kills() {
-    let mut s = watching(liveness(LivenessLevel::Off), Some(Duration::from_secs(2)));
-    assert!(
-        at(&mut s, RunEvent::Tick, T0).is_empty(),
-        "the first sample only"
-    );
-    assert_eq!(s.next_deadline(), T0 + 2000 * MS);
-    assert!(at(&mut s, RunEvent::Tick, T0 + 1999 * MS).is_empty());
-    assert_eq!(
-        at(&mut s, RunEvent::Tick, T0 + 2000 * MS),
-        ["emit:note:watch_ended"]
-    );
-    assert!(s.is_done());
-
-    // basic liveness: silence past stall-ms kills the watched processes (TERM, grace, KILL),
-    // and the watch ends once the cgroup is empty, with the watchdog's outcome.
-    let mut s = watching(liveness(LivenessLevel::Basic), None);
-    let acts = at(&mut s, RunEvent::Tick, T0 + 1000 * MS);
-    assert_eq!(acts, ["say", "triage"]);
-    let snap = StallSnapshot::default();
-    let acts = at(&mut s, RunEvent::TriageDone(Box::new(snap)), T0 + 1100 * MS);
-    assert_eq!(
-        acts,
-        [
-            format!("emit:watchdog:{}", reason::NO_OUTPUT_NO_EVENT),
-            "fence".into(),
-            format!("term:{}", reason::NO_OUTPUT_NO_EVENT)
-        ]
-    );
-    // A SIGINT during the kill kills at once rather than ending the watch.
-    assert_eq!(
-        at(&mut s, RunEvent::Signal(libc::SIGINT), T0 + 1200 * MS),
-        ["emit:note:cancel_kill_now", "kill:true"]
-    );
-    assert!(!s.is_done());
-    assert_eq!(
-        at(&mut s, RunEvent::CgroupEmpty, T0 + 1300 * MS),
-        ["kill_complete"]
-    );
-    assert!(s.is_done());
-    assert_eq!(
-        s.conclude(false, false),
-        Outcome::Watchdog(reason::NO_OUTPUT_NO_EVENT)
-    );
 }
