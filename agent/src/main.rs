@@ -232,8 +232,11 @@ fn daemon(args: vigil::cli::DaemonArgs) -> i32 {
     }
 }
 
-/// `vigil watch`: standalone here (the daemon serves watches for the CI hooks).
+/// `vigil watch`: through a daemon (as `run` chooses one), else standalone.
 fn watch(args: vigil::cli::WatchArgs) -> i32 {
+    if let Some(socket) = vigil::daemon::client::route(&args.run) {
+        return vigil::daemon::client::watch(&socket, args);
+    }
     let spec = match vigil::run::watch::spec(args) {
         Ok(s) => s,
         Err(e) => {

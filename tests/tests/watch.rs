@@ -351,3 +351,62 @@ fn filesystem_enforcement_is_refused_and_network_enforcement_is_held() {
         "{decisions:?}"
     );
 }
+
+#[test]
+fn a_watch_through_the_daemon_uses_its_sensor_and_only_root_or_the_owner_may_ask() {
+    // The socket's group is nobody's, so that nobody can ask (and be refused).
+    let d = vigil_e2e::daemon::TestDaemon::start("watch", &["--socket-group", "nogroup"]);
+    let mut job = Job::start("viad", "read x; ls / > /dev/null");
+    let sock = d.socket.display().to_string();
+    let announce = tempfile::NamedTempFile::new().expect("tmp");
+    let file = announce.path().display().to_string();
+    let w = Watch::start(
+        &job,
+        "w-daemon",
+        &["--daemon", &sock, "--sdk-announce", &file],
+    );
+    job.go();
+    let (code, said, out) = w.finish();
+    assert_eq!(code, 0, "{said}");
+    let bundle = out.path().join("w-daemon");
+    assert_valid_bundle(&bundle);
+    let h = read_json(&bundle.join("observation-health.json"));
+    assert_eq!(
+        (h["mode"].as_str(), h["spawned_by_vigil"].as_bool()),
+        (Some("daemon"), Some(false))
+    );
+    let events = read_ndjson(&bundle.join("events.ndjson"));
+    assert!(
+        states(&events, "exec").iter().any(|e| e["data"]["filename"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("/ls"))),
+        "the daemon's sensor saw the job's exec"
+    );
+    let path = std::fs::read_to_string(announce.path()).expect("announced");
+    assert!(path.trim().ends_with("sdk.sock"), "{path}");
+
+    // nobody may not watch root's cgroup through the daemon.
+    let job = Job::start("viad2", "exec sleep 300");
+    let out = Command::new(vigil_bin())
+        .args([
+            "watch",
+            "--cgroup",
+            &job.name(),
+            "--daemon",
+            &sock,
+            "--out",
+            "/tmp",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .current_dir("/tmp")
+        .output()
+        .expect("vigil watch as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("not_permitted") && err.contains("delegated"),
+        "{err}"
+    );
+    assert!(pid_alive(job.child.id() as i32));
+}

@@ -162,7 +162,61 @@ pub fn run(path: &Path, args: RunArgs) -> i32 {
     let Some(rt) = crate::cli::runtime() else {
         return ExitCode::VIGIL_FAILED;
     };
-    rt.block_on(relay(stream, path))
+    rt.block_on(relay(stream, path, None))
+}
+
+/// `vigil watch` through the daemon at `path`: checked and read here, as the client; the
+/// daemon watches with its sensor and says what it does on this process's stderr.
+pub fn watch(path: &Path, args: crate::cli::WatchArgs) -> i32 {
+    let usage = |m: String| {
+        eprintln!("vigil: {m}");
+        ExitCode::USAGE
+    };
+    let inputs = match RunInputs::read(&args.run) {
+        Ok(i) => i,
+        Err(e) => return usage(e.to_string()),
+    };
+    if let Err(e) = crate::run::watch::spec_from_parts(args.clone(), inputs.clone()) {
+        return usage(e.to_string());
+    }
+    let out = match std::env::current_dir() {
+        Ok(cwd) => cwd.join(&args.run.out),
+        Err(e) => return usage(format!("working directory: {e}")),
+    };
+    let out_fd =
+        match std::fs::create_dir_all(&out).and_then(|()| Ok(open_dir(&out, OFlag::O_RDONLY)?)) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("vigil: cannot open bundle directory {}: {e}", out.display());
+                return ExitCode::VIGIL_FAILED;
+            }
+        };
+    let announce = args.sdk_announce.clone();
+    let req = Request::Watch(Box::new(super::protocol::WatchRequest {
+        version: VERSION,
+        args,
+        inputs,
+        out,
+    }));
+    let stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vigil: {}", connect_error(path, &e));
+            return ExitCode::VIGIL_FAILED;
+        }
+    };
+    if let Err(e) = send_with_fds(&stream, &encode(&req), &[2, out_fd.as_raw_fd()]) {
+        eprintln!(
+            "vigil: sending the watch to the daemon at {}: {e}",
+            path.display()
+        );
+        return ExitCode::VIGIL_FAILED;
+    }
+    drop(out_fd);
+    let Some(rt) = crate::cli::runtime() else {
+        return ExitCode::VIGIL_FAILED;
+    };
+    rt.block_on(relay(stream, path, announce.as_deref()))
 }
 
 /// The request's first bytes carry the fds; the rest follows plainly.
@@ -183,7 +237,9 @@ pub(crate) fn send_with_fds(
     s.write_all(&bytes[sent..])
 }
 
-async fn relay(stream: UnixStream, path: &Path) -> i32 {
+/// Relay replies until `finished`; a watch's socket path goes to `announce` (written as the
+/// client, never through a symlink).
+async fn relay(stream: UnixStream, path: &Path, announce: Option<&Path>) -> i32 {
     let fail = |m: String| {
         eprintln!("vigil: {m}");
         ExitCode::VIGIL_FAILED
@@ -219,7 +275,13 @@ async fn relay(stream: UnixStream, path: &Path) -> i32 {
                     "vigil: every run slot of the daemon is busy; waiting (position {position})"
                 ),
                 Reply::Accepted { bundle: b, .. } => bundle = Some(b),
-                Reply::Started { .. } | Reply::Status(_) | Reply::Watching { .. } => {}
+                Reply::Watching { sdk_socket, .. } => {
+                    let host = crate::run::host::RunHost::Standalone;
+                    if let Err(e) = host.watch_active(announce, sdk_socket.as_deref()) {
+                        eprintln!("vigil: --sdk-announce: {e}");
+                    }
+                }
+                Reply::Started { .. } | Reply::Status(_) => {}
                 Reply::Finished(f) => {
                     for c in &f.copies {
                         if let Err(e) = write_copy(&c.path, c.content.as_bytes()) {

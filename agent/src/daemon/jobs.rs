@@ -14,7 +14,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::peer::{Peer, may_write_dir};
-use super::protocol::{Finished, JOB_FDS, JobStart, Reply, VERSION, reason};
+use super::protocol::{
+    Finished, JOB_FDS, JobStart, Reply, VERSION, WATCH_FDS, WatchRequest, reason,
+};
 use super::{Daemon, lock};
 use crate::cli::WatchArgs;
 use crate::evidence::beneath::BundleDir;
@@ -257,6 +259,98 @@ pub async fn start(req: JobStart, peer: &Peer, fds: Vec<OwnedFd>, d: &Arc<Daemon
         },
     }
 }
+
+/// A watch's spec and its host, for `vigil watch --daemon`: the client may watch a cgroup it
+/// owns (a delegated one) or, as root, any; it writes where it could itself.
+pub fn prepare_watch(
+    req: WatchRequest,
+    peer: &Peer,
+    fds: Vec<OwnedFd>,
+    d: &Daemon,
+) -> Result<Watched, Refused> {
+    if req.version != VERSION {
+        return refuse(
+            reason::UNSUPPORTED_VERSION,
+            format!(
+                "protocol version {}; this daemon speaks {VERSION}",
+                req.version
+            ),
+        );
+    }
+    if fds.len() != WATCH_FDS {
+        return refuse(
+            reason::BAD_FDS,
+            format!(
+                "watch carries {WATCH_FDS} fds (stderr, out); got {}",
+                fds.len()
+            ),
+        );
+    }
+    if !nix::sys::stat::fstat(&fds[1]).is_ok_and(|st| may_write_dir(&st, peer)) {
+        return refuse(
+            reason::NOT_PERMITTED,
+            format!(
+                "--out {}: uid {} may not create entries there",
+                req.out.display(),
+                peer.uid
+            ),
+        );
+    }
+    let bad = |e: String| (reason::BAD_REQUEST, e);
+    let mount = cgroup::cgroup2_mount().map_err(|e| bad(e.to_string()))?;
+    let cg =
+        cgroup::RunCgroup::existing(&mount, &req.args.cgroup).map_err(|e| bad(e.to_string()))?;
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(cg.path()).map_err(|e| bad(e.to_string()))?,
+    );
+    if !peer.is_root() && owner != peer.uid {
+        return refuse(
+            reason::NOT_PERMITTED,
+            format!(
+                "--cgroup {}: owned by uid {owner}; uid {} may watch only cgroups delegated to it",
+                cg.path().display(),
+                peer.uid
+            ),
+        );
+    }
+    let mut args = req.args;
+    args.sdk_announce = None; // the client writes it, as itself
+    let mut spec =
+        crate::run::watch::spec_from_parts(args, req.inputs).map_err(|e| bad(e.to_string()))?;
+    spec.out_dir = req.out.clone();
+    let mut fds = fds.into_iter();
+    let (Some(stderr), Some(out_fd)) = (fds.next(), fds.next()) else {
+        return refuse(reason::BAD_FDS, "missing fds");
+    };
+    let (Ok(stdin), Ok(stdout), Ok(cwd)) = (dev_null(), dev_null(), std::fs::File::open("/"))
+    else {
+        return refuse(reason::BAD_REQUEST, "cannot open /dev/null or /");
+    };
+    let (sig_tx, sig_rx) = mpsc::channel(4);
+    let (sdk_tx, sdk_rx) = mpsc::unbounded_channel();
+    let client = Client {
+        env: Vec::new(),
+        stdin,
+        stdout,
+        stderr,
+        cwd: cwd.into(),
+        out: Some(BundleDir::from_fd(out_fd, req.out)),
+        owner: (peer.uid, peer.gid),
+        signals: sig_rx,
+        hub: d.hub.clone(),
+        started: None,
+        sdk_socket: Some(sdk_tx),
+    };
+    Ok((spec, client, sig_tx, sdk_rx))
+}
+
+/// A watch ready to run: its spec, host, where its signals go, and where it says it is active.
+pub type Watched = (
+    crate::run::spec::RunSpec,
+    Client,
+    mpsc::Sender<i32>,
+    mpsc::UnboundedReceiver<Option<PathBuf>>,
+);
 
 /// End a job's watch; its `finished`.
 pub async fn end(key: &str, peer: &Peer, d: &Daemon) -> Reply {

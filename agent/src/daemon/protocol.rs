@@ -36,10 +36,25 @@ pub enum Request {
     Signal { signal: i32 },
     /// Whether the daemon answers, and what it is doing.
     Status,
+    /// Watch an existing cgroup (with WATCH_FDS fds), for as long as the client stays.
+    Watch(Box<WatchRequest>),
     /// A CI runner's job starts (with JOB_FDS fds): put its worker in a job cgroup and watch it.
     JobStart(Box<JobStart>),
     /// The job is over: end its watch, commit its bundle, answer `finished`.
     JobEnd { key: String },
+}
+
+/// Fds of a `watch` request: the client's stderr and its `--out` directory.
+pub const WATCH_FDS: usize = 2;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchRequest {
+    pub version: u32,
+    /// `vigil watch`'s flags, resolved by the client.
+    pub args: crate::cli::WatchArgs,
+    pub inputs: RunInputs,
+    pub out: PathBuf,
 }
 
 /// Fds of a `job_start` request: the `--out` directory.
@@ -174,7 +189,7 @@ pub enum FrameError {
     Oversized(usize),
     #[error("frame is not a JSON message: {0}")]
     Malformed(String),
-    #[error("unknown message: {0}; accepted types: run, signal, status, job_start, job_end")]
+    #[error("unknown message: {0}; accepted types: run, signal, status, watch, job_start, job_end")]
     Unknown(String),
     #[error("the peer closed the connection in the middle of a frame")]
     Truncated,
@@ -252,7 +267,7 @@ pub fn parse_request(body: &[u8]) -> Result<Request, FrameError> {
         .and_then(|t| t.as_str())
         .map(str::to_string);
     match kind.as_deref() {
-        Some("run" | "signal" | "status" | "job_start" | "job_end") => {
+        Some("run" | "signal" | "status" | "watch" | "job_start" | "job_end") => {
             serde_json::from_value(value).map_err(|e| FrameError::Malformed(e.to_string()))
         }
         Some(other) => Err(FrameError::Unknown(format!("{other:?}"))),
@@ -351,6 +366,22 @@ mod tests {
             out: "/o".into(),
         }));
         values.push(serde_json::to_value(job).expect("json"));
+        let watch_args = <crate::cli::WatchArgs as clap::FromArgMatches>::from_arg_matches(
+            &<crate::cli::WatchArgs as clap::Args>::augment_args(clap::Command::new("w"))
+                .get_matches_from(["w", "--cgroup", "x", "--duration", "5s"]),
+        )
+        .expect("args");
+        let watch = Request::Watch(Box::new(WatchRequest {
+            version: VERSION,
+            args: watch_args,
+            inputs: RunInputs {
+                policy: None,
+                contracts: vec![],
+                vars: crate::policy::oracle::Vars::of_this_process(),
+            },
+            out: "/o".into(),
+        }));
+        values.push(serde_json::to_value(watch).expect("json"));
         for v in values {
             let ty = v["type"].as_str().expect("type");
             let def = &schema["$defs"][if ty == "status" && v.get("pid").is_none() {

@@ -17,7 +17,7 @@ use super::admission::Decision;
 use super::peer::{MAX_FDS, Peer, is_dir, may_write_dir, recv_with_fds};
 use super::protocol::{
     Copy, DaemonStatus, Decoder, Finished, FrameError, RUN_FDS, Reply, Request, RunRequest,
-    VERSION, encode, reason,
+    VERSION, WatchRequest, encode, reason,
 };
 use crate::evidence::beneath::BundleDir;
 use crate::run::host::{Client, RunHost};
@@ -160,6 +160,7 @@ pub async fn serve(stream: UnixStream, d: Arc<Daemon>) {
             conn.refuse(&d, r).await;
         }
         Ok(Some(Request::Run(req))) => run(conn, peer, *req, d).await,
+        Ok(Some(Request::Watch(req))) => watch(conn, peer, *req, d).await,
         Ok(Some(Request::JobStart(req))) => {
             let fds = std::mem::take(&mut conn.dec.fds);
             let reply = super::jobs::start(*req, &peer, fds, &d).await;
@@ -338,32 +339,21 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
         bundle: bundle.clone(),
     })
     .await;
-    let done = spawn_run(spec, client);
-    tokio::pin!(done);
-    let mut listening = true;
-    let finished = loop {
-        tokio::select! {
-            Some(pid) = started_rx.recv() => {
-                conn.send(&Reply::Started { pid }).await;
-            }
-            req = conn.next_request(), if listening => match req {
-                Ok(Some(Request::Signal { signal })) if matches!(signal, libc::SIGINT | libc::SIGTERM) => {
-                    let _ = sig_tx.try_send(signal);
-                }
-                Ok(Some(_)) => {
-                    let r = Refusal { reason: reason::BAD_REQUEST, message: "during a run only signal (SIGINT or SIGTERM) is accepted".into() };
-                    conn.refuse(&d, r).await;
-                }
-                // The client went away (or sent garbage): cancel with the fence, commit.
-                Ok(None) | Err(_) => {
-                    listening = false;
-                    tracing::info!(run_id = %run_id, "client went away; cancelling its run");
-                    let _ = sig_tx.try_send(libc::SIGTERM);
-                }
-            },
-            f = &mut done => break f,
+    let (notice_tx, notices) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(pid) = started_rx.recv().await {
+            let _ = notice_tx.send(Reply::Started { pid });
         }
-    };
+    });
+    let finished = relay(
+        &mut conn,
+        &d,
+        &run_id,
+        spawn_run(spec, client),
+        &sig_tx,
+        notices,
+    )
+    .await;
     d.metrics
         .runs_finished
         .get_or_create(&super::metrics::Status {
@@ -380,6 +370,91 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Until the run is over: forward `notices` (started, watching) to the client and its signals
+/// to the run; a client that goes away is a SIGTERM (a run is cancelled, a watch ends).
+async fn relay(
+    conn: &mut Conn,
+    d: &Daemon,
+    run_id: &str,
+    done: impl std::future::Future<Output = Finished>,
+    sig_tx: &mpsc::Sender<i32>,
+    mut notices: mpsc::UnboundedReceiver<Reply>,
+) -> Finished {
+    tokio::pin!(done);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            Some(reply) = notices.recv() => {
+                conn.send(&reply).await;
+            }
+            req = conn.next_request(), if listening => match req {
+                Ok(Some(Request::Signal { signal })) if matches!(signal, libc::SIGINT | libc::SIGTERM) => {
+                    let _ = sig_tx.try_send(signal);
+                }
+                Ok(Some(_)) => {
+                    let r = Refusal { reason: reason::BAD_REQUEST, message: "during a run only signal (SIGINT or SIGTERM) is accepted".into() };
+                    conn.refuse(d, r).await;
+                }
+                // The client went away (or sent garbage): cancel with the fence, commit.
+                Ok(None) | Err(_) => {
+                    listening = false;
+                    tracing::info!(run_id = %run_id, "client went away; stopping its run");
+                    let _ = sig_tx.try_send(libc::SIGTERM);
+                }
+            },
+            f = &mut done => return f,
+        }
+    }
+}
+
+/// `vigil watch` through the daemon: the client keeps the connection (its Ctrl-C ends the
+/// watch, as its going away does); the daemon's sensor watches the cgroup.
+async fn watch(mut conn: Conn, peer: Peer, req: WatchRequest, d: Arc<Daemon>) {
+    let fds = std::mem::take(&mut conn.dec.fds);
+    let (spec, client, sig_tx, sdk_rx) = match super::jobs::prepare_watch(req, &peer, fds, &d) {
+        Ok(x) => x,
+        Err((reason, message)) => return conn.reject(&d, reason, message).await,
+    };
+    let run_id = spec.run_id.to_string();
+    let bundle = spec.out_dir.join(&run_id);
+    tracing::info!(run_id = %run_id, uid = peer.uid, "watch accepted");
+    d.metrics.runs_started.inc();
+    conn.send(&Reply::Accepted {
+        run_id: run_id.clone(),
+        bundle: bundle.clone(),
+    })
+    .await;
+    let (notice_tx, notices) = mpsc::unbounded_channel();
+    let cgroup = spec
+        .watch
+        .as_ref()
+        .map(|w| w.cgroup.clone())
+        .unwrap_or_default();
+    let mut sdk_rx = sdk_rx;
+    let id = run_id.clone();
+    tokio::spawn(async move {
+        if let Some(sdk_socket) = sdk_rx.recv().await {
+            let _ = notice_tx.send(Reply::Watching {
+                run_id: id,
+                bundle,
+                cgroup,
+                sdk_socket,
+            });
+        }
+    });
+    let finished = relay(
+        &mut conn,
+        &d,
+        &run_id,
+        spawn_run(spec, client),
+        &sig_tx,
+        notices,
+    )
+    .await;
+    tracing::info!(run_id = %run_id, status = %finished.status, "watch finished");
+    conn.send(&Reply::Finished(Box::new(finished))).await;
 }
 
 /// Run the spec on a thread of its own (its own current-thread runtime, as standalone vigil
