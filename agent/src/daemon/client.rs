@@ -183,14 +183,14 @@ pub fn watch(path: &Path, args: crate::cli::WatchArgs) -> i32 {
         Ok(cwd) => cwd.join(&args.run.out),
         Err(e) => return usage(format!("working directory: {e}")),
     };
-    let out_fd =
-        match std::fs::create_dir_all(&out).and_then(|()| Ok(open_dir(&out, OFlag::O_RDONLY)?)) {
-            Ok(fd) => fd,
-            Err(e) => {
-                eprintln!("vigil: cannot open bundle directory {}: {e}", out.display());
-                return ExitCode::VIGIL_FAILED;
-            }
-        };
+    let out_fd = match std::fs::create_dir_all(&out).and_then(|()| open_dir(&out, OFlag::O_RDONLY))
+    {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("vigil: cannot open bundle directory {}: {e}", out.display());
+            return ExitCode::VIGIL_FAILED;
+        }
+    };
     let announce = args.sdk_announce.clone();
     let req = Request::Watch(Box::new(super::protocol::WatchRequest {
         version: VERSION,
