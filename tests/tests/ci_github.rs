@@ -195,3 +195,19 @@ fn without_a_daemon_or_with_a_silent_one_both_hooks_exit_0_within_5_s() {
         }
     }
 }
+
+#[test]
+fn a_restarted_daemon_removes_the_empty_job_cgroups_a_previous_one_left() {
+    require_root();
+    let parent = cgroup2_mount().join("vigil-test-sweep");
+    let left = parent.join("jobs").join("gh-1-1-gone");
+    std::fs::create_dir_all(&left).expect("a leftover job cgroup");
+    // Swept at start, by a reaper thread: said before or after the daemon is ready.
+    let mut d = TestDaemon::start("sweep", &[]);
+    let said = |l: &str| l.contains("job cgroup removed") && l.contains("gh-1-1-gone");
+    if !d.log_text().lines().any(said) {
+        let line = d.wait_log("job cgroup removed", Duration::from_secs(10));
+        assert!(said(&line), "{line}");
+    }
+    assert!(!left.exists());
+}

@@ -394,6 +394,20 @@ pub fn end_all(d: &Daemon) {
     }
 }
 
+/// At start: job cgroups a previous daemon left. Their jobs are not vigil's to kill (the
+/// runner owns them): an empty one is removed, a populated one is reaped once it empties.
+pub fn sweep(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent.join("jobs")) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            tracing::warn!(cgroup = %e.path().display(), "job cgroup of a previous daemon; removed once empty");
+            reap(e.path());
+        }
+    }
+}
+
 /// Remove a job cgroup once the runner's processes have left it (the worker exits after the
 /// job); a blocking wait on cgroup.events, on a thread of its own.
 fn reap(dir: PathBuf) {

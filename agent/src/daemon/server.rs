@@ -47,6 +47,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         );
     }
     sweep_sdk_dirs();
+    super::jobs::sweep(&parent);
     // One guard for every run: if this process dies (SIGKILL included), it kills and removes
     // every run cgroup of this daemon.
     let guard = Guard::spawn(&cgroup::owner_dir(&parent)).map_err(DaemonError::Guard)?;
