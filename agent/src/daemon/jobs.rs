@@ -59,45 +59,50 @@ fn descends_from(pid: i32, ancestor: i32) -> bool {
     false
 }
 
-/// Check a job request against who sent it, make the job cgroup and move the worker into it.
-fn prepare(
-    req: &JobStart,
-    peer: &Peer,
+/// The checks every request with fds makes: the protocol version, the fd count, and that the
+/// client may itself create entries in the `--out` directory it passed (fd `out_at`).
+pub(super) fn check_request(
+    version: u32,
     fds: &[OwnedFd],
-    d: &Daemon,
-) -> Result<(PathBuf, u64), Refused> {
-    if req.version != VERSION {
+    (want, what): (usize, &str),
+    (out_at, out): (usize, &Path),
+    peer: &Peer,
+) -> Result<(), Refused> {
+    if version != VERSION {
         return refuse(
             reason::UNSUPPORTED_VERSION,
+            format!("protocol version {version}; this daemon speaks {VERSION}"),
+        );
+    }
+    if fds.len() != want {
+        return refuse(
+            reason::BAD_FDS,
+            format!("{what} carries {want} fd(s); got {}", fds.len()),
+        );
+    }
+    if !nix::sys::stat::fstat(&fds[out_at]).is_ok_and(|st| may_write_dir(&st, peer)) {
+        return refuse(
+            reason::NOT_PERMITTED,
             format!(
-                "protocol version {}; this daemon speaks {VERSION}",
-                req.version
+                "--out {}: uid {} may not create entries there",
+                out.display(),
+                peer.uid
             ),
         );
     }
-    if fds.len() != JOB_FDS {
-        return refuse(
-            reason::BAD_FDS,
-            format!("job_start carries {JOB_FDS} fd (out); got {}", fds.len()),
-        );
-    }
+    Ok(())
+}
+
+/// Check a job request against who sent it; the job cgroup's path (not created yet).
+fn check_job(req: &JobStart, peer: &Peer, fds: &[OwnedFd], d: &Daemon) -> Result<PathBuf, Refused> {
+    let job_fds = (JOB_FDS, "job_start (out)");
+    check_request(req.version, fds, job_fds, (0, &req.out), peer)?;
     if req.key.parse::<RunId>().is_err() {
         return refuse(
             reason::BAD_REQUEST,
             format!(
                 "job key {:?}: accepted: ASCII letters, digits, _ and -",
                 req.key
-            ),
-        );
-    }
-    let out_ok = nix::sys::stat::fstat(&fds[0]).is_ok_and(|st| may_write_dir(&st, peer));
-    if !out_ok {
-        return refuse(
-            reason::NOT_PERMITTED,
-            format!(
-                "--out {}: uid {} may not create entries there",
-                req.out.display(),
-                peer.uid
             ),
         );
     }
@@ -137,24 +142,61 @@ fn prepare(
     let failed = |e: cgroup::CgroupError| (reason::BAD_REQUEST, e.to_string());
     let mount = cgroup::cgroup2_mount().map_err(failed)?;
     let parent = cgroup::resolve_parent(&mount, &d.config.cgroup_parent).map_err(failed)?;
-    let dir = parent.join("jobs").join(&req.key);
-    std::fs::create_dir_all(&dir).map_err(|e| {
+    Ok(parent.join("jobs").join(&req.key))
+}
+
+/// Make the job cgroup and move the worker into it: every step it starts inherits it.
+fn enter_job_cgroup(dir: &Path, worker: i32) -> Result<(), Refused> {
+    std::fs::create_dir_all(dir).map_err(|e| {
         (
             reason::BAD_REQUEST,
             format!("create job cgroup {}: {e}", dir.display()),
         )
     })?;
-    std::fs::write(dir.join("cgroup.procs"), req.worker_pid.to_string()).map_err(|e| {
-        let _ = std::fs::remove_dir(&dir);
+    std::fs::write(dir.join("cgroup.procs"), worker.to_string()).map_err(|e| {
+        let _ = std::fs::remove_dir(dir);
         (
             reason::BAD_REQUEST,
-            format!("move worker {} into {}: {e}", req.worker_pid, dir.display()),
+            format!("move worker {worker} into {}: {e}", dir.display()),
         )
-    })?;
-    let id = std::os::unix::fs::MetadataExt::ino(
-        &std::fs::metadata(&dir).map_err(|e| (reason::BAD_REQUEST, e.to_string()))?,
-    );
-    Ok((dir, id))
+    })
+}
+
+/// The host of a watch the daemon runs for a client: nothing is spawned (stdin and stdout are
+/// /dev/null), vigil's messages go to `stderr` (the client's, or /dev/null for a detached
+/// job), the bundle beneath the client's out directory; with where its signals go and where it
+/// says it is active.
+fn watch_host(
+    stderr: Option<OwnedFd>,
+    out_fd: OwnedFd,
+    out: PathBuf,
+    peer: &Peer,
+    d: &Daemon,
+) -> Result<Host, Refused> {
+    let opened = (dev_null(), dev_null(), std::fs::File::open("/"));
+    let (Ok(stdin), Ok(stdout), Ok(cwd)) = opened else {
+        return refuse(reason::BAD_REQUEST, "cannot open /dev/null or /");
+    };
+    let stderr = match stderr {
+        Some(fd) => fd,
+        None => dev_null().map_err(|e| (reason::BAD_REQUEST, e.to_string()))?,
+    };
+    let (sig_tx, sig_rx) = mpsc::channel(4);
+    let (sdk_tx, sdk_rx) = mpsc::unbounded_channel();
+    let client = Client {
+        env: Vec::new(),
+        stdin,
+        stdout,
+        stderr,
+        cwd: cwd.into(),
+        out: Some(BundleDir::from_fd(out_fd, out)),
+        owner: (peer.uid, peer.gid),
+        signals: sig_rx,
+        hub: d.hub.clone(),
+        started: None,
+        sdk_socket: Some(sdk_tx),
+    };
+    Ok((client, sig_tx, sdk_rx))
 }
 
 fn dev_null() -> std::io::Result<OwnedFd> {
@@ -174,7 +216,7 @@ pub async fn start(req: JobStart, peer: &Peer, fds: Vec<OwnedFd>, d: &Arc<Daemon
             message,
         }
     };
-    let (dir, _) = match prepare(&req, peer, &fds, d) {
+    let dir = match check_job(&req, peer, &fds, d) {
         Ok(x) => x,
         Err(r) => return rejected(r),
     };
@@ -194,29 +236,16 @@ pub async fn start(req: JobStart, peer: &Peer, fds: Vec<OwnedFd>, d: &Arc<Daemon
     if let Some(w) = spec.watch.as_mut() {
         w.steps_parent = Some(req.worker_pid.unsigned_abs());
     }
-    let (Ok(stdin), Ok(stdout), Ok(stderr)) = (dev_null(), dev_null(), dev_null()) else {
-        return rejected((reason::BAD_REQUEST, "cannot open /dev/null".into()));
-    };
-    let Ok(cwd) = std::fs::File::open("/") else {
-        return rejected((reason::BAD_REQUEST, "cannot open /".into()));
-    };
+    // Everything checked: only now is the worker moved.
+    if let Err(r) = enter_job_cgroup(&dir, req.worker_pid) {
+        return rejected(r);
+    }
     let Some(out_fd) = fds.into_iter().next() else {
         return rejected((reason::BAD_FDS, "no out fd".into()));
     };
-    let (sig_tx, sig_rx) = mpsc::channel(4);
-    let (sdk_tx, mut sdk_rx) = mpsc::unbounded_channel();
-    let client = Client {
-        env: Vec::new(),
-        stdin,
-        stdout,
-        stderr,
-        cwd: cwd.into(),
-        out: Some(BundleDir::from_fd(out_fd, req.out.clone())),
-        owner: (peer.uid, peer.gid),
-        signals: sig_rx,
-        hub: d.hub.clone(),
-        started: None,
-        sdk_socket: Some(sdk_tx),
+    let (client, sig_tx, mut sdk_rx) = match watch_host(None, out_fd, req.out.clone(), peer, d) {
+        Ok(x) => x,
+        Err(r) => return rejected(r),
     };
     let bundle = req.out.join(&req.key);
     let (done_tx, done_rx) = oneshot::channel();
@@ -250,7 +279,15 @@ pub async fn start(req: JobStart, peer: &Peer, fds: Vec<OwnedFd>, d: &Arc<Daemon
             cgroup: dir,
             sdk_socket,
         },
-        _ => Reply::Rejected {
+        // The watch ended before it was active (its bundle or cgroup failed): job_end says why.
+        Ok(None) => Reply::Rejected {
+            reason: reason::BAD_REQUEST.into(),
+            message: format!(
+                "the job's watch did not start; `job-completed` will say why ({key_shown})",
+                key_shown = req.key
+            ),
+        },
+        Err(_) => Reply::Rejected {
             reason: reason::TIMEOUT.into(),
             message: format!(
                 "the job's watch was not active within {} s",
@@ -268,34 +305,8 @@ pub fn prepare_watch(
     fds: Vec<OwnedFd>,
     d: &Daemon,
 ) -> Result<Watched, Refused> {
-    if req.version != VERSION {
-        return refuse(
-            reason::UNSUPPORTED_VERSION,
-            format!(
-                "protocol version {}; this daemon speaks {VERSION}",
-                req.version
-            ),
-        );
-    }
-    if fds.len() != WATCH_FDS {
-        return refuse(
-            reason::BAD_FDS,
-            format!(
-                "watch carries {WATCH_FDS} fds (stderr, out); got {}",
-                fds.len()
-            ),
-        );
-    }
-    if !nix::sys::stat::fstat(&fds[1]).is_ok_and(|st| may_write_dir(&st, peer)) {
-        return refuse(
-            reason::NOT_PERMITTED,
-            format!(
-                "--out {}: uid {} may not create entries there",
-                req.out.display(),
-                peer.uid
-            ),
-        );
-    }
+    let watch_fds = (WATCH_FDS, "watch (stderr, out)");
+    check_request(req.version, &fds, watch_fds, (1, &req.out), peer)?;
     let bad = |e: String| (reason::BAD_REQUEST, e);
     let mount = cgroup::cgroup2_mount().map_err(|e| bad(e.to_string()))?;
     let cg =
@@ -322,29 +333,18 @@ pub fn prepare_watch(
     let (Some(stderr), Some(out_fd)) = (fds.next(), fds.next()) else {
         return refuse(reason::BAD_FDS, "missing fds");
     };
-    let (Ok(stdin), Ok(stdout), Ok(cwd)) = (dev_null(), dev_null(), std::fs::File::open("/"))
-    else {
-        return refuse(reason::BAD_REQUEST, "cannot open /dev/null or /");
-    };
-    let (sig_tx, sig_rx) = mpsc::channel(4);
-    let (sdk_tx, sdk_rx) = mpsc::unbounded_channel();
-    let client = Client {
-        env: Vec::new(),
-        stdin,
-        stdout,
-        stderr,
-        cwd: cwd.into(),
-        out: Some(BundleDir::from_fd(out_fd, req.out)),
-        owner: (peer.uid, peer.gid),
-        signals: sig_rx,
-        hub: d.hub.clone(),
-        started: None,
-        sdk_socket: Some(sdk_tx),
-    };
+    let (client, sig_tx, sdk_rx) = watch_host(Some(stderr), out_fd, req.out, peer, d)?;
     Ok((spec, client, sig_tx, sdk_rx))
 }
 
-/// A watch ready to run: its spec, host, where its signals go, and where it says it is active.
+/// A watch's host, where its signals go, and where it says it is active (its SDK socket).
+type Host = (
+    Client,
+    mpsc::Sender<i32>,
+    mpsc::UnboundedReceiver<Option<PathBuf>>,
+);
+
+/// A watch ready to run: its spec and [`Host`].
 pub type Watched = (
     crate::run::spec::RunSpec,
     Client,

@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Daemon;
 use super::admission::Decision;
-use super::peer::{MAX_FDS, Peer, is_dir, may_write_dir, recv_with_fds};
+use super::peer::{MAX_FDS, Peer, is_dir, recv_with_fds};
 use super::protocol::{
     Copy, DaemonStatus, Decoder, Finished, FrameError, RUN_FDS, Reply, Request, RunRequest,
-    VERSION, WatchRequest, encode, reason,
+    WatchRequest, encode, reason,
 };
 use crate::evidence::beneath::BundleDir;
 use crate::run::host::{Client, RunHost};
@@ -203,37 +203,10 @@ fn check(
     fds: &[OwnedFd],
     d: &Daemon,
 ) -> Result<Checked, (&'static str, String)> {
-    if req.version != VERSION {
-        return Err((
-            reason::UNSUPPORTED_VERSION,
-            format!(
-                "protocol version {}; this daemon speaks {VERSION}",
-                req.version
-            ),
-        ));
-    }
-    if fds.len() != RUN_FDS {
-        return Err((
-            reason::BAD_FDS,
-            format!(
-                "a run request carries {RUN_FDS} fds (stdin, stdout, stderr, cwd, out); got {}",
-                fds.len()
-            ),
-        ));
-    }
+    let run_fds = (RUN_FDS, "a run request (stdin, stdout, stderr, cwd, out)");
+    super::jobs::check_request(req.version, fds, run_fds, (4, &req.out), peer)?;
     if !is_dir(&fds[3]) {
         return Err((reason::BAD_FDS, "the cwd fd is not a directory".into()));
-    }
-    let out_ok = nix::sys::stat::fstat(&fds[4]).is_ok_and(|st| may_write_dir(&st, peer));
-    if !out_ok {
-        return Err((
-            reason::NOT_PERMITTED,
-            format!(
-                "--out {}: uid {} may not create entries there",
-                req.out.display(),
-                peer.uid
-            ),
-        ));
     }
     let mut args = req.args;
     if !peer.is_root() {
