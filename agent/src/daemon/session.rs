@@ -373,7 +373,7 @@ async fn relay(
                 // The client went away (or sent garbage): cancel with the fence, commit.
                 Ok(None) | Err(_) => {
                     listening = false;
-                    tracing::info!(run_id = %run_id, "client went away; stopping its run");
+                    tracing::info!(run_id = %run_id, "client went away; cancelling its run");
                     let _ = sig_tx.try_send(libc::SIGTERM);
                 }
             },

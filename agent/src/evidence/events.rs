@@ -135,7 +135,18 @@ impl EventLog {
         reason: Option<&str>,
         data: serde_json::Value,
     ) -> Option<u64> {
-        let ts_ns = clock::now_ns();
+        self.emit_at(kind, reason, data, clock::now_ns())
+    }
+
+    /// `emit`, stamped with the moment the event happened (`ts_ns`, wall clock) rather than
+    /// the moment it is written: a record written just after what it records.
+    pub fn emit_at(
+        &mut self,
+        kind: EventKind,
+        reason: Option<&str>,
+        data: serde_json::Value,
+        ts_ns: u64,
+    ) -> Option<u64> {
         let ev = RunnerEvent {
             schema: schema::RUNNER_EVENT.to_string(),
             seq: self.next_seq,

@@ -38,7 +38,8 @@ fn known_of(state: &RunState) -> Known {
 impl Supervisor<'_> {
     /// The main child as vigil spawned it: its `spawned` and `running` records, and the
     /// sampler's first process.
-    pub(super) fn adopt_main(&mut self, tracker: &mut ProcTracker, main_pid: i32) {
+    /// Both are stamped with the spawn's moment, `spawned_ns`.
+    pub(super) fn adopt_main(&mut self, tracker: &mut ProcTracker, main_pid: i32, spawned_ns: u64) {
         let argv = self.spec.argv_lossy();
         let stat = read_stat(main_pid);
         let main_info = ProcInfo {
@@ -49,11 +50,12 @@ impl Supervisor<'_> {
             argv: argv.clone(),
         };
         for state in ["spawned", "running"] {
-            self.rec.events.emit(
+            self.rec.events.emit_at(
                 EventKind::SubprocessState,
                 None,
                 json!({"pid": main_pid, "ppid": main_info.ppid, "state": state, "comm": main_info.comm,
                        "argv": self.rec.redactor.redact_argv(&argv), "exit_code": null, "signal": null, "source": "spawn"}),
+                spawned_ns,
             );
         }
         tracker.adopt_main(main_info);

@@ -293,7 +293,7 @@ impl Supervisor<'_> {
 
         let mut tracker = ProcTracker::new(main_pid);
         if spawned.is_some() {
-            self.adopt_main(&mut tracker, main_pid);
+            self.adopt_main(&mut tracker, main_pid, spawned_ns);
         }
         // With the kernel layer the tree is exact; the procfs sampler then only feeds triage.
         let kernel_tree = kernel.active();
