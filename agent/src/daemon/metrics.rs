@@ -12,7 +12,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::kernel::ProbeStatus;
 use crate::kernel::hub::Hub;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -170,7 +169,7 @@ impl Metrics {
             for (probe, status) in hub.probes() {
                 self.probe_attached
                     .get_or_create(&Probe { probe })
-                    .set(i64::from(status == ProbeStatus::Attached));
+                    .set(i64::from(status.is_attached()));
             }
         }
         self.rss_bytes.set(rss_bytes());

@@ -240,6 +240,9 @@ pub struct CgroupHealth {
     pub path: String,
     pub id: u64,
     pub kill_mechanism: Option<String>,
+    /// The controllers the run's cgroup has (memory limits and OOM need `memory`).
+    #[serde(default)]
+    pub controllers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -255,6 +255,7 @@ pub fn probe_health(probes: &BTreeMap<String, ProbeStatus>) -> BTreeMap<String, 
         .map(|(name, status)| {
             let h = match status {
                 ProbeStatus::Attached => probe(ProbeState::Attached, None),
+                ProbeStatus::AttachedTo(via) => probe(ProbeState::Attached, Some(via.clone())),
                 ProbeStatus::Unavailable(r) => probe(ProbeState::Unavailable, Some(r.clone())),
                 ProbeStatus::Failed(r) => probe(ProbeState::Failed, Some(r.clone())),
             };

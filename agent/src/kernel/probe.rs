@@ -138,6 +138,7 @@ pub fn probe_host() -> HostReport {
                 .map(|(k, v)| {
                     let text = match v {
                         ProbeStatus::Attached => "attached".to_string(),
+                        ProbeStatus::AttachedTo(via) => format!("attached to {via}"),
                         ProbeStatus::Unavailable(r) => format!("unavailable: {r}"),
                         ProbeStatus::Failed(r) => format!("failed: {r}"),
                     };

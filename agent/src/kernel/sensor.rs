@@ -17,41 +17,44 @@ pub static SENSOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vigil.bpf.o"));
 
 /// The sensor's programs: (program, raw tracepoint, the probes health reports it as).
-const PROGRAMS: [(&str, &str, &[&str]); 8] = [
+/// Each program, the tracepoints it may attach to (the first that exists wins: a tracepoint
+/// renamed across kernels keeps its program), and the probes of health it stands for.
+const PROGRAMS: [(&str, &[&str], &[&str]); 8] = [
     (
         "vigil_fork",
-        "sched_process_fork",
+        &["sched_process_fork"],
         &["process.sched_process_fork"],
     ),
     (
         "vigil_exec",
-        "sched_process_exec",
+        &["sched_process_exec"],
         &["process.sched_process_exec"],
     ),
     (
         "vigil_exit",
-        "sched_process_exit",
+        &["sched_process_exit"],
         &["process.sched_process_exit"],
     ),
     (
         "vigil_cgroup_mkdir",
-        "cgroup_mkdir",
+        &["cgroup_mkdir"],
         &["process.cgroup_mkdir"],
     ),
     (
         "vigil_signal",
-        "signal_generate",
+        &["signal_generate"],
         &["process.signal_generate"],
     ),
     (
         "vigil_write",
-        "writeback_dirty_folio",
+        // writeback_dirty_page before 5.17; the program reads none of its arguments.
+        &["writeback_dirty_folio", "writeback_dirty_page"],
         &["process.writeback_dirty_folio"],
     ),
-    ("vigil_oom", "mark_victim", &["oom.mark_victim"]),
+    ("vigil_oom", &["mark_victim"], &["oom.mark_victim"]),
     (
         "vigil_sys_exit",
-        "sys_exit",
+        &["sys_exit"],
         &["file.open", "network.socket"],
     ),
 ];
@@ -66,12 +69,38 @@ pub enum Scope {
     Process,
 }
 
+/// Attach `prog` to the first of `tracepoints` this kernel has.
+fn attach_first(prog: &mut RawTracePoint, tracepoints: &[&str]) -> ProbeStatus {
+    let mut errors = Vec::new();
+    for (i, tp) in tracepoints.iter().enumerate() {
+        match prog.attach(tp) {
+            Ok(_) if i == 0 => return ProbeStatus::Attached,
+            Ok(_) => {
+                return ProbeStatus::AttachedTo(format!(
+                    "raw_tp/{tp} ({} is not in this kernel)",
+                    tracepoints[0]
+                ));
+            }
+            Err(e) => errors.push(format!("raw_tp/{tp}: {e}")),
+        }
+    }
+    ProbeStatus::Failed(errors.join("; "))
+}
+
+impl ProbeStatus {
+    pub fn is_attached(&self) -> bool {
+        matches!(self, ProbeStatus::Attached | ProbeStatus::AttachedTo(_))
+    }
+}
+
 /// The program behind file.open and network.socket.
 const SYSCALL_PROGRAM: &str = "vigil_sys_exit";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeStatus {
     Attached,
+    /// Attached to the older name of its tracepoint (this one).
+    AttachedTo(String),
     Unavailable(String),
     Failed(String),
 }
@@ -122,7 +151,8 @@ impl KernelSensor {
             probes: BTreeMap::new(),
             syscall_link: None,
         };
-        for (name, tracepoint, names) in PROGRAMS {
+        for (name, tracepoints, names) in PROGRAMS {
+            let tracepoint = tracepoints[0];
             let status = match me.ebpf.program_mut(name) {
                 None => ProbeStatus::Failed(format!("program {name} missing from the object")),
                 Some(p) => match <&mut RawTracePoint>::try_from(p) {
@@ -130,10 +160,7 @@ impl KernelSensor {
                     Ok(prog) => match prog.load() {
                         Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
                         Ok(()) if name == SYSCALL_PROGRAM => syscalls_off("--kernel-layer process"),
-                        Ok(()) => match prog.attach(tracepoint) {
-                            Ok(_) => ProbeStatus::Attached,
-                            Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
-                        },
+                        Ok(()) => attach_first(prog, tracepoints),
                     },
                 },
             };
@@ -319,5 +346,43 @@ impl KernelSensor {
             .take_map("events")
             .ok_or_else(|| map_err("events")("already taken".into()))?;
         RingBuf::try_from(map).map_err(|e| map_err("events")(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On the real kernel (root, BTF): a program whose first tracepoint name this kernel lacks
+    /// attaches to the next, and health says which; none existing is a failure naming each.
+    #[test]
+    fn a_renamed_tracepoint_falls_back_to_the_name_this_kernel_has() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "loads eBPF: run as root");
+        let mut ebpf = EbpfLoader::new()
+            .load(SENSOR_OBJECT)
+            .expect("load the object");
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("vigil_write")
+            .expect("vigil_write")
+            .try_into()
+            .expect("raw_tp");
+        prog.load().expect("verifier");
+        match attach_first(prog, &["vigil_no_such_tracepoint", "writeback_dirty_folio"]) {
+            ProbeStatus::AttachedTo(via) => assert!(
+                via.contains("raw_tp/writeback_dirty_folio") && via.contains("not in this kernel"),
+                "{via}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match attach_first(prog, &["vigil_nope_a", "vigil_nope_b"]) {
+            ProbeStatus::Failed(why) => {
+                assert!(
+                    why.contains("vigil_nope_a") && why.contains("vigil_nope_b"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

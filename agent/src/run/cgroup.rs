@@ -140,10 +140,12 @@ pub struct CgroupEvents {
 }
 
 impl RunCgroup {
-    /// Create `<parent>/vigil-<own pid>-<start>/<run_id>`.
+    /// Create `<parent>/vigil-<own pid>-<start>/<run_id>`, with the controllers vigil needs
+    /// enabled down to it where the hierarchy offers them.
     pub fn create(parent: &Path, run_id: &str) -> Result<Self, CgroupError> {
         let owner_dir = owner_dir(parent);
         fs::create_dir_all(&owner_dir).map_err(io_err("create cgroup", &owner_dir))?;
+        enable_controllers(parent, &owner_dir);
         let path = owner_dir.join(run_id);
         fs::create_dir(&path).map_err(io_err("create cgroup", &path))?;
         // The cgroup id that bpf_get_current_cgroup_id() reports is the directory's inode.
@@ -230,6 +232,11 @@ impl RunCgroup {
         &self.path
     }
 
+    /// The controllers the run's cgroup has (its `cgroup.controllers`).
+    pub fn controllers(&self) -> Vec<String> {
+        controllers_of(&self.path)
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -280,6 +287,48 @@ impl RunCgroup {
     /// A watcher on this cgroup's `cgroup.events`.
     pub fn watch_events(&self) -> Result<EventsWatch, CgroupError> {
         EventsWatch::new(&self.path)
+    }
+}
+
+/// Controllers a run uses: memory limits and OOM (memory), fork bombs (pids), CPU rate for
+/// triage (cpu), I/O pressure (io).
+const WANTED: [&str; 4] = ["cpu", "io", "memory", "pids"];
+
+fn controllers_of(dir: &Path) -> Vec<String> {
+    fs::read_to_string(dir.join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Enable the WANTED controllers each directory from `top` down to `bottom` offers, in its
+/// `cgroup.subtree_control`, so the cgroups beneath have them (a pure v2 host enables none
+/// below what systemd delegates). The mount's root is never touched: that would change every
+/// top-level cgroup of the host. A controller the hierarchy does not offer (a hybrid host keeps
+/// memory on v1) stays off; health lists what the run's cgroup has.
+fn enable_controllers(top: &Path, bottom: &Path) {
+    let mut chain: Vec<&Path> = bottom
+        .ancestors()
+        .take_while(|d| d.starts_with(top))
+        .collect();
+    chain.reverse();
+    for dir in chain {
+        // The root cgroup is the one without cgroup.events (`--cgroup-parent /`).
+        if !dir.join("cgroup.events").exists() {
+            continue;
+        }
+        let offered = controllers_of(dir);
+        let enable: Vec<String> = WANTED
+            .iter()
+            .filter(|c| offered.iter().any(|o| o == *c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !enable.is_empty() {
+            // Refused when the directory holds processes (no internal processes): then the
+            // controllers stay as they are.
+            let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
+        }
     }
 }
 
@@ -537,6 +586,29 @@ mod tests {
         assert_eq!(cgroup2_in(&table("proc /proc proc rw 0 0\n")), None);
         let escaped = "cgroup2 /mnt/a\\040b cgroup2 rw 0 0\n";
         assert_eq!(cgroup2_in(&table(escaped)), Some(PathBuf::from("/mnt/a b")));
+    }
+
+    /// On a fake hierarchy (plain files): each level from the parent down enables what it is
+    /// offered, and nothing else; the mount's root is left alone.
+    #[test]
+    fn controllers_are_enabled_down_to_the_owner_directory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let parent = root.path().join("vigil");
+        let owner = parent.join("vigil-1-2");
+        fs::create_dir_all(&owner).expect("dirs");
+        fs::write(root.path().join("cgroup.controllers"), "cpu io memory pids").expect("w");
+        fs::write(parent.join("cgroup.controllers"), "cpuset cpu memory pids").expect("w");
+        fs::write(owner.join("cgroup.controllers"), "cpu memory").expect("w");
+        for d in [&parent, &owner] {
+            fs::write(d.join("cgroup.events"), "populated 0\n").expect("w");
+        }
+        enable_controllers(&parent, &owner);
+        // The root (no cgroup.events) is left alone even when it is the top.
+        enable_controllers(root.path(), &owner);
+        let sub = |d: &Path| fs::read_to_string(d.join("cgroup.subtree_control")).ok();
+        assert_eq!(sub(&parent).as_deref(), Some("+cpu +memory +pids"));
+        assert_eq!(sub(&owner).as_deref(), Some("+cpu +memory"));
+        assert_eq!(sub(root.path()), None, "the root is never written");
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl Supervisor<'_> {
                 path: self.cg.path().display().to_string(),
                 id: self.cg.id(),
                 kill_mechanism,
+                controllers: self.cg.controllers(),
             }),
             output,
             sdk: sdk_health,
