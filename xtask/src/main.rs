@@ -8,6 +8,8 @@
 //!   cargo xtask fuzz [--cases N]  every parser's property tests with N cases each (default 10,000)
 //!   cargo xtask soak [--minutes M]  mixed runs for M minutes; leaks, leftovers, invalid bundles
 //!   cargo xtask codegen         regenerate ebpf/include/<arch>/vmlinux.h from this host's BTF
+//!   cargo xtask vm [--kernel 5.10|6.1|6.12|7.x|all] [-- CMD…]  the kernel-facing tests (or CMD)
+//!                               in a qemu guest booting Debian's kernel of that version
 //!
 //! `run` and `test` set up what they need on a fresh machine (setup.rs): a missing Debian or
 //! Python package is installed, said once with the reason; a missing host fact (root, cgroup v2,
@@ -24,6 +26,7 @@ mod bench_watch;
 mod ebpf;
 mod setup;
 mod soak;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,9 +44,10 @@ fn main() {
         Some("fuzz") => fuzz(&args[1..]),
         Some("soak") => soak::soak_command(&args[1..]),
         Some("codegen") => codegen(),
+        Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--observer-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | soak [--minutes M] | ebpf | codegen"
+                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--observer-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | soak [--minutes M] | ebpf | codegen | vm [--kernel K|all] [-- CMD…]"
             );
             std::process::exit(2);
         }
