@@ -150,7 +150,7 @@ fn fetch(k: &Kernel, cache: &Path) -> Result<(PathBuf, PathBuf, String)> {
         .filter(|n| generic(n))
         .map(String::from)
         .collect();
-    candidates.sort_by(|a, b| version_key(b).cmp(&version_key(a)));
+    candidates.sort_by_key(|c| std::cmp::Reverse(version_key(c)));
     candidates.retain(|c| *c != newest);
     candidates.insert(0, newest);
     std::fs::create_dir_all(&dir)?;
