@@ -301,6 +301,18 @@ pub fn wait_cgroup_empty(cgroup: &Path, timeout: Duration) -> bool {
     }
 }
 
+/// `n` scaled down for a slow machine: divided by `VIGIL_TEST_SCALE` (`cargo xtask vm` sets
+/// it under TCG, where fork/exec and opens run 10–40× slower), at least 1. The tests that use
+/// it keep their counts exact; only the sizes shrink.
+pub fn scaled(n: u64) -> u64 {
+    let by: u64 = std::env::var("VIGIL_TEST_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|d| *d > 0)
+        .unwrap_or(1);
+    (n / by).max(1)
+}
+
 /// Events of one kind, in order.
 pub fn events_of<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()

@@ -185,8 +185,10 @@ fn memory_limited_exec(limit: &str, cmd: &str) -> (String, Option<PathBuf>) {
         let script = format!("echo $$ > {}/cgroup.procs && exec {cmd}", dir.display());
         (script, Some(dir))
     } else {
+        // Pure v2: the run's own cgroup has the memory controller (vigil enables it down its
+        // subtree); a child cgroup could not get it while the run's cgroup holds this shell.
         let script = format!(
-            "cg={mount}$(sed -n 's/^0:://p' /proc/self/cgroup) && echo +memory > \"$cg/cgroup.subtree_control\" ; mkdir \"$cg/mem\" && echo {limit} > \"$cg/mem/memory.max\" && echo $$ > \"$cg/mem/cgroup.procs\" && exec {cmd}",
+            "cg={mount}$(sed -n 's/^0:://p' /proc/self/cgroup) && echo {limit} > \"$cg/memory.max\" && exec {cmd}",
             mount = cgroup2_mount().display()
         );
         (script, None)
@@ -333,9 +335,12 @@ fn repeated_identical_opens_are_coalesced_and_counts_stay_exact() {
         N,
         "every open is in the layer, coalesced or not"
     );
+    // Coalescing joins what arrives within a short window: a guest under TCG opens ~20× more
+    // slowly, so fewer opens share a window (the counts above stay exact either way).
+    let ratio = if scaled(100) < 100 { 2 } else { 10 };
     assert!(
-        (lines.len() as u64) * 10 < N,
-        "{} lines for {N} identical opens",
+        (lines.len() as u64) * ratio < N,
+        "{} lines for {N} identical opens (expected at least {ratio}× fewer)",
         lines.len()
     );
     let run = lines
@@ -365,10 +370,10 @@ fn repeated_identical_opens_are_coalesced_and_counts_stay_exact() {
 
 #[test]
 fn an_open_storm_is_recorded_or_exactly_counted() {
-    const N: u64 = 1_000_000;
+    let n = scaled(1_000_000);
     let path = "/nonexistent/vigil-storm-e7b0";
     let (f, _dir) = VigilRun::new("storm")
-        .fixture(&["open-storm", &N.to_string(), path])
+        .fixture(&["open-storm", &n.to_string(), path])
         .run();
     assert_eq!(f.code(), 0, "{}", f.stderr());
     let h = f.health();
@@ -381,7 +386,7 @@ fn an_open_storm_is_recorded_or_exactly_counted() {
     let seen = events_at(&layer, path);
     assert_eq!(
         seen + lost,
-        N,
+        n,
         "{seen} recorded + {lost} counted lost must be every open"
     );
     let expected = if lost == 0 { "observed" } else { "partial" };
@@ -397,21 +402,22 @@ fn an_open_storm_is_recorded_or_exactly_counted() {
 /// which a 16 MiB budget does not reliably cross.)
 #[test]
 fn an_evidence_budget_bounds_the_layer_and_keeps_control_events_and_exact_counts() {
-    const N: u64 = 1_000_000;
-    const BUDGET: u64 = 4 << 20;
+    let n = scaled(1_000_000);
+    // The budget shrinks with the storm, so that it is still reached.
+    let budget = scaled(4 << 20);
     // Distinct paths, as fast as it goes: nothing to coalesce, so the budget is what bounds.
     let path = "/nonexistent/vigil-distinct-";
     let (f, _dir) = VigilRun::new("budget")
-        .args(["--evidence-max-bytes", &BUDGET.to_string()])
-        .fixture(&["open-distinct", &N.to_string(), "1e12"])
+        .args(["--evidence-max-bytes", &budget.to_string()])
+        .fixture(&["open-distinct", &n.to_string(), "1e12"])
         .run();
     assert_eq!(f.code(), 0, "{}", f.stderr());
     let h = f.health();
     let layer_path = f.bundle.join("layers/kernel.ndjson");
     let size = std::fs::metadata(&layer_path).expect("layer").len();
     assert!(
-        size <= BUDGET + 64 * 1024,
-        "layer {size} bytes, budget {BUDGET}"
+        size <= budget + 64 * 1024,
+        "layer {size} bytes, budget {budget}"
     );
     let layer = std::fs::read_to_string(&layer_path).expect("layer");
     let seen = layer
@@ -427,7 +433,7 @@ fn an_evidence_budget_bounds_the_layer_and_keeps_control_events_and_exact_counts
     assert!(downgraded > 0, "the budget was reached: {h:#}");
     assert_eq!(
         seen + downgraded + lost,
-        N,
+        n,
         "{seen} recorded + {downgraded} downgraded + {lost} lost must be every open"
     );
     let targets = h["downgraded_targets"].as_array().expect("targets");
