@@ -91,9 +91,17 @@ impl Coalescer {
         })
     }
 
-    /// The pending run, to be written now (before a control event, at the end of a drain).
+    /// The pending run, to be written now (before a control event).
     pub fn flush(&mut self) -> Option<Run> {
         self.pending.take()
+    }
+
+    /// The pending run if its window is over at `now_ns` (nothing can join it any more).
+    pub fn flush_expired(&mut self, now_ns: u64) -> Option<Run> {
+        match &self.pending {
+            Some(run) if now_ns.saturating_sub(run.first.ts_ns) > WINDOW_NS => self.pending.take(),
+            _ => None,
+        }
     }
 }
 
@@ -141,5 +149,17 @@ mod tests {
         assert_eq!(c.offer(&open(6, gap, 2, "/b", -2)).expect("run").count, 1);
         assert_eq!(c.flush().expect("pending").first.seq, 6);
         assert!(c.flush().is_none());
+    }
+
+    #[test]
+    fn a_run_is_carried_across_drains_until_its_window_is_over() {
+        let mut c = Coalescer::default();
+        assert!(c.offer(&open(0, 1_000, 1, "/a", -2)).is_none());
+        // A drain ends within the window: the run stays open for the next drain's repeats.
+        assert!(c.flush_expired(1_000 + WINDOW_NS).is_none());
+        assert!(c.offer(&open(1, 2_000, 1, "/a", -2)).is_none());
+        let run = c.flush_expired(1_000 + WINDOW_NS + 1).expect("window over");
+        assert_eq!((run.count, run.last_seq), (2, 1));
+        assert!(c.flush_expired(u64::MAX).is_none());
     }
 }

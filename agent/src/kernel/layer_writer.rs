@@ -88,10 +88,16 @@ impl LayerWriter {
         }
     }
 
-    /// The end of a drain: a coalesced run is not carried across drains (its line is on disk
-    /// within one drain), and the batch goes to the writer.
+    /// The end of a drain: a coalesced run whose window is over is written (one still open is
+    /// carried into the next drain, so repeats that arrive a drain apart still share a line —
+    /// on a slow guest each paced open can be a drain of its own), and the batch goes to the
+    /// writer.
     pub fn end_drain(&mut self) {
-        if let Some(run) = self.coalescer.flush() {
+        self.end_drain_at(clock::now_ns());
+    }
+
+    fn end_drain_at(&mut self, now_ns: u64) {
+        if let Some(run) = self.coalescer.flush_expired(now_ns) {
             self.write(&run.first, Some(&run));
         }
         // Kernel evidence is control evidence: it waits for room in the writer's queue, never
@@ -197,7 +203,7 @@ impl LayerWriter {
 
     /// Flush and fsync the layer; returns its first write error.
     pub fn finish(&mut self) -> Result<(), String> {
-        self.end_drain();
+        self.end_drain_at(u64::MAX);
         self.out.finish()
     }
 }
