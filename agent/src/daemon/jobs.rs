@@ -36,7 +36,13 @@ pub struct Job {
     owner: u32,
     signals: mpsc::Sender<i32>,
     done: oneshot::Receiver<Finished>,
+    /// When the watch ended by itself (the worker left), if it did: its `finished` waits for
+    /// `job_end` for [`UNCLAIMED`], then the job is forgotten.
+    ended_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long the outcome of a job whose watch ended by itself waits for its `job_end`.
+const UNCLAIMED: Duration = Duration::from_secs(3600);
 
 type Refused = (&'static str, String);
 
@@ -125,7 +131,9 @@ fn check_job(req: &JobStart, peer: &Peer, fds: &[OwnedFd], d: &Daemon) -> Result
             "--cgroup-parent: only root may choose where the daemon puts job cgroups",
         );
     }
-    let jobs = lock(&d.jobs);
+    let mut jobs = lock(&d.jobs);
+    // Jobs whose hook never came back for them (job-completed failed) do not hold slots forever.
+    jobs.retain(|_, j| !lock(&j.ended_at).is_some_and(|t| t.elapsed() > UNCLAIMED));
     if jobs.contains_key(&req.key) {
         return refuse(
             reason::BAD_REQUEST,
@@ -249,12 +257,14 @@ pub async fn start(req: JobStart, peer: &Peer, fds: Vec<OwnedFd>, d: &Arc<Daemon
     };
     let bundle = req.out.join(&req.key);
     let (done_tx, done_rx) = oneshot::channel();
+    let ended_at = Arc::new(std::sync::Mutex::new(None));
     lock(&d.jobs).insert(
         req.key.clone(),
         Job {
             owner: peer.uid,
             signals: sig_tx,
             done: done_rx,
+            ended_at: ended_at.clone(),
         },
     );
     d.metrics.runs_started.inc();
@@ -266,6 +276,7 @@ pub async fn start(req: JobStart, peer: &Peer, fds: Vec<OwnedFd>, d: &Arc<Daemon
     tokio::spawn(async move {
         let finished = super::session::spawn_run(spec, client).await;
         tracing::info!(key = %key, status = %finished.status, "job watch ended");
+        *lock(&ended_at) = Some(std::time::Instant::now());
         let _ = done_tx.send(finished);
         daemon.job_watches.fetch_sub(1, Ordering::AcqRel);
         daemon.ended.notify_waiters();
