@@ -254,6 +254,9 @@ v9p="trans=virtio,version=9p2000.L,msize=512000"
 mount -t 9p -o $v9p,ro hostroot /host || echo "vm: the host's root did not mount"
 mount -t 9p -o $v9p share /share || echo "vm: the share did not mount"
 for d in tmp run; do mount -t tmpfs tmpfs /host/$d; done
+# The repository again, on its own: a checkout under /tmp would be hidden by the tmpfs.
+repo=$(cat /share/repo)
+mkdir -p "/host$repo" && mount -t 9p -o $v9p,ro repo "/host$repo" || echo "vm: the repository did not mount"
 mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
 mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
 # What systemd does on a pure v2 host: the root delegates its controllers.
@@ -420,6 +423,7 @@ fn boot(k: &Kernel, cache: &Path, cmd: &str) -> Result<i32> {
     std::fs::create_dir_all(&share)?;
     let repo = root();
     let debug = repo.join("target/debug");
+    std::fs::write(share.join("repo"), repo.display().to_string())?;
     let kvm = kvm_works();
     // Storm sizes shrink with the accelerator (tests keep their counts exact).
     let scale = if kvm { 1 } else { 100 };
@@ -461,6 +465,11 @@ fn boot(k: &Kernel, cache: &Path, cmd: &str) -> Result<i32> {
         .arg(format!(
             "local,path={},mount_tag=share,security_model=none",
             share.display()
+        ))
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=repo,security_model=none,readonly=on,multidevs=remap",
+            repo.display()
         ))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&console)?)
