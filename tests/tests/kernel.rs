@@ -482,3 +482,84 @@ fn process_scope_leaves_out_the_syscall_probes_and_says_so() {
     assert_eq!(of_kind(&k, "process.exec").len(), 1, "{k:#?}");
     assert_valid_bundle(&f.bundle);
 }
+
+/// What depends on the kernel's version is used where it exists and replaced or refused, with
+/// a reason, where it does not: Landlock (5.13) holds an enforce policy, else the policy is
+/// refused in one line and audit still works; `cgroup.kill` (5.14) ends a TERM-ignoring run,
+/// else the kill loop does. `cargo xtask vm` runs this on 5.10, which has neither.
+#[test]
+fn landlock_and_cgroup_kill_are_used_where_the_kernel_has_them() {
+    // SAFETY: landlock_create_ruleset with LANDLOCK_CREATE_RULESET_VERSION only asks the ABI.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nname: fs\nmode: enforce\ndefault: deny\nfilesystem:\n  read:\n    - id: r\n      paths: [/]\n  write:\n    - id: w\n      paths: [/tmp, /dev/null]\n  exec:\n    - id: x\n      paths: [/]\n",
+    )
+    .expect("policy");
+    let (f, _d) = VigilRun::new("ll-enforce")
+        .args(["--policy".as_ref(), policy.as_os_str()])
+        .args(["--", "true"])
+        .run();
+    if abi >= 1 {
+        assert_eq!(f.code(), 0, "Landlock ABI {abi}: {}", f.stderr());
+        assert_eq!(f.health()["policy_layer"], "enforced");
+    } else {
+        assert_eq!(
+            f.code(),
+            2,
+            "no Landlock: enforce is refused, {}",
+            f.stderr()
+        );
+        let err = f.stderr();
+        assert!(
+            err.contains("cannot enforce") && err.contains("accepted: --policy-mode audit"),
+            "{err}"
+        );
+        let (a, _d) = VigilRun::new("ll-audit")
+            .args(["--policy".as_ref(), policy.as_os_str()])
+            .args(["--policy-mode", "audit", "--", "true"])
+            .run();
+        assert_eq!(a.code(), 0, "without Landlock audit works: {}", a.stderr());
+        assert_eq!(a.health()["policy_layer"], "audited");
+    }
+
+    let pidfile = dir.path().join("pid");
+    let (k, _d) = VigilRun::new("kill-mech")
+        .args([
+            "--liveness-level",
+            "off",
+            "--liveness-hard-cap-ms",
+            "500",
+            "--liveness-kill-grace-ms",
+            "300",
+        ])
+        .fixture(&["ignore-term", pidfile.to_str().expect("utf8")])
+        .run();
+    assert_eq!(k.code(), 124, "{}", k.stderr());
+    assert!(
+        !pid_alive(read_pid(&pidfile)),
+        "the TERM-ignoring child died"
+    );
+    let h = k.health();
+    let run_cgroup = h["cgroup"]["path"].as_str().expect("cgroup path");
+    // The run's cgroup and its owner directory are gone; `--cgroup-parent` stays, with the
+    // same files a run cgroup had.
+    let parent = Path::new(run_cgroup)
+        .ancestors()
+        .nth(2)
+        .expect("the cgroup parent");
+    let expected = match parent.join("cgroup.kill").exists() {
+        true => "cgroup.kill",
+        false => "sigkill_loop",
+    };
+    assert_eq!(h["cgroup"]["kill_mechanism"], expected, "{h:#}");
+}
