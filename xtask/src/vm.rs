@@ -472,35 +472,37 @@ fn boot(k: &Kernel, cache: &Path, cmd: &str) -> Result<i32> {
             repo.display()
         ))
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&console)?)
+        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let started = Instant::now();
     let mut child = q.spawn().context("qemu-system-x86_64 (qemu-system-x86)")?;
-    // Follow the console: what the command prints is the guest's output.
-    let mut shown = 0usize;
-    let status = loop {
-        let text = std::fs::read(&console).unwrap_or_default();
-        if text.len() > shown {
-            std::io::stdout().write_all(&text[shown..])?;
-            shown = text.len();
+    // The console, as it comes: to our stdout (the guest's output is the command's) and to
+    // console.log (for the tail of a failure). Its end of file is qemu's exit.
+    let mut pipe = child.stdout.take().context("qemu's stdout")?;
+    let mut log = std::fs::File::create(&console)?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let _ = std::io::stdout().write_all(&buf[..n]);
+            let _ = log.write_all(&buf[..n]);
         }
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if started.elapsed() > GUEST_BOUND {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "vm {}: no end within {} s; console tail:\n{}",
-                k.name,
-                GUEST_BOUND.as_secs(),
-                tail(&console)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let text = std::fs::read(&console).unwrap_or_default();
-    std::io::stdout().write_all(&text[shown.min(text.len())..])?;
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(GUEST_BOUND).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "vm {}: no end within {} s; console tail:\n{}",
+            k.name,
+            GUEST_BOUND.as_secs(),
+            tail(&console)
+        );
+    }
+    let status = child.wait()?;
     match std::fs::read_to_string(share.join("rc")) {
         Ok(rc) => {
             let code = rc.trim().parse().unwrap_or(1);
