@@ -291,13 +291,21 @@ impl Ctx<'_> {
         })
     }
 
+    /// The children of `pid`: each of its threads' `task/TID/children` (the kernel's own
+    /// list, no scan of every process).
     fn children(&self, pid: i32) -> Vec<Holder> {
-        let Ok(all) = procfs::process::all_processes() else {
+        let Ok(tasks) = Process::new(pid).and_then(|p| p.tasks()) else {
             return Vec::new();
         };
-        all.filter_map(Result::ok)
-            .filter(|p| p.stat().is_ok_and(|s| s.ppid == pid))
-            .filter_map(|p| self.holder(p.pid, "child"))
+        let mut kids: Vec<u32> = tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| t.children().ok())
+            .flatten()
+            .collect();
+        kids.sort_unstable();
+        kids.dedup();
+        kids.into_iter()
+            .filter_map(|k| self.holder(i32::try_from(k).ok()?, "child"))
             .collect()
     }
 
