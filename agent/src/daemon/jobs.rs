@@ -344,24 +344,18 @@ pub fn prepare_watch(
     let (Some(stderr), Some(out_fd)) = (fds.next(), fds.next()) else {
         return refuse(reason::BAD_FDS, "missing fds");
     };
-    let (client, sig_tx, sdk_rx) = watch_host(Some(stderr), out_fd, req.out, peer, d)?;
-    Ok((spec, client, sig_tx, sdk_rx))
+    Ok((spec, watch_host(Some(stderr), out_fd, req.out, peer, d)?))
 }
 
 /// A watch's host, where its signals go, and where it says it is active (its SDK socket).
-type Host = (
+pub type Host = (
     Client,
     mpsc::Sender<i32>,
     mpsc::UnboundedReceiver<Option<PathBuf>>,
 );
 
 /// A watch ready to run: its spec and [`Host`].
-pub type Watched = (
-    crate::run::spec::RunSpec,
-    Client,
-    mpsc::Sender<i32>,
-    mpsc::UnboundedReceiver<Option<PathBuf>>,
-);
+pub type Watched = (crate::run::spec::RunSpec, Host);
 
 /// End a job's watch; its `finished`.
 pub async fn end(key: &str, peer: &Peer, d: &Daemon) -> Reply {

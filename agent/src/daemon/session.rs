@@ -386,7 +386,7 @@ async fn relay(
 /// watch, as its going away does); the daemon's sensor watches the cgroup.
 async fn watch(mut conn: Conn, peer: Peer, req: WatchRequest, d: Arc<Daemon>) {
     let fds = std::mem::take(&mut conn.dec.fds);
-    let (spec, client, sig_tx, sdk_rx) = match super::jobs::prepare_watch(req, &peer, fds, &d) {
+    let (spec, (client, sig_tx, sdk_rx)) = match super::jobs::prepare_watch(req, &peer, fds, &d) {
         Ok(x) => x,
         Err((reason, message)) => return conn.reject(&d, reason, message).await,
     };
