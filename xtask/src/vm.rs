@@ -456,7 +456,12 @@ fn boot(k: &Kernel, cache: &Path, cmd: &str) -> Result<i32> {
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 quiet loglevel=1 panic=-1"])
+        // A CPU stuck in the kernel for 20 s is a dead guest even under TCG: panic at once (the
+        // trace, at warning level, reaches the console tail) rather than wait out the timeout.
+        .args([
+            "-append",
+            "console=ttyS0 quiet loglevel=5 panic=-1 softlockup_panic=1",
+        ])
         .args([
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
@@ -521,10 +526,16 @@ fn boot(k: &Kernel, cache: &Path, cmd: &str) -> Result<i32> {
     }
 }
 
+/// Whether the guest's own kernel gave up (a soft lockup panics it: see the command line).
+fn guest_kernel_faulted(console: &Path) -> bool {
+    let text = String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+    text.contains("Kernel panic") || text.contains("soft lockup")
+}
+
 fn tail(console: &Path) -> String {
     let text = String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 /// What runs when no command is given: doctor, a run and its validation, and the kernel-facing
@@ -596,7 +607,18 @@ pub fn vm(args: &[String]) -> Result<()> {
     let cache = root().join("target/vm");
     let mut failed = Vec::new();
     for k in chosen {
-        match boot(k, &cache, &cmd) {
+        let mut outcome = boot(k, &cache, &cmd);
+        if outcome.is_err() && guest_kernel_faulted(&cache.join(k.name).join("console.log")) {
+            // Seen once in CI on 5.10 under TCG: both vCPUs stuck in the guest kernel for minutes
+            // while a test hammered connect(). A lockup of the emulated guest's own kernel is
+            // retried once, loudly; a second one, or any test failure, fails the matrix.
+            eprintln!(
+                "xtask: vm {}: the guest kernel locked up or panicked (console above); booting it once more",
+                k.name
+            );
+            outcome = boot(k, &cache, &cmd);
+        }
+        match outcome {
             Ok(0) => {}
             Ok(code) => failed.push(format!("{} exit {code}", k.name)),
             Err(e) => failed.push(format!("{}: {e:#}", k.name)),
