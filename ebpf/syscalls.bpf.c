@@ -281,6 +281,8 @@ static __always_inline int emit_net(long nr, struct pt_regs *regs, long ret, __u
 	e->fd = (__s32)regs->di;
 	e->addr_len = 0;
 	e->addr_source = VIGIL_ADDR_NONE;
+	e->at = VIGIL_AT_SYSCALL_EXIT;
+	e->_pad = 0;
 	__builtin_memset(e->addr, 0, sizeof(e->addr));
 	switch (nr) {
 	case NR_CONNECT:

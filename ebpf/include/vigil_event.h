@@ -124,15 +124,29 @@ struct vigil_open {
 	char dir[VIGIL_PATH_LEN];
 };
 
-/* connect/bind/accept/accept4/sendto/sendmsg at syscall exit. addr is a struct sockaddr (family
- * first, ports and addresses in network order) of addr_len bytes. */
+/* Where a vigil_net was taken, which says what `ret` and `fd` mean. */
+enum vigil_net_at {
+	VIGIL_AT_SYSCALL_EXIT = 0, /* sys_exit: ret is the syscall's result, fd its socket */
+	VIGIL_AT_CGROUP_HOOK = 1,  /* a cgroup sock_addr/sock hook, before or inside the call: ret
+				    * is not known (0), fd neither (-1); ppid and comm are 0 (the hook
+				    * cannot read the task), vigil fills them from its process tree */
+	VIGIL_AT_TCP_STATE = 2,    /* a TCP connect's outcome (sock:inet_sock_set_state): ret is 0
+				    * (established) or -sk_err (refused, timed out, unreachable) */
+	VIGIL_AT_POST_BIND = 3,    /* a cgroup post_bind hook, which runs only once a bind
+				    * succeeded: ret is 0, fd -1, ppid and comm 0 as above */
+};
+
+/* connect/bind/accept/accept4/sendto/sendmsg. addr is a struct sockaddr (family first, ports
+ * and addresses in network order) of addr_len bytes. */
 struct vigil_net {
 	struct vigil_hdr h;
-	__s64 ret;            /* 0, a byte count or an fd; or -errno */
+	__s64 ret;            /* 0, a byte count or an fd; or -errno (see `at`) */
 	__u32 op;             /* enum vigil_net_op */
 	__s32 fd;             /* the socket the call was made on */
 	__u32 addr_len;
 	__u32 addr_source;    /* enum vigil_addr_source */
+	__u32 at;             /* enum vigil_net_at */
+	__u32 _pad;
 	__u8 addr[VIGIL_SOCKADDR_LEN];
 };
 

@@ -186,6 +186,7 @@ pub fn bench(env: &Env, tmp: &Path, quick: bool) -> Result<Vec<Row>> {
 
     // 2. The rest of the host: the same workloads outside, while vigil watches another run.
     let storm = format!("{fixture} open-storm {opens} /etc/hostname");
+    let getppid = format!("{fixture} getppid-loop 2000000");
     for (name, script, scope) in [
         (
             "host cost: 5,000 `sh -c true` spawns outside, while vigil watches a run",
@@ -206,6 +207,21 @@ pub fn bench(env: &Env, tmp: &Path, quick: bool) -> Result<Vec<Row>> {
             "host cost: 200,000 open/close outside, while vigil watches with `--kernel-layer process`",
             storm.as_str(),
             "process",
+        ),
+        (
+            "host cost: 200,000 open/close outside, while vigil watches with `--kernel-layer network`",
+            storm.as_str(),
+            "network",
+        ),
+        (
+            "host cost: 2,000,000 getppid() outside, while vigil watches a run",
+            getppid.as_str(),
+            "auto",
+        ),
+        (
+            "host cost: 2,000,000 getppid() outside, while vigil watches with `--kernel-layer network`",
+            getppid.as_str(),
+            "network",
         ),
     ] {
         let (mut b, mut v) = (Vec::new(), Vec::new());

@@ -538,30 +538,35 @@ fn tail(console: &Path) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
+/// The kernel-facing test binaries (tests/kernel.rs, tests/kernel_network.rs).
+const KERNEL_TESTS: [&str; 2] = ["kernel", "kernel_network"];
+
 /// What runs when no command is given: doctor, a run and its validation, and the kernel-facing
-/// test binary.
+/// test binaries.
 fn default_command() -> Result<String> {
+    let mut args = vec!["test", "-p", "vigil-e2e"];
+    for t in KERNEL_TESTS {
+        args.extend(["--test", t]);
+    }
+    args.extend(["--no-run", "--message-format=json"]);
     let json = run(
-        Command::new("cargo").current_dir(root()).args([
-            "test",
-            "-p",
-            "vigil-e2e",
-            "--test",
-            "kernel",
-            "--no-run",
-            "--message-format=json",
-        ]),
+        Command::new("cargo").current_dir(root()).args(&args),
         "cargo test --no-run",
     )?;
-    let exe = json
+    let built: Vec<serde_json::Value> = json
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == "kernel")
-        .find_map(|v| v["executable"].as_str().map(String::from))
-        .context("the kernel test binary")?;
-    Ok(format!(
-        "vigil doctor && vigil run --run-id vm -- sh -c 'ls / > /dev/null' && vigil validate /tmp/vigil-runs/vm && {exe} --test-threads 1"
-    ))
+        .collect();
+    let mut cmd = "vigil doctor && vigil run --run-id vm -- sh -c 'ls / > /dev/null' && vigil validate /tmp/vigil-runs/vm".to_string();
+    for t in KERNEL_TESTS {
+        let exe = built
+            .iter()
+            .filter(|v| v["target"]["name"] == t)
+            .find_map(|v| v["executable"].as_str())
+            .with_context(|| format!("the {t} test binary"))?;
+        cmd.push_str(&format!(" && {exe} --test-threads 1"));
+    }
+    Ok(cmd)
 }
 
 pub fn vm(args: &[String]) -> Result<()> {

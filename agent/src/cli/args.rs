@@ -224,7 +224,9 @@ pub struct RunArgs {
 
     /// Kernel layer: `auto` loads the eBPF sensor when the host allows (else health says why
     /// it is absent); `process` loads it without the syscall probes (no file opens or network
-    /// calls; the rest of the host keeps its fast syscall path); `off` does not load it.
+    /// calls; the rest of the host keeps its fast syscall path); `network` is `process` plus
+    /// network evidence from cgroup hooks on the run's cgroup (still no syscall hook); `off`
+    /// does not load it.
     #[arg(long, env = "VIGIL_KERNEL_LAYER", value_enum, default_value = "auto")]
     pub kernel_layer: KernelLayerMode,
 
@@ -416,6 +418,7 @@ pub enum ProfileOnFail {
 pub enum KernelLayerMode {
     Auto,
     Process,
+    Network,
     Off,
 }
 

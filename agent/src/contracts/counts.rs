@@ -107,7 +107,7 @@ impl RunCounters {
         self.ops[id].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Count one call: denied when a permission check refused it, allowed otherwise (it passed
+    /// Count one call whose result vigil saw: denied when a permission check refused it, allowed otherwise (it passed
     /// every check, even if it then failed, as a refused connection does).
     fn judged(&self, op: usize, result: i64) {
         if not_found(result) {
@@ -132,7 +132,12 @@ impl RunCounters {
                         NetOp::Accept => ACCEPT,
                         NetOp::Send => SEND,
                     };
-                    self.judged(i, *result);
+                    match result {
+                        Some(r) => self.judged(i, *r),
+                        // Seen by a cgroup hook, its result unknown: a call, neither allowed
+                        // nor denied as far as vigil saw.
+                        None => self.bump(i * 3),
+                    }
                 }
                 KernelEvent::Fork { is_thread, .. } if !is_thread => self.bump(counted(FORK)),
                 KernelEvent::Fork { .. } => {}

@@ -117,8 +117,20 @@ pub struct Net {
     pub fd: i32,
     pub addr_len: u32,
     pub addr_source: u32,
+    pub at: u32,
+    pub _pad: u32,
     pub addr: [u8; SOCKADDR_LEN],
 }
+
+/// A `struct vigil_net` as a map value (the kernel's table of TCP connects awaiting their
+/// outcome).
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub struct NetPod(pub Net);
+
+// SAFETY: Net is repr(C), plain integers and byte arrays with explicit padding fields, valid
+// for any bit pattern (it derives FromBytes), which is what aya::Pod requires.
+unsafe impl aya::Pod for NetPod {}
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -162,7 +174,7 @@ pub fn rust_layout() -> Vec<u32> {
     t.extend(
         layout_of!(Open: h, ret, dirfd, flags, mode, path_truncated, dir_state, _pad, path, dir),
     );
-    t.extend(layout_of!(Net: h, ret, op, fd, addr_len, addr_source, addr));
+    t.extend(layout_of!(Net: h, ret, op, fd, addr_len, addr_source, at, _pad, addr));
     t.extend(layout_of!(Oom: h, trigger_pid, _pad, trigger_comm));
     t
 }

@@ -96,11 +96,15 @@ pub enum KernelEvent {
     Net {
         hdr: Header,
         op: NetOp,
-        result: i64,
-        fd: i32,
+        /// None when the program that saw the call could not see its result (a cgroup hook).
+        result: Option<i64>,
+        /// None when not known (a cgroup hook does not see the fd).
+        fd: Option<i32>,
         endpoint: Option<Endpoint>,
         /// Where the endpoint came from: the call's argument or the socket's peer.
         endpoint_source: &'static str,
+        /// Which program saw it: `syscall_exit`, `cgroup_hook` or `tcp_state`.
+        observed_at: &'static str,
     },
     /// An execve/execveat that failed (`result` is -errno); `path` as passed.
     ExecFailed {
@@ -389,11 +393,20 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 _ => return Err(DecodeError::Kind(h.kind)),
             };
             let n = (e.addr_len as usize).min(SOCKADDR_LEN);
+            // enum vigil_net_at: what the program that took it could see.
+            let (observed_at, result, fd) = match e.at {
+                0 => ("syscall_exit", Some(e.ret), Some(e.fd)),
+                1 => ("cgroup_hook", None, None),
+                2 => ("tcp_state", Some(e.ret), None),
+                3 => ("cgroup_hook", Some(0), None),
+                _ => return Err(DecodeError::Kind(h.kind)),
+            };
             Ok(KernelEvent::Net {
                 hdr,
                 op,
-                result: e.ret,
-                fd: e.fd,
+                result,
+                fd,
+                observed_at,
                 endpoint: decode_sockaddr(&e.addr[..n]),
                 endpoint_source: match e.addr_source {
                     1 => "argument",

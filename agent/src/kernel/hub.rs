@@ -22,7 +22,9 @@ use super::layer::{KernelReport, probe_health, report};
 use super::layer_writer::LayerWriter;
 use super::reader::DRAIN_MAX;
 use super::record::target;
-use super::sensor::{KernelSensor, ProbeStatus, Scope, SensorError};
+use super::sensor::{
+    KernelSensor, NET_HOOK_PROBE, ProbeStatus, Scope, SensorError, TCP_STATE_PROBE,
+};
 use crate::clock;
 use crate::evidence::health::ProbeHealth;
 use crate::evidence::redact::Redactor;
@@ -37,6 +39,8 @@ const POLL: Duration = Duration::from_millis(20);
 struct Route {
     inbox: Arc<Inbox>,
     redactor: Arc<Redactor>,
+    /// What the run asked for: the stream carries what any run did.
+    scope: Scope,
 }
 
 /// A run's inbox: its lanes and the wakeup of its dispatcher.
@@ -135,7 +139,7 @@ impl Hub {
     /// writing `layer`. With `scope` Full the syscall probes are attached while it lives.
     pub fn register(
         &self,
-        cgroup_id: u64,
+        (cgroup_id, cgroup_dir): (u64, &Path),
         beneath: &dyn Fn() -> Vec<u64>,
         scope: Scope,
         redactor: Arc<Redactor>,
@@ -160,11 +164,12 @@ impl Hub {
             Route {
                 inbox: inbox.clone(),
                 redactor: redactor.clone(),
+                scope,
             },
         );
         // An idle reader sleeps without a timeout: from now on it polls.
         self.shared.wake();
-        let probes = {
+        let (mut probes, hooks) = {
             let mut sensor = lock(&self.shared.sensor);
             // Counters a run with a reused inode number might have left.
             let _ = sensor.lost_of_run(cgroup_id, true);
@@ -177,27 +182,37 @@ impl Hub {
                 }
                 return Err(e);
             }
-            sensor.probes().clone()
+            let hooks = (scope == Scope::Network).then(|| sensor.attach_net(cgroup_id, cgroup_dir));
+            (sensor.probes().clone(), hooks)
         };
-        let mut probes = probe_health(&probes);
         if !full {
             for name in ["file.open", "network.socket"] {
                 probes.insert(
                     name.into(),
-                    ProbeHealth {
-                        status: crate::evidence::health::ProbeState::Unavailable,
-                        reason: Some("not attached for this run: --kernel-layer process".into()),
-                    },
+                    ProbeStatus::Unavailable(format!(
+                        "not attached for this run: --kernel-layer {}",
+                        scope.flag()
+                    )),
                 );
             }
         }
+        // The network programs are this run's only when it asked for them.
+        match hooks {
+            Some(h) => {
+                probes.insert(NET_HOOK_PROBE.into(), h);
+            }
+            None => {
+                probes.remove(TCP_STATE_PROBE);
+            }
+        }
+        let probes = probe_health(&probes);
         Ok(SharedSource {
             shared: self.shared.clone(),
             cgroup_id,
             inbox,
             writer,
             redactor,
-            full,
+            scope,
             decode_errors_at_start: self.shared.stats.decode_errors.load(Ordering::Relaxed),
             probes,
             registered: true,
@@ -330,6 +345,9 @@ impl Batch {
             self.unrouted += 1;
             return;
         };
+        if !route.scope.takes(&ev) {
+            return;
+        }
         *self.events.entry(ev.kind()).or_default() += 1;
         match self
             .by_route
@@ -384,7 +402,7 @@ pub struct SharedSource {
     inbox: Arc<Inbox>,
     writer: LayerWriter,
     redactor: Arc<Redactor>,
-    full: bool,
+    scope: Scope,
     decode_errors_at_start: u64,
     probes: BTreeMap<String, ProbeHealth>,
     registered: bool,
@@ -430,7 +448,7 @@ impl SharedSource {
         }
         let _ = lock(&self.shared.sensor).unwatch(self.cgroup_id);
         lock(&self.shared.routes).remove(&self.cgroup_id);
-        if self.full {
+        if self.scope == Scope::Full {
             // Detached by the reader a while after the last run that needed it.
             let mut n = lock(&self.shared.syscall_runs);
             *n = n.saturating_sub(1);
@@ -464,6 +482,13 @@ impl EventSource for SharedSource {
     fn finish(&mut self, _redactor: &Redactor, out: &mut Vec<Observed>) -> KernelReport {
         self.sync();
         while self.take(out, usize::MAX) > 0 {}
+        if self.scope == Scope::Network {
+            let unresolved = lock(&self.shared.sensor).take_unresolved_connects(self.cgroup_id);
+            for ev in unresolved {
+                self.writer.accept(ev, &self.redactor, out);
+            }
+            self.writer.end_drain();
+        }
         let control_lost = lock(&self.inbox.lanes).control_lost;
         // The kernel counts ring losses per run (by the root of its watched subtree): this
         // run's are its own, whatever its neighbours did.

@@ -19,6 +19,9 @@ pub struct KernelLayer {
     reader: Option<KernelReader>,
     probes: BTreeMap<String, ProbeHealth>,
     notes: Vec<String>,
+    /// The run cgroup, when the network hooks report its TCP connects (their unresolved ones
+    /// are collected at the end).
+    root: Option<u64>,
 }
 
 /// What the kernel layer observed, for observation-health.json.
@@ -64,7 +67,7 @@ impl KernelLayer {
     /// fails: a missing feature lowers the claim and is recorded.
     pub fn start(
         scope: Option<Scope>,
-        cgroup_id: u64,
+        (cgroup_id, cgroup_dir): (u64, &Path),
         beneath: &dyn Fn() -> Vec<u64>,
         layer: &Path,
         space: Arc<Space>,
@@ -74,6 +77,7 @@ impl KernelLayer {
             reader: None,
             probes: BTreeMap::new(),
             notes: Vec::new(),
+            root: None,
         };
         let Some(scope) = scope else {
             me.notes
@@ -91,11 +95,21 @@ impl KernelLayer {
                 return me;
             }
         };
-        me.probes = probe_health(sensor.probes());
         if let Err(e) = sensor.watch_subtree(cgroup_id, beneath) {
+            me.probes = probe_health(sensor.probes());
             me.notes
                 .push(format!("kernel layer not watching the run cgroup: {e}"));
             return me;
+        }
+        // After the filter holds the cgroup, before the child exists: its first connect is seen.
+        let hooks = (scope == Scope::Network).then(|| sensor.attach_net(cgroup_id, cgroup_dir));
+        me.probes = probe_health(sensor.probes());
+        if let Some(hooks) = hooks {
+            me.probes.extend(probe_health(&BTreeMap::from([(
+                super::sensor::NET_HOOK_PROBE.to_string(),
+                hooks,
+            )])));
+            me.root = Some(cgroup_id);
         }
         match sensor
             .take_events()
@@ -116,6 +130,7 @@ impl KernelLayer {
             reader: None,
             probes: BTreeMap::new(),
             notes: vec![why.to_string()],
+            root: None,
         }
     }
 
@@ -154,6 +169,12 @@ impl KernelLayer {
     pub fn finish(&mut self, redactor: &Redactor, seen: &mut Vec<Observed>) -> KernelReport {
         if let Some(r) = self.reader.as_mut() {
             r.drain_all(redactor, seen);
+            if let (Some(root), Some(sensor)) = (self.root, self.sensor.as_mut()) {
+                for ev in sensor.take_unresolved_connects(root) {
+                    r.writer.accept(ev, redactor, seen);
+                }
+                r.writer.end_drain();
+            }
         }
         let ring_lost_by_kind = self
             .sensor

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::coalesce::{self, Coalescer, Run};
 use super::event::{KernelEvent, Observed};
+use super::identity::Identities;
 use super::record::{record, target};
 use crate::clock;
 use crate::evidence::downgrade::Downgraded;
@@ -39,6 +40,8 @@ pub struct LayerWriter {
     downgraded: Downgraded,
     /// Repeated identical data events waiting to be written as one line.
     coalescer: Coalescer,
+    /// comm and ppid for events of the cgroup hooks, which cannot read them.
+    identities: Identities,
     batch: Batch,
 }
 
@@ -54,6 +57,7 @@ impl LayerWriter {
             dropped_for_space: 0,
             downgraded: Downgraded::default(),
             coalescer: Coalescer::default(),
+            identities: Identities::default(),
             batch: Batch::default(),
         })
     }
@@ -62,6 +66,7 @@ impl LayerWriter {
     /// `seen` get the same event with the same `ts`. Every event takes a seq, written,
     /// coalesced or not.
     pub fn accept(&mut self, mut ev: KernelEvent, redactor: &Redactor, seen: &mut Vec<Observed>) {
+        self.identities.see(&mut ev);
         ev.redact(redactor);
         let ts_ns = clock::boot_to_wall(ev.header().boot_ns, self.boot_to_wall_ns);
         let obs = Observed {
@@ -271,8 +276,9 @@ mod tests {
         let ev = KernelEvent::Net {
             hdr: hdr(),
             op: NetOp::Connect,
-            result: -111,
-            fd: 3,
+            result: Some(-111),
+            fd: Some(3),
+            observed_at: "syscall_exit",
             endpoint: Some(Endpoint {
                 family: "inet".into(),
                 address: Some("127.0.0.1".into()),
@@ -290,8 +296,9 @@ mod tests {
         let ok = KernelEvent::Net {
             hdr: hdr(),
             op: NetOp::Send,
-            result: 5,
-            fd: 3,
+            result: Some(5),
+            fd: Some(3),
+            observed_at: "syscall_exit",
             endpoint: None,
             endpoint_source: "none",
         };

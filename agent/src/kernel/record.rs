@@ -159,13 +159,14 @@ enum Body<'a> {
 
 #[derive(Serialize)]
 struct Net<'a> {
-    fd: i32,
+    fd: Option<i32>,
     family: Option<&'a str>,
     address: Option<&'a str>,
     port: Option<u16>,
     endpoint_source: &'static str,
-    result: i64,
+    result: Option<i64>,
     errno: Option<String>,
+    observed_at: &'static str,
 }
 
 /// The record of an event that is already redacted and stamped: fields are borrowed.
@@ -258,6 +259,7 @@ pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
             fd,
             endpoint,
             endpoint_source,
+            observed_at,
             ..
         } => {
             let net = Net {
@@ -267,7 +269,8 @@ pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
                 port: endpoint.as_ref().and_then(|e| e.port),
                 endpoint_source,
                 result: *result,
-                errno: errno_name(*result),
+                errno: result.and_then(errno_name),
+                observed_at,
             };
             match op {
                 NetOp::Connect => Body::Connect(net),

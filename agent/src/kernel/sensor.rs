@@ -11,6 +11,8 @@ use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
 
 use super::event::{KIND_MAX, kind_name};
+use super::net_hooks::NetHooks;
+pub use super::net_hooks::{NET_HOOK_PROBE, TCP_STATE_PROBE};
 
 /// The compiled object, embedded at build time (see build.rs).
 pub static SENSOR_OBJECT: &[u8] =
@@ -67,10 +69,38 @@ pub enum Scope {
     /// All but the syscall program: while it is attached every task of the host takes the
     /// slow syscall path, which a host full of syscall-heavy neighbours may not want to pay.
     Process,
+    /// Process, plus network evidence from cgroup hooks attached to the run's cgroup only (and
+    /// a TCP-state tracepoint for connect outcomes): no syscall hook at all.
+    Network,
+}
+
+impl Scope {
+    /// Whether a run of this scope takes `ev`. The daemon's one stream carries what any run
+    /// asked for: a run in `network` scope must not also get the syscall program's copy of its
+    /// connects (attached for a neighbour), nor a `process` run the neighbour's file opens.
+    pub fn takes(self, ev: &super::KernelEvent) -> bool {
+        use super::KernelEvent as E;
+        match (self, ev) {
+            (Scope::Full, _) => true,
+            (_, E::Open { .. } | E::ExecFailed { .. }) => false,
+            (Scope::Process, E::Net { .. }) => false,
+            (Scope::Network, E::Net { observed_at, .. }) => *observed_at != "syscall_exit",
+            _ => true,
+        }
+    }
+
+    /// The `--kernel-layer` value that asks for it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Scope::Full => "auto",
+            Scope::Process => "process",
+            Scope::Network => "network",
+        }
+    }
 }
 
 /// Attach `prog` to the first of `tracepoints` this kernel has.
-fn attach_first(prog: &mut RawTracePoint, tracepoints: &[&str]) -> ProbeStatus {
+pub(super) fn attach_first(prog: &mut RawTracePoint, tracepoints: &[&str]) -> ProbeStatus {
     let mut errors = Vec::new();
     for (i, tp) in tracepoints.iter().enumerate() {
         match prog.attach(tp) {
@@ -121,6 +151,8 @@ pub struct KernelSensor {
     /// The syscall program's link while it is attached (a daemon attaches it only while a run
     /// needs it).
     syscall_link: Option<RawTracePointLinkId>,
+    /// The network hooks (`--kernel-layer network`) and the run cgroups they are attached to.
+    net: NetHooks,
 }
 
 fn map_err(map: &'static str) -> impl Fn(String) -> SensorError {
@@ -150,6 +182,7 @@ impl KernelSensor {
             ebpf,
             probes: BTreeMap::new(),
             syscall_link: None,
+            net: NetHooks::default(),
         };
         for (name, tracepoints, names) in PROGRAMS {
             let tracepoint = tracepoints[0];
@@ -159,7 +192,9 @@ impl KernelSensor {
                     Err(e) => ProbeStatus::Failed(e.to_string()),
                     Ok(prog) => match prog.load() {
                         Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
-                        Ok(()) if name == SYSCALL_PROGRAM => syscalls_off("--kernel-layer process"),
+                        Ok(()) if name == SYSCALL_PROGRAM => {
+                            syscalls_off(&format!("--kernel-layer {}", scope.flag()))
+                        }
                         Ok(()) => attach_first(prog, tracepoints),
                     },
                 },
@@ -172,6 +207,42 @@ impl KernelSensor {
             me.set_syscalls(true);
         }
         Ok(me)
+    }
+
+    /// Attach the network hooks to the run cgroup `cgroup_id` (directory `dir`): its sockets'
+    /// connects, addressed sends and binds are reported from now on, and nobody else's. The
+    /// hooks load the first time a run asks (with the TCP-state program, which health lists
+    /// from then on).
+    pub fn attach_net(&mut self, cgroup_id: u64, dir: &std::path::Path) -> ProbeStatus {
+        let (status, tcp) = self.net.attach(&mut self.ebpf, cgroup_id, dir);
+        if let Some(tcp) = tcp {
+            self.probes.insert(TCP_STATE_PROBE.into(), tcp);
+        }
+        status
+    }
+
+    /// Detach the network hooks from a run cgroup (a no-op when none are attached).
+    pub fn detach_net(&mut self, cgroup_id: u64) {
+        self.net.detach(&mut self.ebpf, cgroup_id);
+    }
+
+    /// TCP connects of the run `root` whose outcome the kernel never reported (refused before
+    /// their SYN: a policy's EPERM, no route), taken out of the kernel's table: they are still
+    /// connects the run made, reported with their result unknown.
+    pub fn take_unresolved_connects(&mut self, root: u64) -> Vec<super::KernelEvent> {
+        let pending = super::net_hooks::pending_connects(&mut self.ebpf);
+        let mut mine = Vec::new();
+        for (cookie, net) in pending {
+            let cg = net.h.cgroup_id;
+            if cg == root || self.root_of(cg) == Some(root) {
+                super::net_hooks::forget_connect(&mut self.ebpf, cookie);
+                if let Ok(ev) = super::decode(zerocopy::IntoBytes::as_bytes(&net)) {
+                    mine.push(ev);
+                }
+            }
+        }
+        mine.sort_by_key(|e| e.header().boot_ns);
+        mine
     }
 
     pub fn probes(&self) -> &BTreeMap<String, ProbeStatus> {
@@ -273,6 +344,7 @@ impl KernelSensor {
 
     /// Stop reporting the run whose cgroup is `root`, and every cgroup created beneath it.
     pub fn unwatch(&mut self, root: u64) -> Result<usize, SensorError> {
+        self.detach_net(root);
         let mut watched = self.watched()?;
         let ids: Vec<u64> = watched
             .iter()

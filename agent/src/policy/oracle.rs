@@ -208,9 +208,8 @@ impl Oracle {
 /// The syscall's result, for events that carry one.
 pub fn result_of(ev: &KernelEvent) -> Option<i64> {
     match ev {
-        KernelEvent::Open { result, .. }
-        | KernelEvent::ExecFailed { result, .. }
-        | KernelEvent::Net { result, .. } => Some(*result),
+        KernelEvent::Open { result, .. } | KernelEvent::ExecFailed { result, .. } => Some(*result),
+        KernelEvent::Net { result, .. } => *result,
         _ => None,
     }
 }
@@ -263,8 +262,9 @@ mod tests {
         KernelEvent::Net {
             hdr: hdr(),
             op,
-            result: 0,
-            fd: 3,
+            result: Some(0),
+            fd: Some(3),
+            observed_at: "syscall_exit",
             endpoint: Some(Endpoint {
                 family: "inet".into(),
                 address: Some(addr.into()),

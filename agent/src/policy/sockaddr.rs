@@ -150,6 +150,9 @@ pub fn attach(policy: &Policy, cgroup_dir: &Path) -> Result<SockAddrEnforcer, So
             .try_into()
             .map_err(|e: aya::programs::ProgramError| fail(e.to_string()))?;
         prog.load().map_err(|e| fail(e.to_string()))?;
+        // On 5.7+ (vigil's minimum) aya attaches with a bpf_link, which the kernel always
+        // treats as multi-attach (it refuses flags there): the network evidence hooks share
+        // these attach points, every program runs, any refusal refuses.
         prog.attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|e| fail(e.to_string()))?;
     }

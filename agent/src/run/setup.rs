@@ -171,6 +171,7 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
     let scope = match spec.kernel_layer {
         KernelLayerMode::Auto => Some(Scope::Full),
         KernelLayerMode::Process => Some(Scope::Process),
+        KernelLayerMode::Network => Some(Scope::Network),
         KernelLayerMode::Off => None,
     };
     let layer = sup.rec.bundle.path(files::KERNEL_LAYER);
@@ -185,7 +186,7 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
             let shared = match &c.hub {
                 Some(hub) => hub
                     .register(
-                        cg.id(),
+                        (cg.id(), cg.path()),
                         &beneath,
                         scope,
                         sup.rec.redactor.clone(),
@@ -204,7 +205,7 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
             }
         }
         _ => {
-            let kernel = KernelLayer::start(scope, cg.id(), &beneath, &layer, space);
+            let kernel = KernelLayer::start(scope, (cg.id(), cg.path()), &beneath, &layer, space);
             sup.supervise(&mut spans, &mut controls, kernel).await
         }
     };

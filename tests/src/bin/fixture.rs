@@ -20,6 +20,7 @@
 //!   open-paced N RATE PATH the same N opens at RATE per second (on average)
 //!   open-distinct N RATE   N opens of distinct missing paths at RATE per second
 //!   connect-storm N ADDR   N TCP connects to ADDR as fast as it can (refusals are fine)
+//!   getppid-loop N         N getppid() calls: nothing but syscall entry and exit
 //!   mono                   print CLOCK_MONOTONIC in ns (when it started running), exit 0
 //!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
 //!                          (under a memory limit the OOM killer ends it first)
@@ -146,6 +147,14 @@ fn main() {
                 )));
             }
         }
+        Some("getppid-loop") => {
+            let n: u64 = arg(1).parse().unwrap_or_else(|_| usage());
+            for _ in 0..n {
+                // SAFETY: getppid has no preconditions; the cheapest syscall there is, so the
+                // loop is all syscall entry and exit.
+                std::hint::black_box(unsafe { libc::getppid() });
+            }
+        }
         Some("connect-storm") => {
             let n: u64 = arg(1).parse().unwrap_or_else(|_| usage());
             let to: std::net::SocketAddr = arg(2).parse().unwrap_or_else(|_| usage());
@@ -195,7 +204,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|connect-storm N ADDR|alloc MB|unix-server PATH|unix-client PATH|read-own-pipe"
+        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|connect-storm N ADDR|getppid-loop N|alloc MB|unix-server PATH|unix-client PATH|read-own-pipe"
     );
     std::process::exit(2)
 }
