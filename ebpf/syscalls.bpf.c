@@ -25,6 +25,51 @@
 #define NR_EXECVE 59
 #define NR_EXECVEAT 322
 
+/* thread_info.status while the task is in a 32-bit syscall (int 0x80 from a 64-bit process
+ * included): its number and arguments are i386 ones and must not be read as x86-64 ones. */
+#define TS_COMPAT 0x0002
+
+static __always_inline int in_compat_syscall(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(t, thread_info.status) & TS_COMPAT;
+}
+
+/* The i386 numbers of the calls followed natively: open, creat, execve, socketcall, openat,
+ * execveat, bind, connect, accept4, sendto, sendmsg, openat2. Made through int 0x80 they are
+ * recorded as unfollowed (health says so), not decoded. */
+static __always_inline int compat_followed(long nr)
+{
+	switch (nr) {
+	case 5:
+	case 8:
+	case 11:
+	case 102:
+	case 295:
+	case 358:
+	case 361:
+	case 362:
+	case 364:
+	case 369:
+	case 370:
+	case 437:
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline void emit_unfollowed(__u32 what, __u32 nr, long ret, __u64 cg)
+{
+	struct vigil_unfollowed *e = reserve(sizeof(*e), VIGIL_UNFOLLOWED, cg);
+	if (!e)
+		return;
+	fill_hdr(&e->h, VIGIL_UNFOLLOWED, cg, (struct task_struct *)bpf_get_current_task());
+	e->ret = ret;
+	e->what = what;
+	e->nr = nr;
+	bpf_ringbuf_submit(e, wakeup_flag());
+}
+
 /* User-space ABI structs, fixed by the syscall ABI: plain copies, so they cost no CO-RE
  * relocation (each relocated type costs vigil a scan of the kernel's BTF at load). */
 struct abi_open_how {
@@ -146,6 +191,8 @@ static __always_inline struct file *fd_file(long fd)
 	return f;
 }
 
+static __always_inline void resolve_dir(struct vigil_open *e);
+
 /* An open, or a failed execve/execveat (a successful one is sched_process_exec): the same
  * layout, a path with the directory it is relative to. */
 static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __u64 cg)
@@ -193,7 +240,15 @@ static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __
 	if (n < 0)
 		e->path[0] = 0;
 	e->path_truncated = n == VIGIL_PATH_LEN;
-	e->_pad = 0;
+	e->via = VIGIL_VIA_SYSCALL;
+	resolve_dir(e);
+	bpf_ringbuf_submit(e, wakeup_flag());
+	return 0;
+}
+
+/* The directory a relative path of `e` starts from (cwd or dirfd), walked in the kernel. */
+static __always_inline void resolve_dir(struct vigil_open *e)
+{
 	e->dir[0] = 0;
 	e->dir_state = VIGIL_DIR_NONE;
 	if (e->path[0] != '/' && e->path[0] != 0) {
@@ -213,8 +268,6 @@ static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __
 		}
 		e->dir_state = dir_path(dentry, mnt, e->dir);
 	}
-	bpf_ringbuf_submit(e, wakeup_flag());
-	return 0;
 }
 
 /* The socket behind `fd` of the current task, or NULL when fd is not a socket. */
@@ -355,11 +408,23 @@ int BPF_PROG(vigil_sys_exit, struct pt_regs *uregs, long ret)
 		open = 0;
 		break;
 	default:
-		return 0;
+		/* Numbers x86-64 does not follow (fstat, lseek… share them): the 32-bit test before
+		 * the cgroup lookup, as the cheaper of the two. */
+		if (!compat_followed(nr) || !in_compat_syscall())
+			return 0;
+		open = -1;
 	}
 	__u64 cg = bpf_get_current_cgroup_id();
 	if (!is_watched(cg))
 		return 0;
+	/* A followed x86-64 number may be a 32-bit call of something else (i386 42 is pipe). */
+	if (open >= 0 && in_compat_syscall())
+		open = -1;
+	if (open < 0) {
+		if (compat_followed(nr))
+			emit_unfollowed(VIGIL_UNFOLLOWED_COMPAT, nr, ret, cg);
+		return 0;
+	}
 	/* The arguments, copied once (raw_tp arguments are plain pointers, not BTF ones). */
 	struct pt_regs regs;
 	if (bpf_probe_read_kernel(&regs, sizeof(regs), uregs))

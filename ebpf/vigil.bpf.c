@@ -7,6 +7,7 @@
 #include "syscalls.bpf.c"
 #include "oom.bpf.c"
 #include "network.bpf.c"
+#include "uring.bpf.c"
 
 /* The event structs as this compiler laid them out: per struct its size, its field count and
  * every field's offset and size, in declaration order. vigil's tests compare its Rust view
@@ -30,13 +31,15 @@ const volatile __u32 vigil_layout[] __attribute__((used)) = {
 	S(vigil_write, 4), F(vigil_write, h), F(vigil_write, bytes), F(vigil_write, pages),
 	F(vigil_write, _pad),
 	S(vigil_open, 10), F(vigil_open, h), F(vigil_open, ret), F(vigil_open, dirfd), F(vigil_open, flags),
-	F(vigil_open, mode), F(vigil_open, path_truncated), F(vigil_open, dir_state), F(vigil_open, _pad),
+	F(vigil_open, mode), F(vigil_open, path_truncated), F(vigil_open, dir_state), F(vigil_open, via),
 	F(vigil_open, path), F(vigil_open, dir),
 	S(vigil_net, 9), F(vigil_net, h), F(vigil_net, ret), F(vigil_net, op), F(vigil_net, fd),
 	F(vigil_net, addr_len), F(vigil_net, addr_source), F(vigil_net, at), F(vigil_net, _pad),
 	F(vigil_net, addr),
 	S(vigil_oom, 4), F(vigil_oom, h), F(vigil_oom, trigger_pid), F(vigil_oom, _pad),
 	F(vigil_oom, trigger_comm),
+	S(vigil_unfollowed, 4), F(vigil_unfollowed, h), F(vigil_unfollowed, ret),
+	F(vigil_unfollowed, what), F(vigil_unfollowed, nr),
 };
 
 char LICENSE[] SEC("license") = "GPL";

@@ -36,7 +36,7 @@ fn open_event(n: u64) -> Vec<u8> {
         mode: 0,
         path_truncated: 0,
         dir_state: 0,
-        _pad: 0,
+        via: 0,
         path: [0; PATH_LEN],
         dir: [0; PATH_LEN],
     };

@@ -20,6 +20,7 @@ enum vigil_kind {
 	VIGIL_NET = 7,
 	VIGIL_OOM = 8,
 	VIGIL_EXEC_FAILED = 9, /* struct vigil_open: execve/execveat that returned an error */
+	VIGIL_UNFOLLOWED = 10, /* struct vigil_unfollowed: seen happen, not followed */
 	VIGIL_KIND_MAX = 16, /* size of the per-kind loss counters */
 };
 
@@ -119,9 +120,32 @@ struct vigil_open {
 	__u32 mode;
 	__u32 path_truncated; /* the path was VIGIL_PATH_LEN bytes or longer */
 	__u32 dir_state;      /* enum vigil_dir_state */
-	__u32 _pad;
+	__u32 via;            /* enum vigil_open_via */
 	char path[VIGIL_PATH_LEN];
 	char dir[VIGIL_PATH_LEN];
+};
+
+/* How an open was made. */
+enum vigil_open_via {
+	VIGIL_VIA_SYSCALL = 0,  /* a syscall, taken at its exit: ret is its result */
+	VIGIL_VIA_IO_URING = 1, /* an io_uring IORING_OP_OPENAT/OPENAT2, taken at submission: ret is
+				 * not known (0) */
+};
+
+/* What vigil sees happen but does not follow, so that health can say so. */
+enum vigil_unfollowed_what {
+	VIGIL_UNFOLLOWED_COMPAT = 1, /* a 32-bit syscall (int 0x80) of a followed kind: nr is its
+				      * i386 number, ret its result; arguments not read */
+	VIGIL_UNFOLLOWED_URING = 2,  /* an io_uring submission other than an open: nr is the
+				      * opcode (255: this kernel's tracepoint gives none vigil can
+				      * read), ret not known (0) */
+};
+
+struct vigil_unfollowed {
+	struct vigil_hdr h;
+	__s64 ret;
+	__u32 what; /* enum vigil_unfollowed_what */
+	__u32 nr;
 };
 
 /* Where a vigil_net was taken, which says what `ret` and `fd` mean. */

@@ -538,8 +538,8 @@ fn tail(console: &Path) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
-/// The kernel-facing test binaries (tests/kernel.rs, tests/kernel_network.rs).
-const KERNEL_TESTS: [&str; 2] = ["kernel", "kernel_network"];
+/// The kernel-facing test binaries (tests/kernel.rs, kernel_network.rs, kernel_unfollowed.rs).
+const KERNEL_TESTS: [&str; 3] = ["kernel", "kernel_network", "kernel_unfollowed"];
 
 /// What runs when no command is given: doctor, a run and its validation, and the kernel-facing
 /// test binaries.

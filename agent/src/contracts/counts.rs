@@ -124,7 +124,11 @@ impl RunCounters {
             match &o.event {
                 KernelEvent::Exec { .. } => self.judged(EXEC, 0),
                 KernelEvent::ExecFailed { result, .. } => self.judged(EXEC, *result),
-                KernelEvent::Open { result, .. } => self.judged(OPEN, *result),
+                KernelEvent::Open {
+                    result: Some(r), ..
+                } => self.judged(OPEN, *r),
+                // An io_uring open, its result unknown: counted, neither allowed nor denied.
+                KernelEvent::Open { result: None, .. } => self.bump(OPEN * 3),
                 KernelEvent::Net { op, result, .. } => {
                     let i = match op {
                         NetOp::Connect => CONNECT,
@@ -145,6 +149,7 @@ impl RunCounters {
                 KernelEvent::Exit { .. } => {}
                 KernelEvent::Signal { .. } => self.bump(counted(SIGNAL)),
                 KernelEvent::Oom { .. } => self.bump(counted(OOM)),
+                KernelEvent::Unfollowed { .. } => {}
                 KernelEvent::Write { .. } => self.bump(counted(WRITE)),
             }
         }
@@ -247,7 +252,8 @@ mod tests {
             ts_ns: 0,
             event: KernelEvent::Open {
                 hdr: Header::default(),
-                result,
+                result: Some(result),
+                via: "syscall",
                 dirfd: -100,
                 flags: 0,
                 mode: 0,

@@ -132,6 +132,10 @@ pub struct ObservationHealth {
     /// The same per target (path, endpoint, process), most first; bounded.
     #[serde(default)]
     pub downgraded_targets: Vec<crate::evidence::downgrade::DowngradedTarget>,
+    /// What the run did that the kernel layer saw but does not follow, by kind
+    /// (`syscall.compat`, `io_uring.submit`): blind spots, named.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unfollowed_events_by_kind: BTreeMap<String, u64>,
     pub probes: BTreeMap<String, ProbeHealth>,
     pub cgroup: Option<CgroupHealth>,
     pub output: BTreeMap<String, OutputHealth>,

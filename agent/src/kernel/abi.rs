@@ -21,6 +21,7 @@ pub const KIND_OPEN: u32 = 6;
 pub const KIND_NET: u32 = 7;
 pub const KIND_OOM: u32 = 8;
 pub const KIND_EXEC_FAILED: u32 = 9;
+pub const KIND_UNFOLLOWED: u32 = 10;
 /// Size of the kernel's per-kind loss counters (`lost` map).
 pub const KIND_MAX: u32 = 16;
 
@@ -103,7 +104,7 @@ pub struct Open {
     pub mode: u32,
     pub path_truncated: u32,
     pub dir_state: u32,
-    pub _pad: u32,
+    pub via: u32,
     pub path: [u8; PATH_LEN],
     pub dir: [u8; PATH_LEN],
 }
@@ -120,6 +121,15 @@ pub struct Net {
     pub at: u32,
     pub _pad: u32,
     pub addr: [u8; SOCKADDR_LEN],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct Unfollowed {
+    pub h: Hdr,
+    pub ret: i64,
+    pub what: u32,
+    pub nr: u32,
 }
 
 /// A `struct vigil_net` as a map value (the kernel's table of TCP connects awaiting their
@@ -172,10 +182,11 @@ pub fn rust_layout() -> Vec<u32> {
     t.extend(layout_of!(Signal: h, target_pid, target_tid, sig, result, group, _pad));
     t.extend(layout_of!(Write: h, bytes, pages, _pad));
     t.extend(
-        layout_of!(Open: h, ret, dirfd, flags, mode, path_truncated, dir_state, _pad, path, dir),
+        layout_of!(Open: h, ret, dirfd, flags, mode, path_truncated, dir_state, via, path, dir),
     );
     t.extend(layout_of!(Net: h, ret, op, fd, addr_len, addr_source, at, _pad, addr));
     t.extend(layout_of!(Oom: h, trigger_pid, _pad, trigger_comm));
+    t.extend(layout_of!(Unfollowed: h, ret, what, nr));
     t
 }
 
@@ -211,6 +222,6 @@ mod tests {
             i += 2 + 2 * n;
             structs += 1;
         }
-        assert_eq!(structs, 9);
+        assert_eq!(structs, 10);
     }
 }

@@ -56,13 +56,30 @@ fn same(a: &KernelEvent, b: &KernelEvent) -> bool {
                 ..
             },
         ) => ha.pid == hb.pid && oa == ob && ra == rb && ea == eb,
+        (
+            KernelEvent::Unfollowed {
+                hdr: ha,
+                kind: ka,
+                nr: na,
+                result: ra,
+            },
+            KernelEvent::Unfollowed {
+                hdr: hb,
+                kind: kb,
+                nr: nb,
+                result: rb,
+            },
+        ) => ha.pid == hb.pid && ka == kb && na == nb && ra == rb,
         _ => false,
     }
 }
 
 /// Whether an event may be coalesced at all.
 pub fn coalescable(ev: &KernelEvent) -> bool {
-    matches!(ev, KernelEvent::Open { .. } | KernelEvent::Net { .. })
+    matches!(
+        ev,
+        KernelEvent::Open { .. } | KernelEvent::Net { .. } | KernelEvent::Unfollowed { .. }
+    )
 }
 
 #[derive(Debug, Default)]
@@ -119,7 +136,8 @@ mod tests {
                     pid,
                     ..Header::default()
                 },
-                result,
+                result: Some(result),
+                via: "syscall",
                 dirfd: -100,
                 flags: 0,
                 mode: 0,

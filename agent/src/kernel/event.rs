@@ -21,6 +21,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         KIND_NET => "network",
         KIND_OOM => "oom.kill",
         KIND_EXEC_FAILED => "process.exec_failed",
+        KIND_UNFOLLOWED => "unfollowed",
         _ => "unknown",
     }
 }
@@ -81,11 +82,15 @@ pub enum KernelEvent {
         result: i32,
         group: bool,
     },
-    /// An open at syscall exit; `path` as passed, `resolved_path` absolute when the kernel
-    /// could walk the directory a relative path starts from.
+    /// An open at syscall exit, or an io_uring open at submission; `path` as passed,
+    /// `resolved_path` absolute when the kernel could walk the directory a relative path
+    /// starts from.
     Open {
         hdr: Header,
-        result: i64,
+        /// The fd or -errno; None for an io_uring open (not known at submission).
+        result: Option<i64>,
+        /// `syscall` or `io_uring`.
+        via: &'static str,
         dirfd: i32,
         flags: u32,
         mode: u32,
@@ -112,6 +117,15 @@ pub enum KernelEvent {
         result: i64,
         path: String,
         resolved_path: Option<String>,
+    },
+    /// Something vigil saw happen but does not follow: a 32-bit syscall (`syscall.compat`,
+    /// `nr` its i386 number) or an io_uring submission other than an open (`io_uring.submit`,
+    /// `nr` the opcode, None when this kernel's tracepoint gives none vigil reads).
+    Unfollowed {
+        hdr: Header,
+        kind: &'static str,
+        nr: Option<u32>,
+        result: Option<i64>,
     },
     /// The OOM killer chose `hdr.pid`; `trigger_pid` is the task whose allocation ran it.
     Oom {
@@ -174,6 +188,7 @@ impl KernelEvent {
             KernelEvent::Open { .. } => kind_name(KIND_OPEN),
             KernelEvent::Net { op, .. } => op.kind(),
             KernelEvent::ExecFailed { .. } => kind_name(KIND_EXEC_FAILED),
+            KernelEvent::Unfollowed { kind, .. } => kind,
             KernelEvent::Oom { .. } => kind_name(KIND_OOM),
         }
     }
@@ -188,6 +203,7 @@ impl KernelEvent {
             | KernelEvent::Open { hdr, .. }
             | KernelEvent::Net { hdr, .. }
             | KernelEvent::ExecFailed { hdr, .. }
+            | KernelEvent::Unfollowed { hdr, .. }
             | KernelEvent::Oom { hdr, .. } => hdr,
         }
     }
@@ -372,9 +388,15 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                     resolved_path,
                 });
             }
+            let (via, result) = match e.via {
+                0 => ("syscall", Some(e.ret)),
+                1 => ("io_uring", None),
+                _ => return Err(DecodeError::Kind(h.kind)),
+            };
             Ok(KernelEvent::Open {
                 hdr,
-                result: e.ret,
+                result,
+                via,
                 dirfd: e.dirfd,
                 flags: e.flags,
                 mode: e.mode,
@@ -413,6 +435,25 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                     2 => "peer",
                     _ => "none",
                 },
+            })
+        }
+        KIND_UNFOLLOWED => {
+            let e: Unfollowed = read(bytes, h.kind)?;
+            // enum vigil_unfollowed_what
+            Ok(match e.what {
+                1 => KernelEvent::Unfollowed {
+                    hdr,
+                    kind: "syscall.compat",
+                    nr: Some(e.nr),
+                    result: Some(e.ret),
+                },
+                2 => KernelEvent::Unfollowed {
+                    hdr,
+                    kind: "io_uring.submit",
+                    nr: (e.nr != 255).then_some(e.nr),
+                    result: None,
+                },
+                _ => return Err(DecodeError::Kind(h.kind)),
             })
         }
         KIND_OOM => {

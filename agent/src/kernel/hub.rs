@@ -186,7 +186,7 @@ impl Hub {
             (sensor.probes().clone(), hooks)
         };
         if !full {
-            for name in ["file.open", "network.socket"] {
+            for name in ["file.open", "network.socket", "io_uring.submit"] {
                 probes.insert(
                     name.into(),
                     ProbeStatus::Unavailable(format!(

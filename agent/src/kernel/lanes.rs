@@ -32,7 +32,9 @@ pub enum Lane {
 impl Lane {
     pub fn of(ev: &KernelEvent) -> Lane {
         match ev {
-            KernelEvent::Open { .. } | KernelEvent::Net { .. } => Lane::Data,
+            KernelEvent::Open { .. } | KernelEvent::Net { .. } | KernelEvent::Unfollowed { .. } => {
+                Lane::Data
+            }
             KernelEvent::Write { .. } => Lane::Telemetry,
             _ => Lane::Control,
         }
@@ -125,7 +127,8 @@ mod tests {
     fn open(n: u32) -> KernelEvent {
         KernelEvent::Open {
             hdr: Header::default(),
-            result: 3,
+            result: Some(3),
+            via: "syscall",
             dirfd: -100,
             flags: 0,
             mode: 0,

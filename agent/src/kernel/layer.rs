@@ -45,6 +45,9 @@ pub struct KernelReport {
     pub downgraded: Downgraded,
     /// Control events lost at the daemon's bounded per-run queue.
     pub queue_lost: u64,
+    /// What the run did that vigil saw but does not follow (32-bit syscalls, io_uring
+    /// submissions other than opens), by kind: the claim is `partial` when there are any.
+    pub unfollowed_by_kind: BTreeMap<String, u64>,
 }
 
 impl KernelReport {
@@ -206,20 +209,28 @@ pub fn report(
 ) -> KernelReport {
     let ring_lost = ring_lost_by_kind.values().sum();
     let reading = source.is_some();
-    let (written, decode_errors_by_kind, write_error, dropped_for_space, downgraded) = match source
-    {
-        Some((w, decode_errors)) => {
-            let write_error = w.finish().err();
-            (
-                w.written(),
-                decode_errors,
-                write_error,
-                w.dropped_for_space(),
-                w.downgraded().clone(),
-            )
-        }
-        None => (0, BTreeMap::new(), None, 0, Downgraded::default()),
-    };
+    let (written, decode_errors_by_kind, write_error, dropped_for_space, downgraded, unfollowed) =
+        match source {
+            Some((w, decode_errors)) => {
+                let write_error = w.finish().err();
+                (
+                    w.written(),
+                    decode_errors,
+                    write_error,
+                    w.dropped_for_space(),
+                    w.downgraded().clone(),
+                    w.unfollowed().clone(),
+                )
+            }
+            None => (
+                0,
+                BTreeMap::new(),
+                None,
+                0,
+                Downgraded::default(),
+                BTreeMap::new(),
+            ),
+        };
     let decode_errors = decode_errors_by_kind.values().sum();
     let attached = probes
         .values()
@@ -233,6 +244,7 @@ pub fn report(
             && decode_errors == 0
             && dropped_for_space == 0
             && downgraded.total() == 0
+            && unfollowed.is_empty()
             && write_error.is_none(),
     ) {
         (false, _) => KernelClaim::Absent,
@@ -253,6 +265,16 @@ pub fn report(
     if let Some(e) = &write_error {
         notes.push(format!("kernel layer: writing stopped: {e}"));
     }
+    for (kind, n) in &unfollowed {
+        notes.push(match kind.as_str() {
+            "syscall.compat" => format!(
+                "kernel layer: {n} 32-bit syscalls (int 0x80) of kinds vigil follows were made; their arguments (paths, addresses) are not read (syscall.compat events)"
+            ),
+            _ => format!(
+                "kernel layer: {n} io_uring submissions other than opens were made; what they touched is not read (io_uring.submit events: opcode only)"
+            ),
+        });
+    }
     KernelReport {
         kernel_layer,
         probes: probes.clone(),
@@ -266,6 +288,7 @@ pub fn report(
         dropped_for_space,
         downgraded,
         queue_lost: 0,
+        unfollowed_by_kind: unfollowed,
     }
 }
 

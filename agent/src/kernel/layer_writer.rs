@@ -42,6 +42,9 @@ pub struct LayerWriter {
     coalescer: Coalescer,
     /// comm and ppid for events of the cgroup hooks, which cannot read them.
     identities: Identities,
+    /// What the kernel saw happen that vigil does not follow (32-bit syscalls, io_uring
+    /// submissions other than opens), by kind: the blind spots health names.
+    unfollowed: std::collections::BTreeMap<String, u64>,
     batch: Batch,
 }
 
@@ -58,6 +61,7 @@ impl LayerWriter {
             downgraded: Downgraded::default(),
             coalescer: Coalescer::default(),
             identities: Identities::default(),
+            unfollowed: Default::default(),
             batch: Batch::default(),
         })
     }
@@ -67,6 +71,9 @@ impl LayerWriter {
     /// coalesced or not.
     pub fn accept(&mut self, mut ev: KernelEvent, redactor: &Redactor, seen: &mut Vec<Observed>) {
         self.identities.see(&mut ev);
+        if let KernelEvent::Unfollowed { kind, .. } = &ev {
+            *self.unfollowed.entry((*kind).to_string()).or_default() += 1;
+        }
         ev.redact(redactor);
         let ts_ns = clock::boot_to_wall(ev.header().boot_ns, self.boot_to_wall_ns);
         let obs = Observed {
@@ -137,7 +144,10 @@ impl LayerWriter {
         let count = run.map_or(1, |r| r.count);
         let control = !matches!(
             ev,
-            KernelEvent::Open { .. } | KernelEvent::Net { .. } | KernelEvent::Write { .. }
+            KernelEvent::Open { .. }
+                | KernelEvent::Net { .. }
+                | KernelEvent::Write { .. }
+                | KernelEvent::Unfollowed { .. }
         );
         let mut rec = record(obs.seq, obs.ts_ns, ev);
         if let Some(r) = run.filter(|r| r.count > 1) {
@@ -202,6 +212,11 @@ impl LayerWriter {
     }
 
     /// Data events decoded but not written for lack of disk room.
+    /// Events of what vigil does not follow, by kind.
+    pub fn unfollowed(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.unfollowed
+    }
+
     pub fn dropped_for_space(&self) -> u64 {
         self.dropped_for_space
     }
@@ -251,7 +266,8 @@ mod tests {
     fn open_records_decode_flags_errno_and_mask_secrets() {
         let ev = KernelEvent::Open {
             hdr: hdr(),
-            result: -2,
+            result: Some(-2),
+            via: "syscall",
             dirfd: -100,
             flags: 0o1101, // O_WRONLY | O_CREAT | O_TRUNC
             mode: 0o644,

@@ -23,6 +23,7 @@ mod record;
 pub mod sensor;
 pub mod sockaddr;
 pub mod tree;
+mod uring;
 
 pub use event::{KernelEvent, decode};
 pub use layer::{KernelLayer, KernelReport};

@@ -132,8 +132,9 @@ enum Body<'a> {
         access: &'static str,
         create: bool,
         truncate: bool,
-        result: i64,
+        result: Option<i64>,
         errno: Option<String>,
+        via: &'static str,
     },
     #[serde(rename = "network.connect")]
     Connect(Net<'a>),
@@ -155,6 +156,83 @@ enum Body<'a> {
         trigger_pid: u32,
         trigger_comm: &'a str,
     },
+    #[serde(rename = "syscall.compat")]
+    Compat {
+        nr: Option<u32>,
+        result: Option<i64>,
+        errno: Option<String>,
+    },
+    #[serde(rename = "io_uring.submit")]
+    Uring {
+        opcode: Option<u32>,
+        op: Option<&'static str>,
+    },
+}
+
+/// io_uring opcode names (include/uapi/linux/io_uring.h), for the trace's reader.
+fn uring_op(opcode: u32) -> Option<&'static str> {
+    const OPS: [&str; 59] = [
+        "nop",
+        "readv",
+        "writev",
+        "fsync",
+        "read_fixed",
+        "write_fixed",
+        "poll_add",
+        "poll_remove",
+        "sync_file_range",
+        "sendmsg",
+        "recvmsg",
+        "timeout",
+        "timeout_remove",
+        "accept",
+        "async_cancel",
+        "link_timeout",
+        "connect",
+        "fallocate",
+        "openat",
+        "close",
+        "files_update",
+        "statx",
+        "read",
+        "write",
+        "fadvise",
+        "madvise",
+        "send",
+        "recv",
+        "openat2",
+        "epoll_ctl",
+        "splice",
+        "provide_buffers",
+        "remove_buffers",
+        "tee",
+        "shutdown",
+        "renameat",
+        "unlinkat",
+        "mkdirat",
+        "symlinkat",
+        "linkat",
+        "msg_ring",
+        "fsetxattr",
+        "setxattr",
+        "fgetxattr",
+        "getxattr",
+        "socket",
+        "uring_cmd",
+        "send_zc",
+        "sendmsg_zc",
+        "read_multishot",
+        "waitid",
+        "futex_wait",
+        "futex_wake",
+        "futex_waitv",
+        "fixed_fd_install",
+        "ftruncate",
+        "bind",
+        "listen",
+        "recv_zc",
+    ];
+    OPS.get(opcode as usize).copied()
 }
 
 #[derive(Serialize)]
@@ -233,6 +311,7 @@ pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
         },
         KernelEvent::Open {
             result,
+            via,
             dirfd,
             flags,
             mode,
@@ -251,7 +330,22 @@ pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
             create: flags & O_CREAT != 0,
             truncate: flags & O_TRUNC != 0,
             result: *result,
-            errno: errno_name(*result),
+            errno: result.and_then(errno_name),
+            via,
+        },
+        KernelEvent::Unfollowed {
+            kind: "syscall.compat",
+            nr,
+            result,
+            ..
+        } => Body::Compat {
+            nr: *nr,
+            result: *result,
+            errno: result.and_then(errno_name),
+        },
+        KernelEvent::Unfollowed { nr, .. } => Body::Uring {
+            opcode: *nr,
+            op: nr.and_then(uring_op),
         },
         KernelEvent::Net {
             op,

@@ -82,7 +82,7 @@ impl Scope {
         use super::KernelEvent as E;
         match (self, ev) {
             (Scope::Full, _) => true,
-            (_, E::Open { .. } | E::ExecFailed { .. }) => false,
+            (_, E::Open { .. } | E::ExecFailed { .. } | E::Unfollowed { .. }) => false,
             (Scope::Process, E::Net { .. }) => false,
             (Scope::Network, E::Net { observed_at, .. }) => *observed_at != "syscall_exit",
             _ => true,
@@ -153,6 +153,8 @@ pub struct KernelSensor {
     syscall_link: Option<RawTracePointLinkId>,
     /// The network hooks (`--kernel-layer network`) and the run cgroups they are attached to.
     net: NetHooks,
+    /// The io_uring program, attached and detached with the syscall program.
+    uring: super::uring::Uring,
 }
 
 fn map_err(map: &'static str) -> impl Fn(String) -> SensorError {
@@ -183,6 +185,7 @@ impl KernelSensor {
             probes: BTreeMap::new(),
             syscall_link: None,
             net: NetHooks::default(),
+            uring: Default::default(),
         };
         for (name, tracepoints, names) in PROGRAMS {
             let tracepoint = tracepoints[0];
@@ -205,6 +208,11 @@ impl KernelSensor {
         }
         if scope == Scope::Full {
             me.set_syscalls(true);
+        } else {
+            me.probes.insert(
+                super::uring::URING_PROBE.into(),
+                ProbeStatus::Unavailable(format!("not attached: --kernel-layer {}", scope.flag())),
+            );
         }
         Ok(me)
     }
@@ -257,6 +265,9 @@ impl KernelSensor {
     /// Attach or detach the syscall program (file.open, network.socket). A program that failed
     /// to load stays failed.
     pub fn set_syscalls(&mut self, on: bool) {
+        // io_uring opens are file evidence too, for the same runs.
+        let uring = self.uring.set(&mut self.ebpf, on);
+        self.probes.insert(super::uring::URING_PROBE.into(), uring);
         if on == self.syscall_link.is_some() {
             return;
         }

@@ -176,6 +176,7 @@ impl KernelTree {
             | KernelEvent::Write { .. }
             | KernelEvent::Open { .. }
             | KernelEvent::ExecFailed { .. }
+            | KernelEvent::Unfollowed { .. }
             | KernelEvent::Net { .. } => vec![],
             KernelEvent::Exit {
                 group_dead: false, ..

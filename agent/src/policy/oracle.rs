@@ -172,12 +172,13 @@ impl Oracle {
             } if *result != ENOENT && *result != ENOTDIR => {
                 Some(self.decide_path(Op::Exec, &self.exec, path))
             }
+            // An io_uring open's result is not known: it is judged as attempted.
             KernelEvent::Open {
                 result,
                 flags,
                 resolved_path: Some(path),
                 ..
-            } if *result != ENOENT && *result != ENOTDIR => {
+            } if *result != Some(ENOENT) && *result != Some(ENOTDIR) => {
                 let writes = flags & O_ACCMODE != 0 || flags & (O_CREAT | O_TRUNC) != 0;
                 let (op, rules) = if writes {
                     (Op::WriteFile, &self.write)
@@ -208,8 +209,8 @@ impl Oracle {
 /// The syscall's result, for events that carry one.
 pub fn result_of(ev: &KernelEvent) -> Option<i64> {
     match ev {
-        KernelEvent::Open { result, .. } | KernelEvent::ExecFailed { result, .. } => Some(*result),
-        KernelEvent::Net { result, .. } => *result,
+        KernelEvent::ExecFailed { result, .. } => Some(*result),
+        KernelEvent::Open { result, .. } | KernelEvent::Net { result, .. } => *result,
         _ => None,
     }
 }
@@ -248,7 +249,8 @@ mod tests {
     fn open(path: &str, flags: u32, result: i64) -> KernelEvent {
         KernelEvent::Open {
             hdr: hdr(),
-            result,
+            result: Some(result),
+            via: "syscall",
             dirfd: -100,
             flags,
             mode: 0,

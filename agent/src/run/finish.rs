@@ -208,6 +208,7 @@ impl Supervisor<'_> {
             mode: self.host.mode().as_str().into(),
             downgraded_events_by_kind: downgraded.by_kind(),
             downgraded_targets: downgraded.targets(),
+            unfollowed_events_by_kind: sup.kernel.unfollowed_by_kind.clone(),
             kernel_layer: sup.kernel.kernel_layer,
             cgroup_correlation: CorrelationClaim::Full,
             policy_layer,

@@ -564,6 +564,7 @@ fn plan_health(
         // Each step's bundle says what it downgraded.
         downgraded_events_by_kind: Default::default(),
         downgraded_targets: Vec::new(),
+        unfollowed_events_by_kind: Default::default(),
         kernel_layer: weakest.kernel,
         cgroup_correlation: weakest.correlation,
         policy_layer: weakest.policy,

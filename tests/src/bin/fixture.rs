@@ -21,6 +21,9 @@
 //!   open-distinct N RATE   N opens of distinct missing paths at RATE per second
 //!   connect-storm N ADDR   N TCP connects to ADDR as fast as it can (refusals are fine)
 //!   getppid-loop N         N getppid() calls: nothing but syscall entry and exit
+//!   io-uring-open PATH     open PATH through io_uring (IORING_OP_OPENAT), then a NOP; print
+//!                          the open's result, exit 0 when it opened
+//!   int80-open PATH        open PATH with a 32-bit syscall (int 0x80); print the result
 //!   mono                   print CLOCK_MONOTONIC in ns (when it started running), exit 0
 //!   alloc MB               allocate and touch MB MiB, 1 MiB at a time; exit 3 if that worked
 //!                          (under a memory limit the OOM killer ends it first)
@@ -147,6 +150,79 @@ fn main() {
                 )));
             }
         }
+        Some("io-uring-open") => {
+            // An IORING_OP_OPENAT of PATH, then an IORING_OP_NOP: no open syscall at all.
+            use io_uring::{IoUring, opcode, types};
+            let path = std::ffi::CString::new(arg(1)).unwrap_or_else(|_| usage());
+            let mut ring = IoUring::new(4).expect("io_uring_setup");
+            let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+                .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+                .build()
+                .user_data(1);
+            let nop = opcode::Nop::new().build().user_data(2);
+            // SAFETY: `path` outlives the submission (we wait for both completions below).
+            unsafe {
+                let mut sq = ring.submission();
+                sq.push(&open).expect("queue the open");
+                sq.push(&nop).expect("queue the nop");
+            }
+            ring.submit_and_wait(2).expect("io_uring_enter");
+            let mut opened = None;
+            for cqe in ring.completion() {
+                if cqe.user_data() == 1 {
+                    opened = Some(cqe.result());
+                }
+            }
+            let fd = opened.expect("the open's completion");
+            println!("{fd}");
+            std::process::exit(if fd >= 0 { 0 } else { 1 });
+        }
+        Some("int80-open") => {
+            // open(PATH, O_RDONLY) as a 32-bit syscall (int 0x80, i386 number 5) from this
+            // 64-bit process. Its arguments are 32-bit: the path must sit below 4 GiB.
+            let path = arg(1);
+            // SAFETY: a fresh private anonymous mapping, checked below.
+            let low = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                    -1,
+                    0,
+                )
+            };
+            assert!(
+                low != libc::MAP_FAILED && path.len() < 4095,
+                "mmap MAP_32BIT"
+            );
+            // SAFETY: `low` is 4096 writable bytes; the path and its NUL fit.
+            unsafe {
+                std::ptr::copy_nonoverlapping(path.as_ptr(), low.cast::<u8>(), path.len());
+                *low.cast::<u8>().add(path.len()) = 0;
+            }
+            let ret: i32;
+            // SAFETY: int 0x80 with eax=5 (open), ebx=path, ecx=flags, edx=mode; rbx is
+            // LLVM's, so it is saved around the call; the compat entry may clear r8–r11.
+            unsafe {
+                std::arch::asm!(
+                    "push rbx",
+                    "mov ebx, {p:e}",
+                    "int 0x80",
+                    "pop rbx",
+                    p = in(reg) low as usize,
+                    inlateout("eax") 5i32 => ret,
+                    in("ecx") 0i32,
+                    in("edx") 0i32,
+                    lateout("r8") _,
+                    lateout("r9") _,
+                    lateout("r10") _,
+                    lateout("r11") _,
+                );
+            }
+            println!("{ret}");
+            std::process::exit(if ret >= 0 { 0 } else { 1 });
+        }
         Some("getppid-loop") => {
             let n: u64 = arg(1).parse().unwrap_or_else(|_| usage());
             for _ in 0..n {
@@ -204,7 +280,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|connect-storm N ADDR|getppid-loop N|alloc MB|unix-server PATH|unix-client PATH|read-own-pipe"
+        "usage: vigil-fixture exit N|signal N|hang|flood MS|ignore-term PIDFILE|daemon PIDFILE|hold-pipes PIDFILE|echo-env VAR|write-silently PATH MS|connect ADDR|udp-send ADDR|open-storm N PATH|open-paced N RATE PATH|connect-storm N ADDR|getppid-loop N|io-uring-open PATH|int80-open PATH|alloc MB|unix-server PATH|unix-client PATH|read-own-pipe"
     );
     std::process::exit(2)
 }
