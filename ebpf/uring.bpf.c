@@ -23,7 +23,12 @@ int BPF_PROG(vigil_uring_req, struct io_kiocb *req)
 	if (!is_watched(cg))
 		return 0;
 	__u8 op = BPF_CORE_READ(req, opcode);
-	if (op != IORING_OP_OPENAT && op != IORING_OP_OPENAT2) {
+	/* io_kiocb_to_cmd(): the opcode's own data overlays the start of the request. Where this
+	 * kernel's io_open holds no `struct filename *` (newer kernels defer the copy), the open
+	 * is recorded like any other submission: its opcode, not its path. */
+	struct io_open *o = (struct io_open *)req;
+	if ((op != IORING_OP_OPENAT && op != IORING_OP_OPENAT2) ||
+	    !bpf_core_field_exists(o->filename)) {
 		emit_unfollowed(VIGIL_UNFOLLOWED_URING, op, 0, cg);
 		return 0;
 	}
@@ -31,8 +36,6 @@ int BPF_PROG(vigil_uring_req, struct io_kiocb *req)
 	if (!e)
 		return 0;
 	fill_hdr(&e->h, VIGIL_OPEN, cg, (struct task_struct *)bpf_get_current_task());
-	/* io_kiocb_to_cmd(): the opcode's own data overlays the start of the request. */
-	struct io_open *o = (struct io_open *)req;
 	e->ret = 0;
 	e->dirfd = BPF_CORE_READ(o, dfd);
 	e->flags = (__u32)BPF_CORE_READ(o, how.flags);

@@ -55,7 +55,17 @@ fn an_io_uring_open_is_a_file_open_the_audit_policy_judges() {
         .iter()
         .filter(|e| e["kind"] == "io_uring.submit")
         .collect();
-    if probe["reason"].is_null() {
+    let read_open = k
+        .iter()
+        .any(|e| e["kind"] == "file.open" && e["via"] == "io_uring");
+    if probe["reason"].is_null() && !read_open {
+        // io_uring_submit_req, but this kernel's io_open holds no `struct filename *` to read
+        // the path from: the open is recorded by its opcode, unjudged, and said.
+        let ops: Vec<&Value> = submits.iter().map(|s| &s["op"]).collect();
+        assert!(ops.contains(&&"openat".into()), "{submits:#?}");
+        assert!(ops.contains(&&"nop".into()), "{submits:#?}");
+        assert_eq!(h["unfollowed_events_by_kind"]["io_uring.submit"], 2);
+    } else if probe["reason"].is_null() {
         // io_uring_submit_req (6.x): the request is read.
         let open = k
             .iter()
@@ -89,7 +99,12 @@ fn an_io_uring_open_is_a_file_open_the_audit_policy_judges() {
         // release: vigil reads none, so both submissions are counted, the open unjudged.
         let why = probe["reason"].as_str().expect("reason");
         assert!(why.contains("io_uring_submit_sqe"), "{why}");
-        assert_eq!(submits.len(), 2, "{submits:#?}");
+        // Identical lines of one process are coalesced: a line may stand for both.
+        let n: u64 = submits
+            .iter()
+            .map(|s| s["count"].as_u64().unwrap_or(1))
+            .sum();
+        assert_eq!(n, 2, "{submits:#?}");
         assert!(submits.iter().all(|s| s["opcode"].is_null()));
         assert_eq!(h["unfollowed_events_by_kind"]["io_uring.submit"], 2);
     }

@@ -271,7 +271,7 @@ pub fn report(
                 "kernel layer: {n} 32-bit syscalls (int 0x80) of kinds vigil follows were made; their arguments (paths, addresses) are not read (syscall.compat events)"
             ),
             _ => format!(
-                "kernel layer: {n} io_uring submissions other than opens were made; what they touched is not read (io_uring.submit events: opcode only)"
+                "kernel layer: {n} io_uring submissions were made whose target vigil does not read (io_uring.submit events: opcode only; opens whose path it reads are file.open)"
             ),
         });
     }

@@ -57,7 +57,7 @@ impl NetHooks {
                     Some(_) => return Err(format!("{name}: not a cgroup sock program")),
                     None => return Err(format!("program {name} missing from the object")),
                 };
-                loaded.map_err(|e| format!("{name}: {e}"))?;
+                loaded.map_err(|e| format!("{name}: {}", super::sensor::brief(&e)))?;
             }
             Ok(())
         };
@@ -68,7 +68,10 @@ impl NetHooks {
         {
             None => ProbeStatus::Failed("program vigil_tcp_state missing from the object".into()),
             Some(prog) => match prog.load() {
-                Err(e) => ProbeStatus::Failed(format!("raw_tp/inet_sock_set_state: {e}")),
+                Err(e) => ProbeStatus::Failed(format!(
+                    "raw_tp/inet_sock_set_state: {}",
+                    super::sensor::brief(&e)
+                )),
                 Ok(()) => super::sensor::attach_first(prog, &["inet_sock_set_state"]),
             },
         };

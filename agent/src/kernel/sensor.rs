@@ -117,6 +117,37 @@ pub(super) fn attach_first(prog: &mut RawTracePoint, tracepoints: &[&str]) -> Pr
     ProbeStatus::Failed(errors.join("; "))
 }
 
+/// A load error for health: the kernel's refusal without the whole verifier log (which can run
+/// to hundreds of lines): the text before it and the verifier's last word.
+pub(super) fn brief(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let Some((head, log)) = text.split_once("Verifier output:") else {
+        return text;
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // The log ends with statistics ("verification time", "processed … insns"); the error is
+    // the line before them.
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| {
+            !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+                && !l.starts_with("insns processed")
+        })
+        .copied()
+        .unwrap_or("");
+    format!(
+        "{} (verifier: {last})",
+        head.trim_end().trim_end_matches('.')
+    )
+}
+
 impl ProbeStatus {
     pub fn is_attached(&self) -> bool {
         matches!(self, ProbeStatus::Attached | ProbeStatus::AttachedTo(_))
@@ -194,7 +225,9 @@ impl KernelSensor {
                 Some(p) => match <&mut RawTracePoint>::try_from(p) {
                     Err(e) => ProbeStatus::Failed(e.to_string()),
                     Ok(prog) => match prog.load() {
-                        Err(e) => ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {e}")),
+                        Err(e) => {
+                            ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {}", brief(&e)))
+                        }
                         Ok(()) if name == SYSCALL_PROGRAM => {
                             syscalls_off(&format!("--kernel-layer {}", scope.flag()))
                         }
@@ -435,6 +468,16 @@ impl KernelSensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verifier_refusal_is_told_in_one_line() {
+        let e = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: 0: R1=ctx()\n1: (85) call bpf_x\n176: (85) call unknown#195896080\ninvalid func unknown#195896080\nverification time 31848 usec\nstack depth 32 max 0\nprocessed 308 insns (limit 1000000)\n";
+        assert_eq!(
+            brief(&e),
+            "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22) (verifier: invalid func unknown#195896080)"
+        );
+        assert_eq!(brief(&"no such file"), "no such file");
+    }
 
     /// On the real kernel (root, BTF): a program whose first tracepoint name this kernel lacks
     /// attaches to the next, and health says which; none existing is a failure naming each.

@@ -89,7 +89,7 @@ fn choose(ebpf: &mut Ebpf) -> Result<usize, String> {
             continue;
         };
         if let Err(e) = p.load() {
-            errors.push(format!("raw_tp/{tp}: {e}"));
+            errors.push(format!("raw_tp/{tp}: {}", super::sensor::brief(&e)));
             continue;
         }
         match p.attach(tp) {
