@@ -158,6 +158,12 @@ pub fn bench(args: &[String]) -> Result<()> {
         print_table(&rows, quick);
         return Ok(());
     }
+    if args.iter().any(|a| a == "--tee-only") {
+        rows.extend(tee_rows(&env, quick)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--watch-only") {
         rows.extend(crate::bench_watch::bench(&env, &tmp, quick)?);
         let _ = std::fs::remove_dir_all(&tmp);
@@ -227,39 +233,8 @@ pub fn bench(args: &[String]) -> Result<()> {
         rows.push(ratio_row(name, b, v, "≤ 1.05", |r| r <= 1.05));
     }
 
-    // 3. 1 GiB through the output tee vs through a bare `cat`: with the default durable
-    //    capture of the first 64 MiB, and the relay alone (capture capped at 1 byte).
-    let gib = "head -c 1073741824 /dev/zero";
-    for (name, cap) in [
-        (
-            "1 GiB through the tee, default 64 MiB durable capture (kernel layer off)",
-            "67108864",
-        ),
-        (
-            "1 GiB through the tee, relay only (capture capped at 1 byte; kernel layer off)",
-            "1",
-        ),
-    ] {
-        let (b, v) = paired(
-            reps(5, 2),
-            || sh(&format!("{gib} | cat > /dev/null")),
-            // The tee alone: the kernel layer's per-run load is measured in its own row.
-            || {
-                env.vigil_run(
-                    &["--kernel-layer", "off", "--output-cap-bytes", cap],
-                    &["sh", "-c", gib],
-                )
-            },
-        )?;
-        rows.push(Row {
-            name,
-            baseline: format!("{:.0} MiB/s", 1024.0 / (b / 1000.0)),
-            vigil: format!("{:.0} MiB/s", 1024.0 / (v / 1000.0)),
-            figure: format!("{:.2}×", b / v),
-            target: "≥ 0.9×",
-            ok: b / v >= 0.9,
-        });
-    }
+    // 3. 1 GiB through the output tee vs through a bare `cat`.
+    rows.extend(tee_rows(&env, quick)?);
 
     // 4. Stall detection latency past the threshold.
     let stall_ms = 300.0;
@@ -408,4 +383,44 @@ fn print_table(rows: &[Row], quick: bool) {
             if r.ok { "yes" } else { "NO" }
         );
     }
+}
+
+/// 1 GiB through the output tee vs through a bare `cat`: with the default durable capture of
+/// the first 64 MiB, and the relay alone (capture capped at 1 byte).
+fn tee_rows(env: &Env, quick: bool) -> Result<Vec<Row>> {
+    let reps = |full: usize, q: usize| if quick { q } else { full };
+    let mut rows = Vec::new();
+    let gib = "head -c 1073741824 /dev/zero";
+    for (name, cap) in [
+        (
+            "1 GiB through the tee, default 64 MiB durable capture (kernel layer off)",
+            "67108864",
+        ),
+        (
+            "1 GiB through the tee, relay only (capture capped at 1 byte; kernel layer off)",
+            "1",
+        ),
+    ] {
+        let (b, v) = paired(
+            reps(5, 2),
+            || sh(&format!("{gib} | cat > /dev/null")),
+            // The tee alone: the kernel layer's per-run load is measured in its own row.
+            || {
+                env.vigil_run(
+                    &["--kernel-layer", "off", "--output-cap-bytes", cap],
+                    &["sh", "-c", gib],
+                )
+            },
+        )?;
+        rows.push(Row {
+            name,
+            baseline: format!("{:.0} MiB/s", 1024.0 / (b / 1000.0)),
+            vigil: format!("{:.0} MiB/s", 1024.0 / (v / 1000.0)),
+            figure: format!("{:.2}×", b / v),
+            target: "≥ 0.9×",
+            ok: b / v >= 0.9,
+        });
+    }
+
+    Ok(rows)
 }

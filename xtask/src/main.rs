@@ -47,7 +47,7 @@ fn main() {
         Some("vm") => vm::vm(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--observer-only|--policy-only|--contracts-only] | lint | fuzz [--cases N] | soak [--minutes M] | ebpf | codegen | vm [--kernel K|all] [-- CMD…]"
+                "usage: cargo xtask test | run [--plan FILE | -- CMD…] | bench [--quick] [--no-kernel|--kernel-only|--observer-only|--policy-only|--contracts-only|--daemon-only|--export-only|--watch-only|--tee-only] | lint | fuzz [--cases N] | soak [--minutes M] | ebpf | codegen | vm [--kernel K|all] [-- CMD…]"
             );
             std::process::exit(2);
         }
