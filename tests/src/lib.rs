@@ -366,3 +366,40 @@ impl DirWatch {
         true
     }
 }
+
+/// A loopback TCP port nothing listens on: bound, then released.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A thread outside any run repeating `each` until stopped: the kernel tests' proof that only a
+/// run's own calls reach its bundle.
+pub struct Outsider {
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Outsider {
+    pub fn start(each: impl Fn() + Send + 'static) -> Outsider {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let running = std::sync::Arc::new(AtomicBool::new(true));
+        let r = running.clone();
+        let thread = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while r.load(Ordering::Relaxed) {
+                each();
+                n += 1;
+            }
+            n
+        });
+        Outsider { running, thread }
+    }
+
+    /// Stop it; how many times it ran.
+    pub fn stop(self) -> u64 {
+        self.running
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("outsider")
+    }
+}

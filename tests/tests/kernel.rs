@@ -2,8 +2,6 @@
 //! cgroups, OOM kills, per-process spans and an event storm, each triggered by real processes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 use vigil_e2e::*;
@@ -14,12 +12,6 @@ fn kernel_events(bundle: &Path) -> Vec<Value> {
 
 fn of_kind<'a>(k: &'a [Value], kind: &str) -> Vec<&'a Value> {
     k.iter().filter(|e| e["kind"] == kind).collect()
-}
-
-/// A loopback TCP port nothing listens on: bound, then released.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 #[test]
@@ -39,24 +31,14 @@ fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
         f = fixture.display()
     );
     // Outside the run, at the same time: the same open and the same connect, in a loop.
-    let running = Arc::new(AtomicBool::new(true));
-    let outsider = {
-        let running = running.clone();
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while running.load(Ordering::Relaxed) {
-                let _ = std::fs::File::open(outside);
-                let _ = std::net::TcpStream::connect(("127.0.0.1", port));
-                n += 1;
-            }
-            n
-        })
-    };
+    let outsider = Outsider::start(move || {
+        let _ = std::fs::File::open(outside);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    });
     let (f, _dir) = VigilRun::new("opens")
         .args(["--", "sh", "-c", &script])
         .run();
-    running.store(false, Ordering::Relaxed);
-    let outside_tries = outsider.join().expect("outsider");
+    let outside_tries = outsider.stop();
     assert!(outside_tries > 0, "the outsider ran");
     // The last command is the UDP send; the connect before it failed (exit status ignored).
     assert_eq!(f.code(), 0, "{}", f.stderr());

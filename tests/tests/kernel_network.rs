@@ -3,17 +3,8 @@
 //! triggered by real connects, sends and binds, inside the run and outside it at once.
 //! `cargo xtask vm` runs this binary in the guests too.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use serde_json::Value;
 use vigil_e2e::*;
-
-/// A loopback TCP port nothing listens on: bound, then released.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 #[test]
 fn network_scope_reports_the_runs_connects_sends_and_binds_without_syscall_probes() {
@@ -30,23 +21,13 @@ fn network_scope_reports_the_runs_connects_sends_and_binds_without_syscall_probe
         f = f.display()
     );
     // Outside the run, at the same time: the same refused connect, in a loop.
-    let running = Arc::new(AtomicBool::new(true));
-    let outsider = {
-        let running = running.clone();
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while running.load(Ordering::Relaxed) {
-                let _ = std::net::TcpStream::connect(("127.0.0.1", closed));
-                n += 1;
-            }
-            n
-        })
-    };
+    let outsider = Outsider::start(move || {
+        let _ = std::net::TcpStream::connect(("127.0.0.1", closed));
+    });
     let (r, _dir) = VigilRun::new("netscope")
         .args(["--kernel-layer", "network", "--", "sh", "-c", &script])
         .run();
-    running.store(false, Ordering::Relaxed);
-    assert!(outsider.join().expect("outsider") > 0, "the outsider ran");
+    assert!(outsider.stop() > 0, "the outsider ran");
     assert_eq!(r.code(), 0, "{}", r.stderr());
     let mut buf = [0u8; 16];
     assert_eq!(udp.recv(&mut buf).expect("datagram"), 5);

@@ -176,6 +176,22 @@ pub struct Header {
     pub comm: String,
 }
 
+#[cfg(test)]
+impl Header {
+    /// A process's header (thread id = pid) for unit tests.
+    pub fn of(pid: u32, ppid: u32, comm: &str) -> Header {
+        Header {
+            version: 1,
+            boot_ns: 0,
+            cgroup_id: 1,
+            pid,
+            tid: pid,
+            ppid,
+            comm: comm.into(),
+        }
+    }
+}
+
 impl KernelEvent {
     /// The record's `kind` in layers/kernel.ndjson.
     pub fn kind(&self) -> &'static str {

@@ -73,15 +73,7 @@ mod tests {
     use crate::kernel::event::{Header, NetOp};
 
     fn hdr(pid: u32, ppid: u32, comm: &str) -> Header {
-        Header {
-            version: 1,
-            boot_ns: 0,
-            cgroup_id: 1,
-            pid,
-            tid: pid,
-            ppid,
-            comm: comm.into(),
-        }
+        Header::of(pid, ppid, comm)
     }
 
     fn hook_connect(pid: u32) -> KernelEvent {

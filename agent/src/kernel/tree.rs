@@ -226,15 +226,7 @@ mod tests {
     use crate::kernel::event::Header;
 
     fn h(pid: u32, ppid: u32, comm: &str) -> Header {
-        Header {
-            version: 1,
-            boot_ns: 0,
-            cgroup_id: 1,
-            pid,
-            tid: pid,
-            ppid,
-            comm: comm.into(),
-        }
+        Header::of(pid, ppid, comm)
     }
 
     #[test]
