@@ -41,13 +41,8 @@ int BPF_PROG(vigil_uring_req, struct io_kiocb *req)
 	e->flags = (__u32)BPF_CORE_READ(o, how.flags);
 	e->mode = (__u32)BPF_CORE_READ(o, how.mode);
 	const char *name = BPF_CORE_READ(o, filename, name);
-	long n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), name);
-	if (n < 0)
-		e->path[0] = 0;
-	e->path_truncated = n == VIGIL_PATH_LEN;
-	e->via = VIGIL_VIA_IO_URING;
-	resolve_dir(e);
-	bpf_ringbuf_submit(e, wakeup_flag());
+	submit_open(e, bpf_probe_read_kernel_str(e->path, sizeof(e->path), name),
+		    VIGIL_VIA_IO_URING);
 	return 0;
 }
 

@@ -25,6 +25,7 @@ use super::record::target;
 use super::sensor::{
     KernelSensor, NET_HOOK_PROBE, ProbeStatus, Scope, SensorError, TCP_STATE_PROBE,
 };
+use super::uring::URING_PROBE;
 use crate::clock;
 use crate::evidence::health::ProbeHealth;
 use crate::evidence::redact::Redactor;
@@ -146,8 +147,11 @@ impl Hub {
         layer: &Path,
         space: Arc<Space>,
     ) -> Result<SharedSource, SensorError> {
-        let writer = LayerWriter::new(layer, space, self.shared.boot_to_wall_ns)
+        let mut writer = LayerWriter::new(layer, space, self.shared.boot_to_wall_ns)
             .map_err(|e| SensorError::Load(format!("{}: {e}", layer.display())))?;
+        if scope == Scope::Network {
+            writer.fill_hook_identities();
+        }
         let inbox = Arc::new(Inbox {
             lanes: Mutex::new(Lanes::default()),
             ready: tokio::sync::Notify::new(),
@@ -186,7 +190,7 @@ impl Hub {
             (sensor.probes().clone(), hooks)
         };
         if !full {
-            for name in ["file.open", "network.socket", "io_uring.submit"] {
+            for name in ["file.open", "network.socket", URING_PROBE] {
                 probes.insert(
                     name.into(),
                     ProbeStatus::Unavailable(format!(
@@ -484,10 +488,7 @@ impl EventSource for SharedSource {
         while self.take(out, usize::MAX) > 0 {}
         if self.scope == Scope::Network {
             let unresolved = lock(&self.shared.sensor).take_unresolved_connects(self.cgroup_id);
-            for ev in unresolved {
-                self.writer.accept(ev, &self.redactor, out);
-            }
-            self.writer.end_drain();
+            self.writer.accept_late(unresolved, &self.redactor, out);
         }
         let control_lost = lock(&self.inbox.lanes).control_lost;
         // The kernel counts ring losses per run (by the root of its watched subtree): this

@@ -105,21 +105,25 @@ impl KernelLayer {
             return me;
         }
         // After the filter holds the cgroup, before the child exists: its first connect is seen.
+        // (Attaching them first: the TCP-state program joins the sensor's probes then.)
         let hooks = (scope == Scope::Network).then(|| sensor.attach_net(cgroup_id, cgroup_dir));
-        me.probes = probe_health(sensor.probes());
+        let mut probes = sensor.probes().clone();
         if let Some(hooks) = hooks {
-            me.probes.extend(probe_health(&BTreeMap::from([(
-                super::sensor::NET_HOOK_PROBE.to_string(),
-                hooks,
-            )])));
+            probes.insert(super::sensor::NET_HOOK_PROBE.into(), hooks);
             me.root = Some(cgroup_id);
         }
+        me.probes = probe_health(&probes);
         match sensor
             .take_events()
             .map_err(|e| e.to_string())
             .and_then(|ring| KernelReader::new(ring, layer, space).map_err(|e| e.to_string()))
         {
-            Ok(r) => me.reader = Some(r),
+            Ok(mut r) => {
+                if me.root.is_some() {
+                    r.writer.fill_hook_identities();
+                }
+                me.reader = Some(r);
+            }
             Err(e) => me.notes.push(format!("kernel events cannot be read: {e}")),
         }
         me.sensor = Some(sensor);
@@ -173,10 +177,8 @@ impl KernelLayer {
         if let Some(r) = self.reader.as_mut() {
             r.drain_all(redactor, seen);
             if let (Some(root), Some(sensor)) = (self.root, self.sensor.as_mut()) {
-                for ev in sensor.take_unresolved_connects(root) {
-                    r.writer.accept(ev, redactor, seen);
-                }
-                r.writer.end_drain();
+                r.writer
+                    .accept_late(sensor.take_unresolved_connects(root), redactor, seen);
             }
         }
         let ring_lost_by_kind = self

@@ -40,8 +40,9 @@ pub struct LayerWriter {
     downgraded: Downgraded,
     /// Repeated identical data events waiting to be written as one line.
     coalescer: Coalescer,
-    /// comm and ppid for events of the cgroup hooks, which cannot read them.
-    identities: Identities,
+    /// comm and ppid for events of the cgroup hooks, which cannot read them: kept only for a
+    /// run whose network evidence comes from those hooks (every other run pays nothing).
+    identities: Option<Identities>,
     /// What the kernel saw happen that vigil does not follow (32-bit syscalls, io_uring
     /// submissions other than opens), by kind: the blind spots health names.
     unfollowed: std::collections::BTreeMap<String, u64>,
@@ -60,7 +61,7 @@ impl LayerWriter {
             dropped_for_space: 0,
             downgraded: Downgraded::default(),
             coalescer: Coalescer::default(),
-            identities: Identities::default(),
+            identities: None,
             unfollowed: Default::default(),
             batch: Batch::default(),
         })
@@ -70,7 +71,9 @@ impl LayerWriter {
     /// `seen` get the same event with the same `ts`. Every event takes a seq, written,
     /// coalesced or not.
     pub fn accept(&mut self, mut ev: KernelEvent, redactor: &Redactor, seen: &mut Vec<Observed>) {
-        self.identities.see(&mut ev);
+        if let Some(ids) = self.identities.as_mut() {
+            ids.see(&mut ev);
+        }
         if let KernelEvent::Unfollowed { kind, .. } = &ev {
             *self.unfollowed.entry((*kind).to_string()).or_default() += 1;
         }
@@ -212,6 +215,26 @@ impl LayerWriter {
     }
 
     /// Data events decoded but not written for lack of disk room.
+    /// Events that come after the stream, at the end of a run (the network hooks' unresolved
+    /// connects): accepted like any others, then written.
+    pub fn accept_late(
+        &mut self,
+        evs: Vec<KernelEvent>,
+        redactor: &Redactor,
+        seen: &mut Vec<Observed>,
+    ) {
+        for ev in evs {
+            self.accept(ev, redactor, seen);
+        }
+        self.end_drain();
+    }
+
+    /// Fill comm and ppid of the cgroup hooks' events from the stream (`--kernel-layer
+    /// network`): call before the run's first event.
+    pub fn fill_hook_identities(&mut self) {
+        self.identities = Some(Identities::default());
+    }
+
     /// Events of what vigil does not follow, by kind.
     pub fn unfollowed(&self) -> &std::collections::BTreeMap<String, u64> {
         &self.unfollowed

@@ -34,12 +34,13 @@ impl Uring {
         let chosen = match &self.chosen {
             Some(c) => c.clone(),
             None => {
-                let c = choose(ebpf);
+                // Choosing attaches: its link is kept (detaching a raw tracepoint waits for an
+                // RCU grace period, which must not land on every run's start).
+                let c = choose(ebpf).map(|(i, link)| {
+                    self.link = Some(link);
+                    i
+                });
                 self.chosen = Some(c.clone());
-                if let Ok(i) = c {
-                    // choose() leaves the chosen program attached.
-                    self.link = attach(ebpf, i).ok();
-                }
                 c
             }
         };
@@ -79,9 +80,9 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Option<&'a mut RawTracePoint> 
         .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
 }
 
-/// Load the first program whose tracepoint this kernel has (the request-reading one may also
-/// fail to load where the kernel's io_kiocb differs); leave it detached.
-fn choose(ebpf: &mut Ebpf) -> Result<usize, String> {
+/// Load and attach the first program whose tracepoint this kernel has (the request-reading one
+/// may also fail to load where the kernel's io_kiocb differs).
+fn choose(ebpf: &mut Ebpf) -> Result<(usize, RawTracePointLinkId), String> {
     let mut errors = Vec::new();
     for (i, (name, tp)) in CHOICES.iter().enumerate() {
         let Some(p) = program(ebpf, name) else {
@@ -93,10 +94,7 @@ fn choose(ebpf: &mut Ebpf) -> Result<usize, String> {
             continue;
         }
         match p.attach(tp) {
-            Ok(l) => {
-                let _ = p.detach(l);
-                return Ok(i);
-            }
+            Ok(l) => return Ok((i, l)),
             Err(e) => errors.push(format!("raw_tp/{tp}: {e}")),
         }
     }
