@@ -193,18 +193,6 @@ static __always_inline struct file *fd_file(long fd)
 
 static __always_inline void resolve_dir(struct vigil_open *e);
 
-/* The end of every open event: the path read (`n` as the str read returned), how it was made,
- * the directory of a relative path, submitted. */
-static __always_inline void submit_open(struct vigil_open *e, long n, __u32 via)
-{
-	if (n < 0)
-		e->path[0] = 0;
-	e->path_truncated = n == VIGIL_PATH_LEN;
-	e->via = via;
-	resolve_dir(e);
-	bpf_ringbuf_submit(e, wakeup_flag());
-}
-
 /* An open, or a failed execve/execveat (a successful one is sched_process_exec): the same
  * layout, a path with the directory it is relative to. */
 static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __u64 cg)
@@ -248,7 +236,13 @@ static __always_inline int emit_open(long nr, struct pt_regs *regs, long ret, __
 			e->mode = (__u32)regs->si;
 		}
 	}
-	submit_open(e, bpf_probe_read_user_str(e->path, sizeof(e->path), path), VIGIL_VIA_SYSCALL);
+	long n = bpf_probe_read_user_str(e->path, sizeof(e->path), path);
+	if (n < 0)
+		e->path[0] = 0;
+	e->path_truncated = n == VIGIL_PATH_LEN;
+	e->via = VIGIL_VIA_SYSCALL;
+	resolve_dir(e);
+	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }
 

@@ -6,7 +6,8 @@
  * - io_uring_submit_req (6.x: its one argument is the request): the opcode is read from the
  *   request; an IORING_OP_OPENAT/OPENAT2 becomes a file.open with its path, flags and directory
  *   (read from the prepared request, whose filename the kernel has already copied in), result
- *   not known at submission; any other opcode is recorded as unfollowed.
+ *   not known at submission (absolute paths only: see below); any other opcode is recorded
+ *   as unfollowed.
  * - io_uring_submit_sqe (older kernels): its arguments changed from release to release, so
  *   none are read; each submission is recorded as unfollowed with opcode 255.
  * Whichever exists is attached; health names it. Submissions by an SQPOLL thread run in that
@@ -41,8 +42,20 @@ int BPF_PROG(vigil_uring_req, struct io_kiocb *req)
 	e->flags = (__u32)BPF_CORE_READ(o, how.flags);
 	e->mode = (__u32)BPF_CORE_READ(o, how.mode);
 	const char *name = BPF_CORE_READ(o, filename, name);
-	submit_open(e, bpf_probe_read_kernel_str(e->path, sizeof(e->path), name),
-		    VIGIL_VIA_IO_URING);
+	long n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), name);
+	/* Only absolute paths: the in-kernel directory walk that resolves a relative one would be
+	 * verified a second time in this program, ~17 ms of CPU at every run's start. A relative
+	 * (or unreadable) one is recorded by its opcode instead, and health says so. */
+	if (n <= 0 || e->path[0] != '/') {
+		bpf_ringbuf_discard(e, 0);
+		emit_unfollowed(VIGIL_UNFOLLOWED_URING, op, 0, cg);
+		return 0;
+	}
+	e->path_truncated = n == VIGIL_PATH_LEN;
+	e->via = VIGIL_VIA_IO_URING;
+	e->dir[0] = 0;
+	e->dir_state = VIGIL_DIR_NONE;
+	bpf_ringbuf_submit(e, wakeup_flag());
 	return 0;
 }
 
