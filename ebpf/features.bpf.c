@@ -7,7 +7,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
-SEC("fentry/do_unlinkat")
+SEC("fentry/__x64_sys_openat")
 int BPF_PROG(probe_fentry)
 {
 	return 0;
@@ -19,7 +19,7 @@ int BPF_PROG(probe_lsm, struct file *file)
 	return 0;
 }
 
-SEC("kprobe/do_unlinkat")
+SEC("kprobe/__x64_sys_openat")
 int probe_kprobe(struct pt_regs *ctx)
 {
 	return 0;

@@ -9,7 +9,9 @@
  * for every syscall it does not follow, and after the cgroup lookup for the rest of the host;
  * `cargo xtask bench` measures what that costs a process outside the run.
  *
- * Only the native x86-64 syscall numbers are followed (32-bit compat calls are not). */
+ * Only the native x86-64 syscall numbers are followed (32-bit compat calls are recorded as
+ * unfollowed). Where the kernel allows fexit programs, fastpath.bpf.c takes the same events from
+ * the syscall functions instead, and this program is not loaded. */
 #include "vigil_common.h"
 
 #define NR_OPEN 2

@@ -5,6 +5,7 @@
 #include "vigil_common.h"
 #include "process.bpf.c"
 #include "syscalls.bpf.c"
+#include "fastpath.bpf.c"
 #include "oom.bpf.c"
 #include "network.bpf.c"
 #include "uring.bpf.c"

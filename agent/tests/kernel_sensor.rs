@@ -7,7 +7,7 @@ use std::process::Command;
 
 use vigil::kernel::event::rust_layout;
 use vigil::kernel::sensor::SENSOR_OBJECT;
-use vigil::kernel::{KernelEvent, KernelSensor, ProbeStatus, decode};
+use vigil::kernel::{KernelEvent, KernelSensor, decode};
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -99,7 +99,8 @@ fn exec_exit_and_nesting_are_seen_only_inside_the_watched_cgroup() {
     require_root();
     let mut sensor = KernelSensor::load(vigil::kernel::sensor::Scope::Full).expect("load sensor");
     for (probe, status) in sensor.probes() {
-        assert_eq!(status, &ProbeStatus::Attached, "{probe}");
+        // file.open and network.socket name their path (fexit or the tracepoint).
+        assert!(status.is_attached(), "{probe}: {status:?}");
     }
     let cg = TestCgroup::new("sensor");
     sensor.watch(cg.id()).expect("watch");

@@ -14,8 +14,46 @@ fn of_kind<'a>(k: &'a [Value], kind: &str) -> Vec<&'a Value> {
     k.iter().filter(|e| e["kind"] == kind).collect()
 }
 
+/// Whether this kernel loads tracing (fentry/fexit) programs, as `vigil doctor` found.
+fn kernel_has_fentry() -> bool {
+    let out = vigil_ok(&["doctor".as_ref(), "--json".as_ref()]);
+    let r: Value = serde_json::from_slice(&out.stdout).expect("doctor json");
+    r["features"]["fentry"]["status"] == "yes"
+}
+
+/// Health names the path file and network evidence came from: fexit where the kernel loads
+/// tracing programs (and nothing forced the tracepoint), else the sys_exit tracepoint with why.
+fn assert_syscall_path(h: &Value, forced: Option<&str>) {
+    let why = h["probes"]["file.open"]["reason"].as_str().unwrap_or("");
+    match forced {
+        Some(path) => assert!(
+            why.contains("raw_tp/sys_exit") && why.contains(&format!("VIGIL_SYSCALL_PATH={path}")),
+            "{why}"
+        ),
+        None if kernel_has_fentry() => {
+            assert!(why.contains("fexit on the syscall functions"), "{why}")
+        }
+        None => assert!(
+            why.contains("raw_tp/sys_exit") && why.contains("fexit refused"),
+            "{why}"
+        ),
+    }
+    assert_eq!(h["probes"]["network.socket"]["reason"], why);
+}
+
 #[test]
 fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
+    opens_and_connects_on(None);
+}
+
+/// The same evidence from the fallback: where fexit loads, this is the other path; where it
+/// does not, the test above already took it and this one checks the forcing.
+#[test]
+fn the_tracepoint_path_records_the_same_opens_execs_and_connects() {
+    opens_and_connects_on(Some("tracepoint"));
+}
+
+fn opens_and_connects_on(forced: Option<&str>) {
     let inside = "/nonexistent/vigil-open-inside-5d1e";
     let outside = "/nonexistent/vigil-open-outside-5d1e";
     let port = closed_port();
@@ -27,7 +65,7 @@ fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
     let udp6_addr = udp6.local_addr().expect("udp6 addr");
     let fixture = fixture_bin();
     let script = format!(
-        "cat {inside}; cd /etc && cat ./vigil-relative-5d1e; {f} connect 127.0.0.1:{port}; {f} connect 127.0.0.1:{open_port} && {f} udp-send {udp6_addr} && exec {f} udp-send {udp_addr}",
+        "cat {inside}; /nonexistent/vigil-exec-5d1e 2>/dev/null; cd /etc && cat ./vigil-relative-5d1e; {f} connect 127.0.0.1:{port}; {f} connect 127.0.0.1:{open_port} && {f} udp-send {udp6_addr} && exec {f} udp-send {udp_addr}",
         f = fixture.display()
     );
     // Outside the run, at the same time: the same open and the same connect, in a loop.
@@ -35,9 +73,11 @@ fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
         let _ = std::fs::File::open(outside);
         let _ = std::net::TcpStream::connect(("127.0.0.1", port));
     });
-    let (f, _dir) = VigilRun::new("opens")
-        .args(["--", "sh", "-c", &script])
-        .run();
+    let mut run = VigilRun::new("opens");
+    if let Some(path) = forced {
+        run = run.env("VIGIL_SYSCALL_PATH", path);
+    }
+    let (f, _dir) = run.args(["--", "sh", "-c", &script]).run();
     let outside_tries = outsider.stop();
     assert!(outside_tries > 0, "the outsider ran");
     // The last command is the UDP send; the connect before it failed (exit status ignored).
@@ -51,7 +91,14 @@ fn opens_and_connects_carry_their_results_and_only_the_runs_appear() {
     for p in ["file.open", "network.socket", "oom.mark_victim"] {
         assert_eq!(h["probes"][p]["status"], "attached", "{p}: {}", h["probes"]);
     }
+    assert_syscall_path(&h, forced);
     let k = kernel_events(&f.bundle);
+    let execs = of_kind(&k, "process.exec_failed");
+    let failed = execs
+        .iter()
+        .find(|e| e["path"] == "/nonexistent/vigil-exec-5d1e")
+        .unwrap_or_else(|| panic!("the failed exec: {execs:#?}"));
+    assert_eq!(failed["result"], -2, "{failed}");
     let opens = of_kind(&k, "file.open");
     let missing: Vec<_> = opens.iter().filter(|e| e["path"] == inside).collect();
     assert_eq!(missing.len(), 1, "one open of {inside}: {opens:#?}");

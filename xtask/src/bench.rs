@@ -107,24 +107,36 @@ pub(crate) fn paired(
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
-    crate::setup::check_host("bench", true)?;
-    if !args.iter().any(|a| a == "--no-kernel") {
-        crate::setup::debian(&[
-            ("strace", "the kernel rows compare vigil with `strace -f`"),
-            ("make", "a kernel row times a `make -j2` build"),
+    // --prebuilt: the debug binaries already built, no set-up (inside a `cargo xtask vm` guest,
+    // whose root is the host's, read-only; the neighbour rows measure the kernel's side).
+    let prebuilt = args.iter().any(|a| a == "--prebuilt");
+    if prebuilt && !args.iter().any(|a| a == "--paths-only") {
+        bail!("--prebuilt is for --paths-only (the other rows measure a release build)");
+    }
+    if !prebuilt {
+        crate::setup::check_host("bench", true)?;
+        if !args.iter().any(|a| a == "--no-kernel") {
+            crate::setup::debian(&[
+                ("strace", "the kernel rows compare vigil with `strace -f`"),
+                ("make", "a kernel row times a `make -j2` build"),
+            ])?;
+        }
+        cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "vigil",
+            "-p",
+            "vigil-e2e",
+            "--bins",
         ])?;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "vigil",
-        "-p",
-        "vigil-e2e",
-        "--bins",
-    ])?;
-    let target = root().join("target/release");
+    let target = root().join(if prebuilt {
+        "target/debug"
+    } else {
+        "target/release"
+    });
     let tmp = std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let env = Env {
@@ -154,6 +166,12 @@ pub fn bench(args: &[String]) -> Result<()> {
     }
     if args.iter().any(|a| a == "--export-only") {
         rows.extend(crate::bench_export::bench(&env, &tmp, quick)?);
+        let _ = std::fs::remove_dir_all(&tmp);
+        print_table(&rows, quick);
+        return Ok(());
+    }
+    if args.iter().any(|a| a == "--paths-only") {
+        rows.extend(crate::bench_paths::bench(&env, quick)?);
         let _ = std::fs::remove_dir_all(&tmp);
         print_table(&rows, quick);
         return Ok(());

@@ -56,15 +56,23 @@ fn generate_c_project(dir: &Path, files: usize) -> Result<()> {
 }
 
 /// A `vigil run` of a silent `sleep`, started and watching its cgroup until dropped.
-struct Watcher(Child);
+pub(crate) struct Watcher(Child);
 
 impl Watcher {
     fn start(env: &Env, kernel_layer: &str) -> Result<Self> {
-        let mut child = env
-            .vigil_run(
-                &["--liveness-level", "off", "--kernel-layer", kernel_layer],
-                &["sh", "-c", "echo ready; exec sleep 3600"],
-            )
+        Self::start_on(env, kernel_layer, None)
+    }
+
+    /// With `VIGIL_SYSCALL_PATH` set to `path`.
+    pub(crate) fn start_on(env: &Env, kernel_layer: &str, path: Option<&str>) -> Result<Self> {
+        let mut cmd = env.vigil_run(
+            &["--liveness-level", "off", "--kernel-layer", kernel_layer],
+            &["sh", "-c", "echo ready; exec sleep 3600"],
+        );
+        if let Some(path) = path {
+            cmd.env("VIGIL_SYSCALL_PATH", path);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -21,6 +21,7 @@ mod bench_daemon;
 mod bench_export;
 mod bench_kernel;
 mod bench_observer;
+mod bench_paths;
 mod bench_policy;
 mod bench_watch;
 mod ebpf;

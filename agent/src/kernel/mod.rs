@@ -22,6 +22,7 @@ pub mod reader;
 mod record;
 pub mod sensor;
 pub mod sockaddr;
+mod syscall_path;
 pub mod tree;
 mod uring;
 

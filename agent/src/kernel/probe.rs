@@ -164,6 +164,12 @@ pub fn probe_host() -> HostReport {
 static FEATURES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/features.bpf.o"));
 
+/// The function the fentry and kprobe probes attach to: a syscall function, in the BTF and the
+/// symbols of every x86-64 kernel the matrix runs, and one the fast path attaches to.
+/// `do_unlinkat`, the usual example, is gone from 7.x's BTF and symbols (doctor said `no`
+/// there); 5.10's BTF has no argument-less wrapper such as `__x64_sys_getppid`.
+const PROBE_TARGET: &str = "__x64_sys_openat";
+
 /// fentry, BPF LSM and kprobe support, found by loading and attaching a do-nothing program of
 /// each type (and detaching it at once): `no` carries the kernel's reason.
 fn attach_types() -> Vec<(&'static str, Feature)> {
@@ -198,7 +204,7 @@ fn attach_types() -> Vec<(&'static str, Feature)> {
     }
     let fentry = prog(&mut ebpf, "probe_fentry").and_then(|p| {
         let p: &mut FEntry = p.try_into()?;
-        p.load("do_unlinkat", &btf)?;
+        p.load(PROBE_TARGET, &btf)?;
         p.attach().map(|_| ())
     });
     let lsm = prog(&mut ebpf, "probe_lsm").and_then(|p| {
@@ -209,14 +215,14 @@ fn attach_types() -> Vec<(&'static str, Feature)> {
     let kprobe = prog(&mut ebpf, "probe_kprobe").and_then(|p| {
         let p: &mut KProbe = p.try_into()?;
         p.load()?;
-        p.attach("do_unlinkat", 0).map(|_| ())
+        p.attach(PROBE_TARGET, 0).map(|_| ())
     });
     let lsm_list = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
     let bpf_lsm = lsm_verdict(verdict("lsm/file_open", lsm), lsm_list.as_deref());
     vec![
-        ("fentry", verdict("fentry/do_unlinkat", fentry)),
+        ("fentry", verdict(&format!("fentry/{PROBE_TARGET}"), fentry)),
         ("bpf_lsm", bpf_lsm),
-        ("kprobe", verdict("kprobe/do_unlinkat", kprobe)),
+        ("kprobe", verdict(&format!("kprobe/{PROBE_TARGET}"), kprobe)),
     ]
 }
 

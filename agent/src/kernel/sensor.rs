@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::RawTracePoint;
-use aya::programs::raw_trace_point::RawTracePointLinkId;
-use aya::{Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf, EbpfLoader};
 
 use super::event::{KIND_MAX, kind_name};
 use super::net_hooks::NetHooks;
 pub use super::net_hooks::{NET_HOOK_PROBE, TCP_STATE_PROBE};
+use super::syscall_path::SyscallPath;
 
 /// The compiled object, embedded at build time (see build.rs).
 pub static SENSOR_OBJECT: &[u8] =
@@ -21,7 +21,7 @@ pub static SENSOR_OBJECT: &[u8] =
 /// The sensor's programs: (program, raw tracepoint, the probes health reports it as).
 /// Each program, the tracepoints it may attach to (the first that exists wins: a tracepoint
 /// renamed across kernels keeps its program), and the probes of health it stands for.
-const PROGRAMS: [(&str, &[&str], &[&str]); 8] = [
+const PROGRAMS: [(&str, &[&str], &[&str]); 7] = [
     (
         "vigil_fork",
         &["sched_process_fork"],
@@ -54,12 +54,10 @@ const PROGRAMS: [(&str, &[&str], &[&str]); 8] = [
         &["process.writeback_dirty_folio"],
     ),
     ("vigil_oom", &["mark_victim"], &["oom.mark_victim"]),
-    (
-        "vigil_sys_exit",
-        &["sys_exit"],
-        &["file.open", "network.socket"],
-    ),
 ];
+
+/// The probes of health the syscall path (fexit or tracepoint: `syscall_path.rs`) stands for.
+const SYSCALL_PROBES: [&str; 2] = ["file.open", "network.socket"];
 
 /// Which of the sensor's programs to attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +140,9 @@ pub(super) fn brief(e: &dyn std::fmt::Display) -> String {
         })
         .copied()
         .unwrap_or("");
+    if last.is_empty() {
+        return head.trim_end().trim_end_matches('.').to_string();
+    }
     format!(
         "{} (verifier: {last})",
         head.trim_end().trim_end_matches('.')
@@ -153,9 +154,6 @@ impl ProbeStatus {
         matches!(self, ProbeStatus::Attached | ProbeStatus::AttachedTo(_))
     }
 }
-
-/// The program behind file.open and network.socket.
-const SYSCALL_PROGRAM: &str = "vigil_sys_exit";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeStatus {
@@ -179,9 +177,9 @@ pub enum SensorError {
 pub struct KernelSensor {
     ebpf: Ebpf,
     probes: BTreeMap<String, ProbeStatus>,
-    /// The syscall program's link while it is attached (a daemon attaches it only while a run
-    /// needs it).
-    syscall_link: Option<RawTracePointLinkId>,
+    /// The programs behind file.open and network.socket (a daemon attaches them only while a
+    /// run needs them).
+    syscalls: SyscallPath,
     /// The network hooks (`--kernel-layer network`) and the run cgroups they are attached to.
     net: NetHooks,
     /// The io_uring program, attached and detached with the syscall program.
@@ -203,18 +201,20 @@ impl KernelSensor {
     /// Load the object with the host's BTF (CO-RE relocations) and attach the programs of
     /// `scope`.
     pub fn load(scope: Scope) -> Result<Self, SensorError> {
-        // EbpfLoader::new() parses the kernel's BTF for CO-RE: the one parse of a run (~60 ms,
-        // most of start-up). raw_tp programs attach by name, so nothing else needs it.
+        // The kernel's BTF, for CO-RE and for the fexit programs' targets: the one parse of a
+        // run (~60 ms, most of start-up).
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(SensorError::NoBtf("/sys/kernel/btf/vmlinux missing".into()));
         }
+        let btf = Btf::from_sys_fs().map_err(|e| SensorError::NoBtf(e.to_string()))?;
         let ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
             .load(SENSOR_OBJECT)
             .map_err(|e| SensorError::Load(e.to_string()))?;
         let mut me = KernelSensor {
             ebpf,
             probes: BTreeMap::new(),
-            syscall_link: None,
+            syscalls: SyscallPath::new(btf),
             net: NetHooks::default(),
             uring: Default::default(),
         };
@@ -228,9 +228,6 @@ impl KernelSensor {
                         Err(e) => {
                             ProbeStatus::Failed(format!("raw_tp/{tracepoint}: {}", brief(&e)))
                         }
-                        Ok(()) if name == SYSCALL_PROGRAM => {
-                            syscalls_off(&format!("--kernel-layer {}", scope.flag()))
-                        }
                         Ok(()) => attach_first(prog, tracepoints),
                     },
                 },
@@ -238,6 +235,10 @@ impl KernelSensor {
             for probe in names {
                 me.probes.insert((*probe).to_string(), status.clone());
             }
+        }
+        let off = syscalls_off(&format!("--kernel-layer {}", scope.flag()));
+        for probe in SYSCALL_PROBES {
+            me.probes.insert(probe.to_string(), off.clone());
         }
         if scope == Scope::Full {
             me.set_syscalls(true);
@@ -290,54 +291,28 @@ impl KernelSensor {
         &self.probes
     }
 
-    /// Whether the syscall program is attached now.
+    /// Whether the syscall path is attached now.
     pub fn syscalls_attached(&self) -> bool {
-        self.syscall_link.is_some()
+        self.syscalls.attached()
     }
 
-    /// Attach or detach the syscall program (file.open, network.socket). A program that failed
-    /// to load stays failed.
+    /// Whether file and network evidence come from fexit programs (no syscall tracepoint).
+    pub fn syscalls_fast(&self) -> bool {
+        self.syscalls.is_fexit()
+    }
+
+    /// Attach or detach the syscall path (file.open, network.socket), choosing it the first
+    /// time. A path that failed stays failed.
     pub fn set_syscalls(&mut self, on: bool) {
         // io_uring opens are file evidence too, for the same runs.
         let uring = self.uring.set(&mut self.ebpf, on);
         self.probes.insert(super::uring::URING_PROBE.into(), uring);
-        if on == self.syscall_link.is_some() {
-            return;
-        }
-        let names = PROGRAMS
-            .iter()
-            .find(|p| p.0 == SYSCALL_PROGRAM)
-            .map_or(&[][..], |p| p.2);
-        if names
-            .first()
-            .and_then(|n| self.probes.get(*n))
-            .is_some_and(|s| matches!(s, ProbeStatus::Failed(_)))
-        {
-            return;
-        }
-        let Some(prog) = self
-            .ebpf
-            .program_mut(SYSCALL_PROGRAM)
-            .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
-        else {
-            return;
-        };
-        let status = if on {
-            match prog.attach("sys_exit") {
-                Ok(link) => {
-                    self.syscall_link = Some(link);
-                    ProbeStatus::Attached
-                }
-                Err(e) => ProbeStatus::Failed(format!("raw_tp/sys_exit: {e}")),
-            }
-        } else {
-            if let Some(link) = self.syscall_link.take() {
-                let _ = prog.detach(link);
-            }
-            syscalls_off("no run of this daemon needs them now")
-        };
-        for probe in names {
-            self.probes.insert((*probe).to_string(), status.clone());
+        let status = self
+            .syscalls
+            .set(&mut self.ebpf, on)
+            .unwrap_or_else(|| syscalls_off("no run of this daemon needs them now"));
+        for probe in SYSCALL_PROBES {
+            self.probes.insert(probe.to_string(), status.clone());
         }
     }
 
