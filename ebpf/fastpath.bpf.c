@@ -15,14 +15,33 @@
  * the pool is lost without an event — an accept or connect blocking in a few threads of the
  * host would blind vigil. Where fexit is refused the tracepoint path stays. */
 
-static __always_inline int fast_exit(long nr, const struct pt_regs *uregs, long ret)
+/* A wrapper's argument (the user pt_regs) and return value, read through the helper rather
+ * than as typed context: 5.10's BTF gives some wrappers (__x64_sys_execveat) a prototype whose
+ * argument the verifier will not type ("invalid bpf_context access"), while every wrapper takes
+ * the one pointer and returns long. */
+struct wrapper_ctx {
+	const struct pt_regs *regs;
+	long ret;
+};
+
+/* Whether the call is a watched run's; if so, its argument and result in `w`. The cgroup
+ * first: that lookup is all the rest of the host pays. */
+static __always_inline int watched_call(__u64 *ctx, struct wrapper_ctx *w, __u64 *cg)
 {
-	/* Only failed execs: a successful one is sched_process_exec. Before the cgroup lookup, as
-	 * the cheaper test. */
-	if ((nr == NR_EXECVE || nr == NR_EXECVEAT) && ret >= 0)
+	*cg = bpf_get_current_cgroup_id();
+	return is_watched(*cg) && bpf_probe_read_kernel(w, sizeof(*w), ctx) == 0;
+}
+
+static __always_inline int fast_exit(long nr, __u64 *ctx)
+{
+	struct wrapper_ctx w;
+	__u64 cg;
+	if (!watched_call(ctx, &w, &cg))
 		return 0;
-	__u64 cg = bpf_get_current_cgroup_id();
-	if (!is_watched(cg))
+	const struct pt_regs *uregs = w.regs;
+	long ret = w.ret;
+	/* Only failed execs: a successful one is sched_process_exec. */
+	if ((nr == NR_EXECVE || nr == NR_EXECVEAT) && ret >= 0)
 		return 0;
 	struct pt_regs regs;
 	if (bpf_probe_read_kernel(&regs, sizeof(regs), uregs))
@@ -36,9 +55,9 @@ static __always_inline int fast_exit(long nr, const struct pt_regs *uregs, long 
 /* A native syscall function: `nr` is a constant, so each program keeps only its own branch. */
 #define FAST_EXIT(name, nr)                                                        \
 	SEC("fexit/__x64_sys_" #name)                                              \
-	int BPF_PROG(vigil_fx_##name, const struct pt_regs *regs, long ret)        \
+	int vigil_fx_##name(__u64 *ctx)                                            \
 	{                                                                          \
-		return fast_exit(nr, regs, ret);                                   \
+		return fast_exit(nr, ctx);                                         \
 	}
 
 FAST_EXIT(open, NR_OPEN)
@@ -54,12 +73,13 @@ FAST_EXIT(accept4, NR_ACCEPT4)
 FAST_EXIT(sendto, NR_SENDTO)
 FAST_EXIT(sendmsg, NR_SENDMSG)
 
-static __always_inline int compat_exit(__u32 nr, long ret)
+static __always_inline int compat_exit(__u32 nr, __u64 *ctx)
 {
-	__u64 cg = bpf_get_current_cgroup_id();
-	if (!is_watched(cg))
+	struct wrapper_ctx w;
+	__u64 cg;
+	if (!watched_call(ctx, &w, &cg))
 		return 0;
-	emit_unfollowed(VIGIL_UNFOLLOWED_COMPAT, nr, ret, cg);
+	emit_unfollowed(VIGIL_UNFOLLOWED_COMPAT, nr, w.ret, cg);
 	return 0;
 }
 
@@ -67,9 +87,9 @@ static __always_inline int compat_exit(__u32 nr, long ret)
  * with its i386 number. */
 #define COMPAT_EXIT(fn, nr)                                                        \
 	SEC("fexit/" #fn)                                                          \
-	int BPF_PROG(vigil_cx_##nr, const struct pt_regs *regs, long ret)          \
+	int vigil_cx_##nr(__u64 *ctx)                                              \
 	{                                                                          \
-		return compat_exit(nr, ret);                                       \
+		return compat_exit(nr, ctx);                                       \
 	}
 
 COMPAT_EXIT(__ia32_compat_sys_open, 5)

@@ -592,3 +592,31 @@ fn landlock_and_cgroup_kill_are_used_where_the_kernel_has_them() {
     };
     assert_eq!(h["cgroup"]["kill_mechanism"], expected, "{h:#}");
 }
+
+/// BPF LSM is claimed only where `bpf` is an active LSM: an LSM program attaches either way but
+/// runs only then. Both branches run in CI: 7.x's default LSM list has `bpf`, 5.10's does not;
+/// on a host whose securityfs is unmounted, an attach is not claimed either.
+#[test]
+fn doctor_claims_bpf_lsm_only_where_bpf_is_an_active_lsm() {
+    let out = vigil_ok(&["doctor".as_ref(), "--json".as_ref()]);
+    let r: Value = serde_json::from_slice(&out.stdout).expect("doctor json");
+    let lsm = &r["features"]["bpf_lsm"];
+    let detail = lsm["detail"].as_str().expect("detail");
+    match std::fs::read_to_string("/sys/kernel/security/lsm") {
+        Ok(list) if list.trim().split(',').any(|l| l == "bpf") => {
+            assert!(detail.contains(list.trim()), "{lsm}");
+            assert!(
+                lsm["status"] == "yes" || detail.contains("BPF_PROG_LOAD"),
+                "active: attached, or the kernel's refusal named: {lsm}"
+            );
+        }
+        Ok(list) => {
+            assert_eq!(lsm["status"], "no", "{lsm}");
+            assert!(
+                detail.contains("not an active LSM") || detail.contains("BPF_PROG_LOAD"),
+                "{list}: {lsm}"
+            );
+        }
+        Err(_) => assert_ne!(lsm["status"], "yes", "{lsm}"),
+    }
+}

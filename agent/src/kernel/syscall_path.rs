@@ -65,7 +65,11 @@ enum Wanted {
 }
 
 fn wanted() -> Result<Wanted, String> {
-    match std::env::var(PATH_ENV).ok().as_deref() {
+    parse_wanted(std::env::var(PATH_ENV).ok().as_deref())
+}
+
+fn parse_wanted(value: Option<&str>) -> Result<Wanted, String> {
+    match value {
         None | Some("") | Some("auto") => Ok(Wanted::Auto),
         Some("tracepoint") => Ok(Wanted::Tracepoint),
         Some("fexit") => Ok(Wanted::Fexit),
@@ -121,6 +125,23 @@ fn load_fexit(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
     Ok(())
 }
 
+/// Bring one program's link to `on`: attached when missing, detached when present.
+fn toggle<P, L, E: std::fmt::Display>(
+    p: &mut P,
+    link: &mut Option<L>,
+    on: bool,
+    attach: impl FnOnce(&mut P) -> Result<L, E>,
+    detach: impl FnOnce(&mut P, L),
+) -> Result<(), String> {
+    match (on, link.take()) {
+        (true, None) => *link = Some(attach(p).map_err(|e| e.to_string())?),
+        (true, Some(l)) => *link = Some(l),
+        (false, Some(l)) => detach(p, l),
+        (false, None) => {}
+    }
+    Ok(())
+}
+
 /// The health text of an attached path.
 fn describe(chosen: &Chosen) -> ProbeStatus {
     match chosen {
@@ -168,50 +189,52 @@ impl SyscallPath {
             self.chosen = Some(chosen);
         }
         let chosen = self.chosen.as_mut()?;
-        match chosen {
-            Chosen::Failed(_) => {}
+        let result = match chosen {
+            Chosen::Failed(_) => Ok(()),
             Chosen::Fexit(links) => {
+                let mut result = Ok(());
                 for ((name, func), link) in NATIVE.iter().chain(&COMPAT).zip(links.iter_mut()) {
-                    let Ok(p) = fexit(ebpf, name) else { continue };
-                    match (on, link.take()) {
-                        (true, None) => match p.attach() {
-                            Ok(l) => *link = Some(l),
-                            Err(e) => {
-                                *chosen = Chosen::Failed(format!("fexit/{func}: {e}"));
-                                return Some(describe(chosen));
-                            }
-                        },
-                        (true, Some(l)) => *link = Some(l),
-                        (false, Some(l)) => {
+                    result = fexit(ebpf, name).and_then(|p| {
+                        toggle(
+                            p,
+                            link,
+                            on,
+                            |p| p.attach(),
+                            |p, l| {
+                                let _ = p.detach(l);
+                            },
+                        )
+                        .map_err(|e| format!("fexit/{func}: {e}"))
+                    });
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                if result.is_err() {
+                    // All or nothing: a function left out would be a blind spot.
+                    for ((name, _), link) in NATIVE.iter().chain(&COMPAT).zip(links.iter_mut()) {
+                        if let (Some(l), Ok(p)) = (link.take(), fexit(ebpf, name)) {
                             let _ = p.detach(l);
                         }
-                        (false, None) => {}
                     }
                 }
+                result
             }
-            Chosen::Tracepoint(link, _) => {
-                let p = match tracepoint(ebpf) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        *chosen = Chosen::Failed(e);
-                        return Some(describe(chosen));
-                    }
-                };
-                match (on, link.take()) {
-                    (true, None) => match p.attach("sys_exit") {
-                        Ok(l) => *link = Some(l),
-                        Err(e) => {
-                            *chosen = Chosen::Failed(format!("raw_tp/sys_exit: {e}"));
-                            return Some(describe(chosen));
-                        }
-                    },
-                    (true, Some(l)) => *link = Some(l),
-                    (false, Some(l)) => {
+            Chosen::Tracepoint(link, _) => tracepoint(ebpf).and_then(|p| {
+                toggle(
+                    p,
+                    link,
+                    on,
+                    |p| p.attach("sys_exit"),
+                    |p, l| {
                         let _ = p.detach(l);
-                    }
-                    (false, None) => {}
-                }
-            }
+                    },
+                )
+                .map_err(|e| format!("raw_tp/sys_exit: {e}"))
+            }),
+        };
+        if let Err(e) = result {
+            *chosen = Chosen::Failed(e);
         }
         let failed = matches!(chosen, Chosen::Failed(_));
         (on || failed).then(|| describe(chosen))
@@ -245,5 +268,45 @@ impl SyscallPath {
             Ok(()) => Chosen::Tracepoint(None, why),
             Err(e) => Chosen::Failed(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_variable_accepts_three_values_and_names_them_when_wrong() {
+        assert_eq!(parse_wanted(None), Ok(Wanted::Auto));
+        assert_eq!(parse_wanted(Some("")), Ok(Wanted::Auto));
+        assert_eq!(parse_wanted(Some("auto")), Ok(Wanted::Auto));
+        assert_eq!(parse_wanted(Some("tracepoint")), Ok(Wanted::Tracepoint));
+        assert_eq!(parse_wanted(Some("fexit")), Ok(Wanted::Fexit));
+        let Err(e) = parse_wanted(Some("kprobe")) else {
+            panic!("kprobe accepted")
+        };
+        assert!(
+            e.contains("\"kprobe\"") && e.contains("auto, tracepoint or fexit"),
+            "{e}"
+        );
+    }
+
+    /// The programs named here are the object's, and fexit ones: a rename on one side fails
+    /// here, not as a silent fallback on a kernel that has fexit.
+    #[test]
+    fn every_fast_path_program_is_an_fexit_program_of_the_object() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "creates the maps: run as root"
+        );
+        let mut ebpf = aya::EbpfLoader::new()
+            .load(super::super::sensor::SENSOR_OBJECT)
+            .expect("load the object");
+        for (name, _) in NATIVE.iter().chain(&COMPAT) {
+            assert!(fexit(&mut ebpf, name).is_ok(), "{name}");
+        }
+        assert!(tracepoint(&mut ebpf).is_ok());
     }
 }
