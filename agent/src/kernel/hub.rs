@@ -86,10 +86,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Load the sensor with its process programs attached (the syscall program loaded, not
-    /// attached) and start the reader thread.
+    /// Load the sensor with its process programs attached (the syscall path chosen and loaded,
+    /// not attached) and start the reader thread.
     pub fn start() -> Result<Hub, SensorError> {
         let mut sensor = KernelSensor::load(Scope::Process)?;
+        // Now, not at the first run that needs it: loading is verifier time, which must not
+        // come out of that run's timeout.
+        sensor.prepare_syscalls();
         let ring = sensor.take_events()?;
         let shared = Arc::new(Shared {
             sensor: Mutex::new(sensor),

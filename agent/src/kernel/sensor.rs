@@ -296,9 +296,9 @@ impl KernelSensor {
         self.syscalls.attached()
     }
 
-    /// Whether file and network evidence come from fexit programs (no syscall tracepoint).
-    pub fn syscalls_fast(&self) -> bool {
-        self.syscalls.is_fexit()
+    /// Choose and load the syscall path without attaching it (a daemon, at its start).
+    pub fn prepare_syscalls(&mut self) {
+        self.syscalls.prepare(&mut self.ebpf);
     }
 
     /// Attach or detach the syscall path (file.open, network.socket), choosing it the first

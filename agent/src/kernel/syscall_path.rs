@@ -5,9 +5,9 @@
 //! host takes the slow syscall path for every syscall, with fexit nothing but the twelve
 //! followed functions are touched (a trampoline and the cgroup lookup).
 //!
-//! The path is chosen the first time a run asks for file evidence (loading it costs verifier
-//! time a `--kernel-layer process|network` run should not pay) and kept: detaching and
-//! re-attaching is cheap, re-verifying is not. `VIGIL_SYSCALL_PATH=tracepoint` forces the
+//! The path is chosen when a standalone run asks for file evidence (loading it costs verifier
+//! time a `--kernel-layer process|network` run should not pay), or at a daemon's start, and
+//! kept: detaching and re-attaching is cheap, re-verifying is not. `VIGIL_SYSCALL_PATH=tracepoint` forces the
 //! tracepoint (to compare both paths on one kernel); `fexit` makes its refusal a failure
 //! instead of a fallback (to test it).
 
@@ -173,9 +173,11 @@ impl SyscallPath {
         }
     }
 
-    /// Whether the fast path is the one chosen.
-    pub fn is_fexit(&self) -> bool {
-        matches!(self.chosen, Some(Chosen::Fexit(_)))
+    /// Choose and load the path now, attaching nothing.
+    pub fn prepare(&mut self, ebpf: &mut Ebpf) {
+        if self.chosen.is_none() {
+            self.chosen = Some(self.choose(ebpf));
+        }
     }
 
     /// Choose (the first time) and attach, or detach. The status of file.open and
@@ -185,8 +187,7 @@ impl SyscallPath {
             if !on {
                 return None;
             }
-            let chosen = self.choose(ebpf);
-            self.chosen = Some(chosen);
+            self.prepare(ebpf);
         }
         let chosen = self.chosen.as_mut()?;
         let result = match chosen {
