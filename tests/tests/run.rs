@@ -47,6 +47,65 @@ fn exit_codes_pass_through_and_bundle_validates() {
     }
 }
 
+/// The command is looked for as execvp would, in the child's own PATH (the child shares
+/// vigil's memory until its exec, so the search is vigil's, not glibc's): entries in order,
+/// a directory that refuses (EACCES) passed over, a file without `#!` run by /bin/sh, 126 for
+/// a file that cannot be executed and 127 for none at all.
+#[test]
+fn the_command_is_searched_for_as_execvp_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |rel: &str, body: &str, mode: u32| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, body).expect("write");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod");
+    };
+    // `first/tool` is not executable (EACCES: the search goes on), `second/tool` is a script
+    // without `#!` (ENOEXEC: run by /bin/sh, with its arguments).
+    write("first/tool", "echo wrong\n", 0o644);
+    write("second/tool", "echo second:$1\n", 0o755);
+    write("only/plain", "echo never\n", 0o644);
+    let path = |dirs: &[&str]| {
+        dirs.iter()
+            .map(|d| dir.path().join(d).display().to_string())
+            .chain(["/usr/bin".to_string(), "/bin".to_string()])
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let (f, _o) = VigilRun::new("search")
+        .env("PATH", &path(&["first", "missing", "second"]))
+        .args(["--", "tool", "arg1"])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    assert_eq!(String::from_utf8_lossy(&f.output.stdout), "second:arg1\n");
+
+    let (f, _o) = VigilRun::new("eacces")
+        .env("PATH", &path(&["only"]))
+        .args(["--", "plain"])
+        .run();
+    assert_eq!(f.code(), 126, "{}", f.stderr());
+    assert!(
+        f.stderr().contains("plain: not executable"),
+        "{}",
+        f.stderr()
+    );
+
+    let (f, _o) = VigilRun::new("missing")
+        .env("PATH", &path(&["missing"]))
+        .args(["--", "vigil-no-such-tool-5d1e"])
+        .run();
+    assert_eq!(f.code(), 127, "{}", f.stderr());
+    assert!(
+        f.stderr()
+            .contains("vigil-no-such-tool-5d1e: command not found"),
+        "{}",
+        f.stderr()
+    );
+    // Not found is still a committed bundle.
+    assert_valid_bundle(&f.bundle);
+}
+
 #[test]
 fn death_by_signal_is_128_plus_n() {
     let (f, _dir) = VigilRun::new("sig").fixture(&["signal", "9"]).run();

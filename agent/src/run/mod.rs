@@ -2,7 +2,9 @@
 //! and plans (`--plan`): a chain of supervised steps with fail-fast, timeouts and check triage.
 
 pub mod cgroup;
+mod clone;
 pub mod dispatch;
+mod exec_search;
 mod finish;
 pub mod guard;
 pub mod host;

@@ -3,8 +3,10 @@
 //! cgroup migration is paid for (writing cgroup.procs takes cgroup_threadgroup_rwsem for write,
 //! an RCU grace period: ~15 ms per spawn on these hosts). Its exit is awaited on the pidfd.
 //!
+//! The clone shares vigil's memory until the exec (`CLONE_VM | CLONE_VFORK`, `run/clone.rs`):
+//! no page tables are copied, and the calling thread waits until the child has exec'd.
 //! Between clone3 and exec the child runs only raw, async-signal-safe syscalls on memory
-//! prepared before the clone: dup2 the pipes, its own process group, default signal state,
+//! prepared before the clone: vigil's signal handlers reset, dup2 the pipes, its own process group, default signal state,
 //! `--user` (setgroups/setresgid/setresuid + no_new_privs), PR_SET_PDEATHSIG (armed after the
 //! credential change, which would clear it), exec. A failure is reported to the parent through
 //! a close-on-exec pipe, so the parent can tell "vigil could not set the child up" (exit 125)
@@ -22,32 +24,9 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::io::unix::AsyncFd;
 
+use super::clone::{CLONE_INTO_CGROUP, ChildStack, CloneArgs, clone_vfork};
+use super::exec_search::ExecSearch;
 use super::spec::{RunSpec, UserSpec};
-
-/// `struct clone_args` of linux/sched.h (CLONE_ARGS_SIZE_VER2).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-unsafe extern "C" {
-    /// The process environment that execvp reads (POSIX `environ`).
-    static mut environ: *const *const c_char;
-}
-
-/// linux/sched.h: place the child in the cgroup given by `CloneArgs::cgroup` (Linux ≥ 5.7).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Which step failed in the child, as reported through the error pipe.
 const STEP_DROP_PRIVS: i32 = 1;
@@ -143,7 +122,8 @@ fn child_stdin(given: Option<BorrowedFd<'_>>) -> io::Result<Option<OwnedFd>> {
 
 /// Everything the child needs, prepared before the clone (no allocation after it).
 struct ChildPlan {
-    program: CString,
+    /// Where the program is looked for (the child's own PATH), tried in order.
+    exec: ExecSearch,
     argv: Vec<CString>,
     argv_ptrs: Vec<*const c_char>,
     stdin: Option<RawFd>,
@@ -205,13 +185,14 @@ pub fn spawn(
     )
     .map_err(|e| SpawnError::Clone(cgroup_dir.display().to_string(), e.into()))?;
 
-    let program = CString::new(spec.program.as_bytes()).map_err(nul)?;
     let argv: Vec<CString> = std::iter::once(&spec.program)
         .chain(&spec.args)
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<_, _>>()
         .map_err(nul)?;
-    let env: Vec<CString> = child_env(spec, io.env, extra_env)
+    let env = child_env(spec, io.env, extra_env);
+    let exec = ExecSearch::new(&spec.program, &env, &argv).map_err(nul)?;
+    let env: Vec<CString> = env
         .into_iter()
         .map(|(k, v)| {
             let mut kv = k.into_vec();
@@ -236,7 +217,7 @@ pub fn spawn(
             .chain([std::ptr::null()])
             .collect(),
         _env: env,
-        program,
+        exec,
         argv_ptrs: Vec::with_capacity(argv.len() + 1),
         argv,
         stdin: stdin.as_ref().map(AsRawFd::as_raw_fd),
@@ -254,40 +235,38 @@ pub fn spawn(
     plan.argv_ptrs.extend(plan.argv.iter().map(|a| a.as_ptr()));
     plan.argv_ptrs.push(std::ptr::null());
 
+    let stack = ChildStack::new().map_err(other)?;
     let mut pidfd: RawFd = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64 | CLONE_INTO_CGROUP,
         pidfd: &raw mut pidfd as u64,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup.as_raw_fd() as u64,
         ..Default::default()
     };
-    // SAFETY: clone3 without CLONE_VM is a fork: the child gets a copy of this address space.
-    // The child branch below never returns; it only makes async-signal-safe syscalls.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &raw const args,
-            std::mem::size_of::<CloneArgs>(),
+    // No handler of vigil's may run in the child, on its stack and vigil's memory: every
+    // signal is blocked in this thread across the clone (the child inherits the mask, resets
+    // the handlers, then clears it); other threads take the process's signals meanwhile.
+    let blocked = block_all_signals();
+    // SAFETY: `child_entry` never returns and only makes raw syscalls on `plan`, built above;
+    // signals are blocked; the flags ask for no shared TLS, threads or handlers.
+    let cloned = unsafe {
+        clone_vfork(
+            &mut args,
+            &stack,
+            child_entry,
+            (&raw mut plan).cast::<std::ffi::c_void>(),
         )
     };
-    if pid == 0 {
-        // SAFETY: we are the freshly cloned child; `plan` was fully built before the clone.
-        unsafe { child_main(&plan) }
-    }
-    if pid < 0 {
-        return Err(SpawnError::Clone(
-            cgroup_dir.display().to_string(),
-            io::Error::last_os_error(),
-        ));
-    }
-    let pid = pid as libc::pid_t;
+    restore_signals(&blocked);
+    drop(stack);
+    let pid = cloned.map_err(|e| SpawnError::Clone(cgroup_dir.display().to_string(), e))?;
     // SAFETY: clone3 stored a new pidfd that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     // The child's ends belong to the child now.
     drop((out_w, err_w, report_w, stdin, cgroup));
 
-    // Blocks only until the child execs (or fails to): microseconds.
+    // The child has exec'd or exited (CLONE_VFORK): its report is written or never will be.
     let mut report = [0u8; 8];
     let n = read_full(&mut File::from(report_r), &mut report).map_err(other)?;
     if n == report.len() {
@@ -342,22 +321,61 @@ fn classify(name: &str, e: io::Error) -> SpawnError {
     }
 }
 
+/// This thread's signal mask, with every signal blocked until `restore_signals`.
+fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; pthread_sigmask only reads `all` and fills `old`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+fn restore_signals(old: &libc::sigset_t) {
+    // SAFETY: restores a mask pthread_sigmask returned.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+/// The child's entry on its own stack (`clone_vfork`).
+///
+/// # Safety
+/// `plan` is the `ChildPlan` the parent built before the clone.
+unsafe extern "C" fn child_entry(plan: *mut std::ffi::c_void) -> ! {
+    // SAFETY: the parent passed its ChildPlan and sleeps until this child execs or exits.
+    unsafe { child_main(&mut *plan.cast::<ChildPlan>()) }
+}
+
 /// The child between clone3 and exec. Never returns.
 ///
 /// # Safety
-/// Must only be called in the child of a fork-like clone, with `plan` built before the clone.
-unsafe fn child_main(plan: &ChildPlan) -> ! {
+/// Must only be called in the child of `clone_vfork`, with `plan` built before the clone.
+unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     // SAFETY: raw syscalls on fds and memory prepared before the clone; async-signal-safe.
     unsafe {
+        // vigil's handlers (the runtime's signal pipe) would run here, on vigil's memory, for
+        // a signal that arrives before the exec: every handled signal goes back to default
+        // while all are still blocked, as posix_spawn does. Ignored ones stay ignored but
+        // SIGPIPE, which vigil's runtime ignores and exec would keep ignored.
+        for sig in 1..=64 {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut act) == 0
+                && (act.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+                && act.sa_sigaction != libc::SIG_DFL
+            {
+                act.sa_sigaction = libc::SIG_DFL;
+                act.sa_flags = 0;
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+        }
         if let Some(fd) = plan.stdin {
             libc::dup2(fd, 0);
         }
         libc::dup2(plan.stdout, 1);
         libc::dup2(plan.stderr, 2);
         libc::setpgid(0, 0);
-        // Default signal state: vigil's runtime ignores SIGPIPE, and exec keeps ignored
-        // dispositions and the signal mask.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // exec keeps the signal mask: the child starts with none blocked.
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -400,10 +418,12 @@ unsafe fn child_main(plan: &ChildPlan) -> ! {
         {
             child_fail(plan.report, STEP_CHDIR);
         }
-        // execvp searches the PATH of `environ`, so the child's environment is installed
-        // first (as std's Command does): a step's own PATH is the one searched.
-        environ = plan.env_ptrs.as_ptr();
-        libc::execvp(plan.program.as_ptr(), plan.argv_ptrs.as_ptr());
+        // The search of the child's own PATH (a step's PATH is the one searched), prepared by
+        // the parent: `environ` is vigil's and must not change.
+        let errno = plan
+            .exec
+            .exec(plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());
+        *libc::__errno_location() = errno;
         child_fail(plan.report, STEP_EXEC)
     }
 }
