@@ -170,12 +170,33 @@ impl Bundle {
     }
 
     pub fn write_json(&self, rel: &str, value: &impl Serialize) -> Result<(), BundleError> {
-        let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| BundleError::Write {
+        let bytes = pretty_json(value).map_err(|e| BundleError::Write {
             path: self.path(rel),
             source: e.into(),
         })?;
-        bytes.push(b'\n');
         write_atomic(&self.path(rel), &bytes)
+    }
+
+    /// The run's closing documents, each as `write_atomic` writes one (a temporary, fsync'd,
+    /// renamed over) but without a directory fsync each: `commit` syncs every directory of the
+    /// bundle once, before the index. For a run's three or four documents that is three or
+    /// four fsyncs fewer at the end of every run.
+    pub fn write_documents(&self, docs: &[(&str, Vec<u8>)]) -> Result<(), BundleError> {
+        for (rel, bytes) in docs {
+            let path = self.path(rel);
+            let err = |source| BundleError::Write {
+                path: path.clone(),
+                source,
+            };
+            let tmp = temporary_of(&path);
+            let mut f = File::create(&tmp).map_err(err)?;
+            f.write_all(bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(err)?;
+            drop(f);
+            fs::rename(&tmp, &path).map_err(err)?;
+        }
+        Ok(())
     }
 
     pub fn write_bytes(&self, rel: &str, bytes: &[u8]) -> Result<(), BundleError> {
@@ -193,6 +214,12 @@ impl Bundle {
     /// matches; every other file is hashed.
     pub fn commit(&self, known: &[FileDigest]) -> Result<ArtifactIndex, BundleError> {
         self.space.release();
+        // Every name the index will list is durable before the index is: the documents'
+        // renames, the layers' and captures' creation (their writers fsync'd their data).
+        sync_dirs(&self.dir).map_err(|source| BundleError::Write {
+            path: self.shown.clone(),
+            source,
+        })?;
         let index = write_index_with(&self.dir, &self.run_id, "committed", known)?;
         let latest = format!("{}\n", self.run_id);
         match &self.beneath {
@@ -289,6 +316,37 @@ pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), bytes))
 }
 
+/// fsync `dir` and every directory beneath it.
+fn sync_dirs(dir: &Path) -> io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+        File::open(&d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A value as the bundle's JSON documents are written: pretty, with a final newline.
+pub fn pretty_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// `.<name>.tmp` beside `path`: where an atomic write stages its bytes.
+fn temporary_of(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
 /// Write to `.<name>.tmp`, fsync, rename over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     let err = |source| BundleError::Write {
@@ -296,11 +354,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = temporary_of(path);
     let mut f = File::create(&tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;

@@ -260,13 +260,11 @@ impl Supervisor<'_> {
             .collect();
         let commit = self
             .rec
-            .commit(&health, &known, &self.spec.profile, failed, |bundle| {
-                if let Some(lines) = &sdk_lines {
-                    bundle
-                        .write_bytes(files::SDK_LAYER, lines)
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(())
+            .commit(&health, &known, &self.spec.profile, failed, || {
+                // The layer exists (empty) from the setup: only lines are worth a rewrite.
+                sdk_lines
+                    .filter(|l| !l.is_empty())
+                    .map(|l| (files::SDK_LAYER, l))
             });
         if let Err(e) = &commit {
             self.host.say(&format!(

@@ -170,7 +170,7 @@ pub async fn run(spec: PlanSpec) -> Result<PlanResult, SetupError> {
     }));
     let health = plan_health(&run_id, rec.observer_start, &layers, &rec.events, notes);
     let failed = status != "passed";
-    let commit = rec.commit(&health, &[], &base.profile, failed, |_| Ok(()));
+    let commit = rec.commit(&health, &[], &base.profile, failed, || None);
     if let Err(e) = &commit {
         eprintln!("vigil: plan bundle not committed: {e} (gate {status}, exit {exit_code})");
     }

@@ -154,15 +154,18 @@ impl RunRecorder {
         known: &[FileDigest],
         profile: &ProfileConfig,
         failed: bool,
-        extra: impl FnOnce(&Bundle) -> Result<(), String>,
+        extra: impl FnOnce() -> Option<(&'static str, Vec<u8>)>,
     ) -> Result<(), String> {
         let detailed = spec_detailed(profile.level);
         // The reserve held back for these documents is given back now.
         self.bundle.space().release();
         let commit = (|| -> Result<(), String> {
-            extra(&self.bundle)?;
             self.trace.spans = self.writer.with(|r| r.export(detailed, clock::now_ns()));
-            write_documents(&self.bundle, health, &self.trace)?;
+            let mut docs = documents(health, &self.trace)?;
+            docs.extend(extra());
+            self.bundle
+                .write_documents(&docs)
+                .map_err(|e| e.to_string())?;
             self.bundle.commit(known).map_err(|e| e.to_string())?;
             Ok(())
         })();
@@ -182,23 +185,19 @@ impl RunRecorder {
 }
 
 /// The run's documents, before the index: health, the trace and its people's version.
-fn write_documents(
-    bundle: &Bundle,
+fn documents(
     health: &ObservationHealth,
     trace: &RunTrace,
-) -> Result<(), String> {
-    bundle
-        .write_json(files::HEALTH, health)
-        .map_err(|e| e.to_string())?;
-    bundle
-        .write_json(files::RUN_TRACE, trace)
-        .map_err(|e| e.to_string())?;
-    bundle
-        .write_bytes(
+) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
+    let json = |e: serde_json::Error| e.to_string();
+    Ok(vec![
+        (files::HEALTH, bundle::pretty_json(health).map_err(json)?),
+        (files::RUN_TRACE, bundle::pretty_json(trace).map_err(json)?),
+        (
             files::RUN_TRACE_SUMMARY,
-            render_summary_md(trace).as_bytes(),
-        )
-        .map_err(|e| e.to_string())
+            render_summary_md(trace).into_bytes(),
+        ),
+    ])
 }
 
 /// Once every span has closed: each violation becomes a `contract_violation` event, and the
