@@ -6,8 +6,8 @@
 //! The clone shares vigil's memory until the exec (`CLONE_VM | CLONE_VFORK`, `run/clone.rs`):
 //! no page tables are copied, and the calling thread waits until the child has exec'd.
 //! Between clone3 and exec the child runs only raw, async-signal-safe syscalls on memory
-//! prepared before the clone: vigil's signal handlers reset, dup2 the pipes, its own process group, default signal state,
-//! `--user` (setgroups/setresgid/setresuid + no_new_privs), PR_SET_PDEATHSIG (armed after the
+//! prepared before the clone: vigil's signal handlers reset, dup2 the pipes, its own process
+//! group, an empty signal mask, `--user` (setgroups/setresgid/setresuid + no_new_privs), PR_SET_PDEATHSIG (armed after the
 //! credential change, which would clear it), exec. A failure is reported to the parent through
 //! a close-on-exec pipe, so the parent can tell "vigil could not set the child up" (exit 125)
 //! from "the command could not be executed" (126/127).
