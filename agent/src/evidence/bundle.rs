@@ -184,17 +184,7 @@ impl Bundle {
     pub fn write_documents(&self, docs: &[(&str, Vec<u8>)]) -> Result<(), BundleError> {
         for (rel, bytes) in docs {
             let path = self.path(rel);
-            let err = |source| BundleError::Write {
-                path: path.clone(),
-                source,
-            };
-            let tmp = temporary_of(&path);
-            let mut f = File::create(&tmp).map_err(err)?;
-            f.write_all(bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(err)?;
-            drop(f);
-            fs::rename(&tmp, &path).map_err(err)?;
+            replace(&path, bytes).map_err(|source| BundleError::Write { path, source })?;
         }
         Ok(())
     }
@@ -338,30 +328,30 @@ pub fn pretty_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// `.<name>.tmp` beside `path`: where an atomic write stages its bytes.
-fn temporary_of(path: &Path) -> PathBuf {
+/// Write `bytes` to `.<name>.tmp` beside `path`, fsync it and rename it over `path`: the file
+/// is either the old one or the whole new one. The directory is not synced.
+fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path)
 }
 
-/// Write to `.<name>.tmp`, fsync, rename over `path`, fsync the directory.
+/// `replace`, then fsync the directory: the new name is durable too.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let err = |source| BundleError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = temporary_of(path);
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(err)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    Ok(())
+    replace(path, bytes)
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(|source| BundleError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

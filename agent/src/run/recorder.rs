@@ -189,10 +189,10 @@ fn documents(
     health: &ObservationHealth,
     trace: &RunTrace,
 ) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
-    let json = |e: serde_json::Error| e.to_string();
+    let said = |e: serde_json::Error| e.to_string();
     Ok(vec![
-        (files::HEALTH, bundle::pretty_json(health).map_err(json)?),
-        (files::RUN_TRACE, bundle::pretty_json(trace).map_err(json)?),
+        (files::HEALTH, bundle::pretty_json(health).map_err(said)?),
+        (files::RUN_TRACE, bundle::pretty_json(trace).map_err(said)?),
         (
             files::RUN_TRACE_SUMMARY,
             render_summary_md(trace).into_bytes(),
