@@ -149,9 +149,20 @@ impl VigilRun {
         self.out.path().join(&self.run_id)
     }
 
-    pub fn run(mut self) -> (Finished, tempfile::TempDir) {
+    pub fn run(self) -> (Finished, tempfile::TempDir) {
+        self.run_with_stdout(Stdio::piped())
+    }
+
+    /// Run with vigil's own stdout going to `stdout` (a file, say) instead of a pipe.
+    pub fn run_with_stdout(mut self, stdout: impl Into<Stdio>) -> (Finished, tempfile::TempDir) {
         let start = Instant::now();
-        let output = self.cmd.stdin(Stdio::null()).output().expect("spawn vigil");
+        let output = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("spawn vigil");
         let f = Finished {
             output,
             bundle: self.out.path().join(&self.run_id),

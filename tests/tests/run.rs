@@ -502,6 +502,71 @@ fn output_cap_truncates_and_records() {
     assert_valid_bundle(&f.bundle);
 }
 
+/// 4 MiB of distinct lines, so a byte out of place or twice shows.
+const LINES_4M: &str = "seq 1 1000000 | head -c 4194304";
+
+fn seq_bytes(n: usize) -> Vec<u8> {
+    let mut all = Vec::new();
+    for i in 1..=1_000_000u32 {
+        all.extend_from_slice(format!("{i}\n").as_bytes());
+    }
+    all.truncate(n);
+    all
+}
+
+#[test]
+fn a_large_stream_is_relayed_whole_and_captured_up_to_the_cap() {
+    // vigil's stdout is a pipe: the zero-copy relay (splice, with tee(2) for the capture).
+    let (f, _dir) = VigilRun::new("relay")
+        .args(["--output-cap-bytes", "1000000", "--", "sh", "-c", LINES_4M])
+        .run();
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let want = seq_bytes(4 << 20);
+    assert!(f.output.stdout == want, "relayed stream differs");
+    let log = std::fs::read(f.bundle.join("output/stdout.log")).expect("log");
+    assert!(
+        log == want[..1_000_000],
+        "capture is not the stream's first 1,000,000 bytes"
+    );
+    let h = f.health();
+    assert_eq!(h["output"]["stdout"]["bytes_total"], 4 << 20);
+    assert_eq!(h["output"]["stdout"]["bytes_captured"], 1_000_000);
+    assert_eq!(h["output"]["stdout"]["truncated"], true);
+    assert_eq!(h["output"]["stdout"]["truncated_reason"], "cap");
+    // The manifest's digest of the capture is checked against the file.
+    assert_valid_bundle(&f.bundle);
+}
+
+#[test]
+fn a_stdout_splice_refuses_is_relayed_by_copying_with_nothing_lost() {
+    // splice(2) refuses a file opened O_APPEND (`>>` in a shell): the tee falls back to copying.
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("appended.log");
+    std::fs::write(&path, b"before\n").expect("seed");
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open append");
+    let (f, _out) = VigilRun::new("append")
+        .args(["--output-cap-bytes", "1000000", "--", "sh", "-c", LINES_4M])
+        .run_with_stdout(file);
+    assert_eq!(f.code(), 0, "{}", f.stderr());
+    let mut want = b"before\n".to_vec();
+    want.extend(seq_bytes(4 << 20));
+    assert!(
+        std::fs::read(&path).expect("read") == want,
+        "appended stream differs"
+    );
+    let log = std::fs::read(f.bundle.join("output/stdout.log")).expect("log");
+    assert!(
+        log == want[7..1_000_007],
+        "capture is not the stream's first 1,000,000 bytes"
+    );
+    let tee_error = &f.health()["output"]["stdout"]["tee_error"];
+    assert!(tee_error.is_null(), "{tee_error}");
+    assert_valid_bundle(&f.bundle);
+}
+
 #[test]
 fn user_flag_runs_unprivileged_without_capabilities() {
     let (f, _dir) = VigilRun::new("user")

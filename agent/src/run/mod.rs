@@ -23,6 +23,7 @@ pub mod schedule;
 mod setup;
 pub mod spawn;
 pub mod spec;
+mod splice;
 pub mod steps;
 pub mod supervisor;
 pub mod tee;

@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use super::dispatch::Stream;
+use super::splice::{self, Relayed};
 use crate::contracts::RunCounters;
 use crate::evidence::space::Space;
 use sha2::{Digest, Sha256};
@@ -123,17 +124,54 @@ fn tee_loop(
     fence: &Fence,
 ) -> TeeReport {
     let mut report = OutputHealth::default();
-    let mut hasher = Sha256::new();
-    let capture_rel = cfg.capture_rel;
     // Filled (not calloc'd) so every page is faulted in before the first read.
     let mut buf = vec![0xffu8; CHUNK];
-    let mut capture = BufWriter::with_capacity(CHUNK, cfg.capture);
-    let mut masker = redactor.stream_masker();
-    let mut masked = Vec::new();
-    let mut capture_ok = true;
-    let mut capturing = true;
-    let mut writeback_from = 0u64;
+    let mut capture = Capture {
+        file: BufWriter::with_capacity(CHUNK, cfg.capture),
+        hasher: Sha256::new(),
+        masker: redactor.stream_masker(),
+        masked: Vec::new(),
+        cap: cfg.cap_bytes,
+        space: cfg.space,
+        ok: true,
+        on: true,
+        writeback_from: 0,
+    };
+    splice::grow_pipe(&cfg.pipe);
+    // The zero-copy relay needs a sink that may block: a daemon client's stream is written
+    // with the bounded copy below.
+    let mut zero_copy = match &cfg.sink {
+        Some(_) if !cfg.bounded_sink => splice::ZeroCopy::new(&cfg.pipe).ok(),
+        _ => None,
+    };
     loop {
+        if let (Some(zc), Some(sink), false) =
+            (zero_copy.as_mut(), cfg.sink.as_ref(), fence.is_closed())
+        {
+            let (n, copied) = match zc.step(&cfg.pipe, sink, &mut buf, capture.wants_bytes(&report))
+            {
+                Relayed::Eof => break,
+                Relayed::Unsupported => {
+                    zero_copy = None;
+                    continue;
+                }
+                Relayed::Moved { n, copied } => (n, copied),
+                Relayed::SinkFailed { n, copied, err } => {
+                    sink_lost(&mut report, &err);
+                    cfg.sink = None;
+                    (n, copied)
+                }
+            };
+            progress.chunk();
+            counters.add_output(n as u64);
+            report.bytes_total += n as u64;
+            if copied > 0 {
+                capture.take(&buf[..copied], &mut report);
+            } else if n > 0 {
+                capture.skip(&mut report);
+            }
+            continue;
+        }
         let n = match cfg.pipe.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -163,74 +201,122 @@ fn tee_loop(
             Some(sink) => sink.write_all(chunk),
         };
         if let Err(e) = written {
-            // vigil's own stdout went away (closed pipe): keep capturing, stop teeing.
-            report
-                .tee_error
-                .get_or_insert_with(|| format!("writing to terminal: {e}"));
+            sink_lost(&mut report, &e);
             cfg.sink = None;
         }
-        let out: &[u8] = match masker.as_mut() {
+        capture.take(chunk, &mut report);
+    }
+    capture.finish(cfg.capture_rel, report)
+}
+
+/// vigil's own stdout went away (closed pipe): keep capturing, stop teeing.
+fn sink_lost(report: &mut OutputHealth, e: &std::io::Error) {
+    report
+        .tee_error
+        .get_or_insert_with(|| format!("writing to terminal: {e}"));
+}
+
+/// The durable capture of one stream: masked, capped, hashed as written.
+struct Capture<'r> {
+    file: BufWriter<File>,
+    hasher: Sha256,
+    masker: Option<crate::evidence::redact::StreamMasker<'r>>,
+    masked: Vec<u8>,
+    cap: u64,
+    space: Arc<Space>,
+    /// No write has failed.
+    ok: bool,
+    /// Still capturing (not stopped by disk pressure or a write error).
+    on: bool,
+    writeback_from: u64,
+}
+
+impl Capture<'_> {
+    /// Whether the next bytes could still land in the file: past the cap (or once stopped)
+    /// the relay need not hand them over.
+    fn wants_bytes(&self, report: &OutputHealth) -> bool {
+        self.on && report.bytes_captured < self.cap
+    }
+
+    /// Bytes relayed without being handed over: they are past what the capture could take.
+    fn skip(&mut self, report: &mut OutputHealth) {
+        report.truncated = true;
+        report.truncated_reason.get_or_insert_with(|| "cap".into());
+    }
+
+    fn take(&mut self, chunk: &[u8], report: &mut OutputHealth) {
+        if !self.on {
+            return;
+        }
+        let out: &[u8] = match self.masker.as_mut() {
             Some(m) => {
-                masked.clear();
-                m.push(chunk, &mut masked);
-                &masked
+                self.masked.clear();
+                m.push(chunk, &mut self.masked);
+                &self.masked
             }
             None => chunk,
         };
-        if capturing && !cfg.space.allow(out.len() as u64) {
+        if !self.space.allow(out.len() as u64) {
             // Disk pressure: the rest of the stream is relayed, not captured.
-            capturing = false;
+            self.on = false;
             report.truncated = true;
             report.truncated_reason = Some("disk_pressure".into());
+            return;
         }
-        if capturing && !write_capped(&mut capture, &mut hasher, out, cfg.cap_bytes, &mut report) {
-            capturing = false;
-            capture_ok = false;
+        if !write_capped(&mut self.file, &mut self.hasher, out, self.cap, report) {
+            self.on = false;
+            self.ok = false;
             report.truncated = true;
             report.truncated_reason = Some("write_error".into());
         }
-        if report.bytes_captured - writeback_from >= WRITEBACK_EVERY && capture.flush().is_ok() {
+        if report.bytes_captured - self.writeback_from >= WRITEBACK_EVERY
+            && self.file.flush().is_ok()
+        {
             start_writeback(
-                capture.get_ref(),
+                self.file.get_ref(),
                 report.bytes_captured,
-                &mut writeback_from,
+                &mut self.writeback_from,
             );
         }
     }
-    if let Some(m) = masker.as_mut().filter(|_| capturing) {
-        masked.clear();
-        m.finish(&mut masked);
-        capture_ok &= write_capped(
-            &mut capture,
-            &mut hasher,
-            &masked,
-            cfg.cap_bytes,
-            &mut report,
-        );
-    }
-    let synced = capture
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all());
-    if let Err(e) = synced {
-        capture_ok = false;
-        report
-            .tee_error
-            .get_or_insert_with(|| format!("writing capture: {e}"));
-    }
-    if !capture_ok {
-        report
-            .tee_error
-            .get_or_insert_with(|| "writing capture failed".into());
-    }
-    let capture = capture_ok.then(|| FileDigest {
-        path: capture_rel.to_string(),
-        sha256: hex::encode(hasher.finalize()),
-        bytes: report.bytes_captured,
-    });
-    TeeReport {
-        health: report,
-        capture,
+
+    fn finish(mut self, capture_rel: &str, mut report: OutputHealth) -> TeeReport {
+        if let Some(m) = self.masker.as_mut().filter(|_| self.on) {
+            self.masked.clear();
+            m.finish(&mut self.masked);
+            self.ok &= write_capped(
+                &mut self.file,
+                &mut self.hasher,
+                &self.masked,
+                self.cap,
+                &mut report,
+            );
+        }
+        let synced = self
+            .file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all());
+        if let Err(e) = synced {
+            self.ok = false;
+            report
+                .tee_error
+                .get_or_insert_with(|| format!("writing capture: {e}"));
+        }
+        if !self.ok {
+            report
+                .tee_error
+                .get_or_insert_with(|| "writing capture failed".into());
+        }
+        let capture = self.ok.then(|| FileDigest {
+            path: capture_rel.to_string(),
+            sha256: hex::encode(self.hasher.finalize()),
+            bytes: report.bytes_captured,
+        });
+        TeeReport {
+            health: report,
+            capture,
+        }
     }
 }
 
