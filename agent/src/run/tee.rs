@@ -11,6 +11,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -85,7 +86,7 @@ pub fn spawn_tee(
         .name("vigil-tee".into())
         .spawn(move || {
             let stream = cfg.stream;
-            let mut progress = ProgressSender { tx, pending: 0 };
+            let mut progress = ProgressSender::new(tx);
             let report = tee_loop(cfg, &redactor, &mut progress, &counters, &fence);
             progress.flush();
             // The receiver is gone only when the dispatcher stopped listening.
@@ -93,18 +94,67 @@ pub fn spawn_tee(
         })
 }
 
-/// Chunk counts to the dispatcher without ever blocking the relay: a full channel means the
-/// count rides along with the next message.
+/// How often a flooding stream tells the dispatcher it made progress. Each message wakes the
+/// dispatcher's thread: one per chunk was a wakeup per few KiB (45,000 context switches for
+/// 1 GiB through the tee against 3,300 through `cat`), more CPU than the relay itself.
+/// Progress is never reported early: a count not yet sent goes out within this long even if
+/// the pipe stays quiet, so a no-output stall is seen at most this much late, never too soon.
+const PROGRESS_EVERY: Duration = Duration::from_millis(1);
+
+/// Chunk counts to the dispatcher, at most one message per [`PROGRESS_EVERY`], without ever
+/// blocking the relay: a full channel means the count rides along with the next message
+/// (whatever the dispatcher has not read yet is news at least as fresh).
 struct ProgressSender {
     tx: mpsc::Sender<TeeMsg>,
     pending: u64,
+    sent_at: Instant,
 }
 
 impl ProgressSender {
+    fn new(tx: mpsc::Sender<TeeMsg>) -> Self {
+        ProgressSender {
+            tx,
+            pending: 0,
+            sent_at: Instant::now()
+                .checked_sub(PROGRESS_EVERY)
+                .unwrap_or_else(Instant::now),
+        }
+    }
+
     fn chunk(&mut self) {
         self.pending += 1;
+        if self.sent_at.elapsed() >= PROGRESS_EVERY {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
         if self.tx.try_send(TeeMsg::Chunks(self.pending)).is_ok() {
             self.pending = 0;
+            self.sent_at = Instant::now();
+        }
+    }
+
+    /// Before blocking on `pipe`: wait for it at most until the unsent count is due, and send
+    /// the count then.
+    fn before_wait(&mut self, pipe: &File) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        while self.pending > 0 {
+            let left = PROGRESS_EVERY.saturating_sub(self.sent_at.elapsed());
+            if left.is_zero() {
+                self.send();
+                return;
+            }
+            let ms = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(
+                std::os::fd::AsFd::as_fd(pipe),
+                PollFlags::POLLIN,
+            )];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                // Readable, closed or failed: the read that follows does not block for long.
+                _ => return,
+            }
         }
     }
 
@@ -137,7 +187,6 @@ fn tee_loop(
         on: true,
         writeback_from: 0,
     };
-    splice::grow_pipe(&cfg.pipe);
     // The zero-copy relay needs a sink that may block: a daemon client's stream is written
     // with the bounded copy below.
     let mut zero_copy = match &cfg.sink {
@@ -145,6 +194,7 @@ fn tee_loop(
         _ => None,
     };
     loop {
+        progress.before_wait(&cfg.pipe);
         if let (Some(zc), Some(sink), false) =
             (zero_copy.as_mut(), cfg.sink.as_ref(), fence.is_closed())
         {
