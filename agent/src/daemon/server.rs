@@ -87,6 +87,7 @@ async fn serve(config: Config, hub: Option<Arc<Hub>>) -> Result<(), DaemonError>
     };
     let mut term = signal(SignalKind::terminate()).map_err(sig_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(sig_err)?;
+    super::session::give_back_free_memory();
     tracing::info!(
         socket = %config.socket.display(),
         max_runs = config.max_runs,
