@@ -195,7 +195,7 @@ impl EventLog {
     }
 
     /// Flush and fsync everything; returns the first write error of the run, if any.
-    pub fn finish(&mut self) -> Result<(), String> {
+    pub fn finish(&mut self) -> Result<super::ndjson::Written, String> {
         self.flush_pending();
         self.out.finish()
     }

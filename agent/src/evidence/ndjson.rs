@@ -13,6 +13,8 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 /// Lines buffered before a batch is written and fsync'd.
 const BATCH_LINES: usize = 256;
 /// Longest a line waits in the buffer.
@@ -26,6 +28,28 @@ struct NdjsonAppender {
     buf: Vec<u8>,
     lines: usize,
     oldest: Option<Instant>,
+    /// Every byte written, hashed on the way out: the commit need not read the file back.
+    hasher: Sha256,
+    written: u64,
+}
+
+/// What a writer put in its file: the SHA-256 of every byte it wrote (hex) and how many.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl Written {
+    /// As the index lists it, for the file at `rel` in the bundle. The commit uses it only
+    /// while the file's size still matches.
+    pub fn digest(&self, rel: &str) -> crate::evidence::bundle::FileDigest {
+        crate::evidence::bundle::FileDigest {
+            path: rel.to_string(),
+            sha256: self.sha256.clone(),
+            bytes: self.bytes,
+        }
+    }
 }
 
 impl NdjsonAppender {
@@ -36,7 +60,17 @@ impl NdjsonAppender {
             buf: Vec::with_capacity(64 * 1024),
             lines: 0,
             oldest: None,
+            hasher: Sha256::new(),
+            written: 0,
         })
+    }
+
+    fn write_buf(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.buf)?;
+        self.hasher.update(&self.buf);
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
     }
 
     /// Append one already serialized line (ending in a newline).
@@ -48,8 +82,7 @@ impl NdjsonAppender {
             self.flush()?;
         } else if self.buf.len() >= BUFFER_BYTES {
             // Out of memory, into the page cache; the fsync still comes with the batch.
-            self.file.write_all(&self.buf)?;
-            self.buf.clear();
+            self.write_buf()?;
         }
         Ok(())
     }
@@ -67,9 +100,8 @@ impl NdjsonAppender {
         if self.oldest.is_none() {
             return Ok(());
         }
-        self.file.write_all(&self.buf)?;
+        self.write_buf()?;
         self.file.sync_data()?;
-        self.buf.clear();
         self.lines = 0;
         self.oldest = None;
         Ok(())
@@ -86,9 +118,10 @@ pub enum Lane {
 /// An [`NdjsonAppender`] on its own thread, fed through a bounded queue.
 pub struct NdjsonWriter {
     tx: Option<SyncSender<(Vec<u8>, bool)>>,
-    handle: Option<JoinHandle<Result<(), String>>>,
+    handle: Option<JoinHandle<Result<Written, String>>>,
     shed: u64,
     lost: Option<String>,
+    outcome: Option<Result<Written, String>>,
 }
 
 impl NdjsonWriter {
@@ -114,13 +147,20 @@ impl NdjsonWriter {
                     }
                 }
                 note(out.flush());
-                first_error.map_or(Ok(()), Err)
+                match first_error {
+                    Some(e) => Err(e),
+                    None => Ok(Written {
+                        sha256: hex::encode(out.hasher.finalize()),
+                        bytes: out.written,
+                    }),
+                }
             })?;
         Ok(NdjsonWriter {
             tx: Some(tx),
             handle: Some(handle),
             shed: 0,
             lost: None,
+            outcome: None,
         })
     }
 
@@ -151,19 +191,22 @@ impl NdjsonWriter {
         self.shed
     }
 
-    /// Close the queue, let the writer flush and fsync, and return its first error.
-    pub fn finish(&mut self) -> Result<(), String> {
+    /// Close the queue, let the writer flush and fsync; what it wrote, or its first error (the
+    /// same answer however often it is asked).
+    pub fn finish(&mut self) -> Result<Written, String> {
         self.tx.take();
-        let joined = match self.handle.take() {
-            Some(h) => h
+        if let Some(h) = self.handle.take() {
+            let joined = h
                 .join()
-                .unwrap_or_else(|_| Err("the NDJSON writer thread panicked".into())),
-            None => Ok(()),
-        };
-        match self.lost.take() {
-            Some(e) => Err(e),
-            None => joined,
+                .unwrap_or_else(|_| Err("the NDJSON writer thread panicked".into()));
+            self.outcome = Some(match self.lost.take() {
+                Some(e) => Err(e),
+                None => joined,
+            });
         }
+        self.outcome
+            .clone()
+            .unwrap_or_else(|| Err("the NDJSON writer never started".into()))
     }
 }
 
@@ -218,9 +261,14 @@ mod tests {
                 sent += 1;
             }
         }
-        w.finish().expect("finish");
+        let written = w.finish().expect("finish");
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.lines().count(), sent);
+        // The digest the index will use is the file's, computed without reading it back; the
+        // same answer when asked again.
+        assert_eq!(written.bytes, text.len() as u64);
+        assert_eq!(written.sha256, hex::encode(Sha256::digest(text.as_bytes())));
+        assert_eq!(w.finish(), Ok(written));
         assert_eq!(
             sent + w.shed() as usize,
             2000,

@@ -48,6 +48,8 @@ pub struct KernelReport {
     /// What the run did that vigil saw but does not follow (32-bit syscalls, io_uring
     /// submissions other than opens), by kind: the claim is `partial` when there are any.
     pub unfollowed_by_kind: BTreeMap<String, u64>,
+    /// What the layer's writer wrote (its digest, for the index), when it finished cleanly.
+    pub layer_written: Option<crate::evidence::ndjson::Written>,
 }
 
 impl KernelReport {
@@ -211,14 +213,14 @@ pub fn report(
 ) -> KernelReport {
     let ring_lost = ring_lost_by_kind.values().sum();
     let reading = source.is_some();
-    let (written, decode_errors_by_kind, write_error, dropped_for_space, downgraded, unfollowed) =
+    let (written, decode_errors_by_kind, finished, dropped_for_space, downgraded, unfollowed) =
         match source {
             Some((w, decode_errors)) => {
-                let write_error = w.finish().err();
+                let finished = Some(w.finish());
                 (
                     w.written(),
                     decode_errors,
-                    write_error,
+                    finished,
                     w.dropped_for_space(),
                     w.downgraded().clone(),
                     w.unfollowed().clone(),
@@ -233,6 +235,11 @@ pub fn report(
                 BTreeMap::new(),
             ),
         };
+    let (write_error, layer_written) = match finished {
+        Some(Ok(w)) => (None, Some(w)),
+        Some(Err(e)) => (Some(e), None),
+        None => (None, None),
+    };
     let decode_errors = decode_errors_by_kind.values().sum();
     let attached = probes
         .values()
@@ -291,6 +298,7 @@ pub fn report(
         downgraded,
         queue_lost: 0,
         unfollowed_by_kind: unfollowed,
+        layer_written,
     }
 }
 

@@ -244,8 +244,8 @@ impl LayerWriter {
         self.dropped_for_space
     }
 
-    /// Flush and fsync the layer; returns its first write error.
-    pub fn finish(&mut self) -> Result<(), String> {
+    /// Flush and fsync the layer; what was written, or its first write error.
+    pub fn finish(&mut self) -> Result<crate::evidence::ndjson::Written, String> {
         self.end_drain_at(u64::MAX);
         self.out.finish()
     }

@@ -96,6 +96,8 @@ pub struct PolicyReport {
     pub dropped_for_space: u64,
     /// Allow decisions past the evidence budget.
     pub downgraded: crate::evidence::downgrade::Downgraded,
+    /// What the layer's writer wrote (its digest, for the index), when it finished cleanly.
+    pub layer_written: Option<crate::evidence::ndjson::Written>,
 }
 
 /// Lines the writer may have queued (decisions arrive in kernel drains of ≤ 4,096 events).
@@ -190,8 +192,12 @@ impl PolicyLayer {
     }
 
     pub fn finish(mut self) -> PolicyReport {
-        let write_error = self.out.finish().err();
+        let (write_error, layer_written) = match self.out.finish() {
+            Ok(w) => (None, Some(w)),
+            Err(e) => (Some(e), None),
+        };
         PolicyReport {
+            layer_written,
             decisions: self.seq,
             would_deny: self.denied,
             write_error,

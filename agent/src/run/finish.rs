@@ -253,10 +253,24 @@ impl Supervisor<'_> {
             },
         };
 
+        // Digests computed as the files were written: the captures, the kernel and policy
+        // layers (the event log's is the recorder's); the commit reads back only the rest.
         let known: Vec<_> = sup
             .streams
             .iter()
             .filter_map(|r| r.capture.clone())
+            .chain(
+                sup.kernel
+                    .layer_written
+                    .as_ref()
+                    .map(|w| w.digest(files::KERNEL_LAYER)),
+            )
+            .chain(
+                policy
+                    .as_ref()
+                    .and_then(|p| p.layer_written.as_ref())
+                    .map(|w| w.digest(files::POLICY_LAYER)),
+            )
             .collect();
         let commit = self
             .rec

@@ -23,6 +23,7 @@ use crate::evidence::bundle::{self, Bundle, FileDigest};
 use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::files;
 use crate::evidence::health::{ObservationHealth, ObserverCost};
+use crate::evidence::ndjson::Written;
 use crate::evidence::redact::Redactor;
 use crate::evidence::spans::{RunSpan, SpanTree, SpanWriter};
 use crate::evidence::trace::{RunStatus, RunTrace, render_summary_md, span};
@@ -42,8 +43,8 @@ pub struct RunRecorder {
     violations: Arc<Violations>,
     /// What contracts count: kernel operations, output bytes, lost events.
     pub counters: Arc<RunCounters>,
-    /// `events.ndjson`'s first write error, once the log is finished.
-    events_result: Result<(), String>,
+    /// What `events.ndjson`'s writer wrote, or its first write error, once the log is finished.
+    events_result: Result<Option<Written>, String>,
     /// vigil's rusage when the run began.
     pub observer_start: ObserverCost,
     /// Set for a daemon's client: the profile copies are handed back (the client writes them
@@ -107,7 +108,7 @@ impl RunRecorder {
             writer,
             violations,
             counters,
-            events_result: Ok(()),
+            events_result: Ok(None),
             observer_start,
             copies,
         };
@@ -128,7 +129,7 @@ impl RunRecorder {
             reason,
             json!({"status": status, "exit_code": exit_code}),
         );
-        self.events_result = self.events.finish();
+        self.events_result = self.events.finish().map(Some);
         self.trace.ended_at = Some(clock::rfc3339(ended_ns));
         self.trace.status = status.into();
         self.trace.exit_code = Some(exit_code);
@@ -166,7 +167,14 @@ impl RunRecorder {
             self.bundle
                 .write_documents(&docs)
                 .map_err(|e| e.to_string())?;
-            self.bundle.commit(known).map_err(|e| e.to_string())?;
+            // The event log was hashed as it was written.
+            let events = self.events_result.as_ref().ok().and_then(Option::as_ref);
+            let known: Vec<FileDigest> = known
+                .iter()
+                .cloned()
+                .chain(events.map(|w| w.digest(files::EVENTS)))
+                .collect();
+            self.bundle.commit(&known).map_err(|e| e.to_string())?;
             Ok(())
         })();
         let copies = profile_copies(profile, &mut self.trace, &self.writer, failed);

@@ -212,12 +212,15 @@ fn tee_loop(
                     (n, copied)
                 }
             };
+            if n == 0 {
+                continue;
+            }
             progress.chunk();
             counters.add_output(n as u64);
             report.bytes_total += n as u64;
             if copied > 0 {
                 capture.take(&buf[..copied], &mut report);
-            } else if n > 0 {
+            } else {
                 capture.skip(&mut report);
             }
             continue;
