@@ -89,6 +89,12 @@ impl ZeroCopy {
         let mut sink_err = None;
         while moved < n {
             match retry(|| splice(child, sink, n - moved)) {
+                // The bytes tee(2) saw are still in the pipe: moving none of them is the sink's
+                // failure, not the end of the stream.
+                Ok(0) => {
+                    sink_err = Some(std::io::Error::other("the sink took no bytes"));
+                    break;
+                }
                 Ok(k) => moved += k,
                 Err(Errno::EINVAL) if moved == 0 => {
                     // The duplicate is dropped; the bytes are still in the child's pipe for the
