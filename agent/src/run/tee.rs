@@ -421,6 +421,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn progress_is_rate_limited_and_an_unsent_count_goes_out_before_a_quiet_pipe_blocks() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut p = ProgressSender::new(tx);
+        // The first chunk after a quiet spell is news at once; the next ones within the
+        // millisecond wait (checked only when this thread was not preempted for that long).
+        p.chunk();
+        let first = Instant::now();
+        p.chunk();
+        p.chunk();
+        let within = first.elapsed() < PROGRESS_EVERY;
+        assert!(matches!(rx.try_recv(), Ok(TeeMsg::Chunks(1))));
+        let mut counted = 1;
+        if within {
+            assert!(rx.try_recv().is_err(), "a second message within 1 ms");
+        }
+        // A pipe with nothing to read: the wait ends once the count is due, and it is sent.
+        let (r, _w) = nix::unistd::pipe().expect("pipe");
+        p.before_wait(&File::from(r));
+        assert_eq!(
+            p.pending, 0,
+            "the count went out before the pipe could block"
+        );
+        while let Ok(TeeMsg::Chunks(n)) = rx.try_recv() {
+            counted += n;
+        }
+        assert_eq!(counted, 3, "every chunk reported once");
+    }
+
+    #[test]
     fn capture_is_capped_and_truncation_recorded() {
         let mut out = Vec::new();
         let mut r = OutputHealth::default();
