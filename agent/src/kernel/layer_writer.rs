@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::coalesce::{self, Coalescer, Run};
 use super::event::{KernelEvent, Observed};
 use super::identity::Identities;
+use super::json_line::TsCache;
 use super::record::{record, target};
 use crate::clock;
 use crate::evidence::downgrade::Downgraded;
@@ -47,6 +48,8 @@ pub struct LayerWriter {
     /// submissions other than opens), by kind: the blind spots health names.
     unfollowed: std::collections::BTreeMap<String, u64>,
     batch: Batch,
+    /// The lines' RFC 3339 timestamps, made once per second.
+    ts: TsCache,
 }
 
 impl LayerWriter {
@@ -64,6 +67,7 @@ impl LayerWriter {
             identities: None,
             unfollowed: Default::default(),
             batch: Batch::default(),
+            ts: TsCache::default(),
         })
     }
 
@@ -154,16 +158,10 @@ impl LayerWriter {
         );
         let mut rec = record(obs.seq, obs.ts_ns, ev);
         if let Some(r) = run.filter(|r| r.count > 1) {
-            rec.count = Some(r.count);
-            rec.last_seq = Some(r.last_seq);
-            rec.last_ts = Some(clock::rfc3339(r.last_ts_ns));
-            rec.last_ts_ns = Some(r.last_ts_ns);
+            rec.coalesced = Some((r.count, r.last_seq, r.last_ts_ns));
         }
         let mark = self.batch.bytes.len();
-        if serde_json::to_writer(&mut self.batch.bytes, &rec).is_err() {
-            self.batch.bytes.truncate(mark);
-            return;
-        }
+        rec.write_json(&mut self.batch.bytes, &mut self.ts);
         match self
             .space
             .admit((self.batch.bytes.len() - mark) as u64 + 1, control)
@@ -282,7 +280,9 @@ mod tests {
         let r = Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]);
         let mut ev = ev.clone();
         ev.redact(&r);
-        serde_json::to_value(record(3, 0, &ev)).expect("serialize")
+        let mut line = Vec::new();
+        record(3, 0, &ev).write_json(&mut line, &mut TsCache::default());
+        serde_json::from_slice(&line).expect("a JSON line")
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod coalesce;
 pub mod event;
 pub mod hub;
 mod identity;
+mod json_line;
 pub mod lanes;
 pub mod layer;
 pub mod layer_writer;

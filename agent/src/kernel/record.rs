@@ -1,11 +1,9 @@
 //! One kernel event as a `vigil.kernel_event.v1` line: the common envelope, then the kind's
-//! fields, serialized straight from borrowed fields (the reader's cost per event bounds the
-//! drain rate); and the target a downgraded data event is counted under.
+//! fields, written straight from borrowed fields into the batch (the reader's cost per event
+//! bounds the drain rate); and the target a downgraded data event is counted under.
 
-use serde::Serialize;
-
-use super::event::{KernelEvent, NetOp};
-use crate::clock;
+use super::event::KernelEvent;
+use super::json_line::{Obj, TsCache};
 use crate::evidence::schema;
 
 /// include/trace/events/signal.h: what became of a generated signal.
@@ -59,43 +57,28 @@ fn open_access(flags: u32) -> &'static str {
     }
 }
 
-/// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields. Serialized
-/// straight from borrowed fields: the reader's cost per event is what bounds the drain rate.
-#[derive(Serialize)]
+/// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields, borrowed
+/// from the event.
 pub(super) struct Record<'a> {
-    schema: &'static str,
     seq: u64,
     version: u32,
-    ts: String,
     ts_ns: u64,
-    /// A coalesced line: how many identical events it stands for, and the last one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) count: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) last_seq: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) last_ts: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) last_ts_ns: Option<u64>,
+    /// A coalesced line: how many identical events it stands for, and the last one (seq, ns).
+    pub(super) coalesced: Option<(u64, u64, u64)>,
     pid: u32,
     tid: u32,
     ppid: u32,
     cgroup_id: u64,
     comm: &'a str,
-    #[serde(flatten)]
     body: Body<'a>,
 }
 
-#[derive(Serialize)]
-#[serde(tag = "kind")]
 enum Body<'a> {
-    #[serde(rename = "process.fork")]
     Fork {
         child_pid: u32,
         child_tid: u32,
         is_thread: bool,
     },
-    #[serde(rename = "process.exec")]
     Exec {
         filename: &'a str,
         argv: &'a [String],
@@ -104,16 +87,16 @@ enum Body<'a> {
         gid: u32,
         cred_changed: bool,
     },
-    #[serde(rename = "process.exit")]
     Exit {
         exit_code: Option<i32>,
         signal: Option<i32>,
         core_dumped: bool,
         group_dead: bool,
     },
-    #[serde(rename = "io.write")]
-    Write { bytes: u64, pages: u32 },
-    #[serde(rename = "signal.generate")]
+    Write {
+        bytes: u64,
+        pages: u32,
+    },
     Signal {
         target_pid: u32,
         target_tid: u32,
@@ -121,7 +104,6 @@ enum Body<'a> {
         result: &'static str,
         group: bool,
     },
-    #[serde(rename = "file.open")]
     Open {
         path: &'a str,
         resolved_path: Option<&'a str>,
@@ -136,37 +118,186 @@ enum Body<'a> {
         errno: Option<String>,
         via: &'static str,
     },
-    #[serde(rename = "network.connect")]
-    Connect(Net<'a>),
-    #[serde(rename = "network.bind")]
-    Bind(Net<'a>),
-    #[serde(rename = "network.accept")]
-    Accept(Net<'a>),
-    #[serde(rename = "network.send")]
-    Send(Net<'a>),
-    #[serde(rename = "process.exec_failed")]
+    Net(&'static str, Net<'a>),
     ExecFailed {
         path: &'a str,
         resolved_path: Option<&'a str>,
         result: i64,
         errno: Option<String>,
     },
-    #[serde(rename = "oom.kill")]
     Oom {
         trigger_pid: u32,
         trigger_comm: &'a str,
     },
-    #[serde(rename = "syscall.compat")]
     Compat {
         nr: Option<u32>,
         result: Option<i64>,
         errno: Option<String>,
     },
-    #[serde(rename = "io_uring.submit")]
     Uring {
         opcode: Option<u32>,
         op: Option<&'static str>,
     },
+}
+
+impl Record<'_> {
+    /// The line, without its newline, appended to `out`.
+    pub(super) fn write_json(&self, out: &mut Vec<u8>, ts: &mut TsCache) {
+        let mut o = Obj::open(out);
+        o.str("schema", schema::KERNEL_EVENT);
+        o.num("seq", self.seq);
+        o.num("version", self.version);
+        o.ts("ts", self.ts_ns, ts);
+        o.num("ts_ns", self.ts_ns);
+        if let Some((count, last_seq, last_ns)) = self.coalesced {
+            o.num("count", count);
+            o.num("last_seq", last_seq);
+            o.ts("last_ts", last_ns, ts);
+            o.num("last_ts_ns", last_ns);
+        }
+        o.num("pid", self.pid);
+        o.num("tid", self.tid);
+        o.num("ppid", self.ppid);
+        o.num("cgroup_id", self.cgroup_id);
+        o.str("comm", self.comm);
+        self.body.write(&mut o);
+        o.close();
+    }
+}
+
+impl Body<'_> {
+    /// `kind`, then the kind's fields.
+    fn write(&self, o: &mut Obj<'_>) {
+        match self {
+            Body::Fork {
+                child_pid,
+                child_tid,
+                is_thread,
+            } => {
+                o.str("kind", "process.fork");
+                o.num("child_pid", *child_pid);
+                o.num("child_tid", *child_tid);
+                o.bool("is_thread", *is_thread);
+            }
+            Body::Exec {
+                filename,
+                argv,
+                argv_truncated,
+                uid,
+                gid,
+                cred_changed,
+            } => {
+                o.str("kind", "process.exec");
+                o.str("filename", filename);
+                o.strs("argv", argv);
+                o.bool("argv_truncated", *argv_truncated);
+                o.num("uid", *uid);
+                o.num("gid", *gid);
+                o.bool("cred_changed", *cred_changed);
+            }
+            Body::Exit {
+                exit_code,
+                signal,
+                core_dumped,
+                group_dead,
+            } => {
+                o.str("kind", "process.exit");
+                o.opt_num("exit_code", *exit_code);
+                o.opt_num("signal", *signal);
+                o.bool("core_dumped", *core_dumped);
+                o.bool("group_dead", *group_dead);
+            }
+            Body::Write { bytes, pages } => {
+                o.str("kind", "io.write");
+                o.num("bytes", *bytes);
+                o.num("pages", *pages);
+            }
+            Body::Signal {
+                target_pid,
+                target_tid,
+                signal,
+                result,
+                group,
+            } => {
+                o.str("kind", "signal.generate");
+                o.num("target_pid", *target_pid);
+                o.num("target_tid", *target_tid);
+                o.num("signal", *signal);
+                o.str("result", result);
+                o.bool("group", *group);
+            }
+            Body::Open {
+                path,
+                resolved_path,
+                path_truncated,
+                dirfd,
+                flags,
+                mode,
+                access,
+                create,
+                truncate,
+                result,
+                errno,
+                via,
+            } => {
+                o.str("kind", "file.open");
+                o.str("path", path);
+                o.opt_str("resolved_path", *resolved_path);
+                o.bool("path_truncated", *path_truncated);
+                o.num("dirfd", *dirfd);
+                o.num("flags", *flags);
+                o.num("mode", *mode);
+                o.str("access", access);
+                o.bool("create", *create);
+                o.bool("truncate", *truncate);
+                o.opt_num("result", *result);
+                o.opt_str("errno", errno.as_deref());
+                o.str("via", via);
+            }
+            Body::Net(kind, n) => {
+                o.str("kind", kind);
+                o.opt_num("fd", n.fd);
+                o.opt_str("family", n.family);
+                o.opt_str("address", n.address);
+                o.opt_num("port", n.port);
+                o.str("endpoint_source", n.endpoint_source);
+                o.opt_num("result", n.result);
+                o.opt_str("errno", n.errno.as_deref());
+                o.str("observed_at", n.observed_at);
+            }
+            Body::ExecFailed {
+                path,
+                resolved_path,
+                result,
+                errno,
+            } => {
+                o.str("kind", "process.exec_failed");
+                o.str("path", path);
+                o.opt_str("resolved_path", *resolved_path);
+                o.num("result", *result);
+                o.opt_str("errno", errno.as_deref());
+            }
+            Body::Oom {
+                trigger_pid,
+                trigger_comm,
+            } => {
+                o.str("kind", "oom.kill");
+                o.num("trigger_pid", *trigger_pid);
+                o.str("trigger_comm", trigger_comm);
+            }
+            Body::Compat { nr, result, errno } => {
+                o.str("kind", "syscall.compat");
+                o.opt_num("nr", *nr);
+                o.opt_num("result", *result);
+                o.opt_str("errno", errno.as_deref());
+            }
+            Body::Uring { opcode, op } => {
+                o.str("kind", "io_uring.submit");
+                o.opt_num("opcode", *opcode);
+                o.opt_str("op", *op);
+            }
+        }
+    }
 }
 
 /// io_uring opcode names (include/uapi/linux/io_uring.h), for the trace's reader.
@@ -235,7 +366,6 @@ fn uring_op(opcode: u32) -> Option<&'static str> {
     OPS.get(opcode as usize).copied()
 }
 
-#[derive(Serialize)]
 struct Net<'a> {
     fd: Option<i32>,
     family: Option<&'a str>,
@@ -366,12 +496,7 @@ pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
                 errno: result.and_then(errno_name),
                 observed_at,
             };
-            match op {
-                NetOp::Connect => Body::Connect(net),
-                NetOp::Bind => Body::Bind(net),
-                NetOp::Accept => Body::Accept(net),
-                NetOp::Send => Body::Send(net),
-            }
+            Body::Net(op.kind(), net)
         }
         KernelEvent::ExecFailed {
             result,
@@ -394,20 +519,186 @@ pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
         },
     };
     Record {
-        schema: schema::KERNEL_EVENT,
         seq,
         version: h.version,
-        ts: clock::rfc3339(ts_ns),
         ts_ns,
-        count: None,
-        last_seq: None,
-        last_ts: None,
-        last_ts_ns: None,
+        coalesced: None,
         pid: h.pid,
         tid: h.tid,
         ppid: h.ppid,
         cgroup_id: h.cgroup_id,
         comm: &h.comm,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::event::{Endpoint, Header, NetOp};
+
+    fn hdr() -> Header {
+        Header {
+            version: 1,
+            boot_ns: 1_000,
+            cgroup_id: 7,
+            pid: 10,
+            tid: 11,
+            ppid: 1,
+            comm: "we\"ird\ncomm".into(),
+        }
+    }
+
+    /// One event of every kind the layer writes.
+    fn every_kind() -> Vec<KernelEvent> {
+        let net = |op, result| KernelEvent::Net {
+            hdr: hdr(),
+            op,
+            result,
+            fd: Some(3),
+            endpoint: Some(Endpoint {
+                family: "inet6".into(),
+                address: Some("::1".into()),
+                port: Some(443),
+            }),
+            endpoint_source: "argument",
+            observed_at: "cgroup_hook",
+        };
+        vec![
+            KernelEvent::Fork {
+                hdr: hdr(),
+                child_pid: 12,
+                child_tid: 12,
+                is_thread: false,
+            },
+            KernelEvent::Exec {
+                hdr: hdr(),
+                filename: "/bin/sh".into(),
+                argv: vec!["sh".into(), "-c".into(), "echo \"$X\"\t".into()],
+                argv_truncated: true,
+                uid: 1000,
+                gid: 1000,
+                cred_changed: false,
+            },
+            KernelEvent::Exit {
+                hdr: hdr(),
+                exit_code: None,
+                signal: Some(9),
+                core_dumped: false,
+                group_dead: true,
+            },
+            KernelEvent::Write {
+                hdr: hdr(),
+                bytes: 8192,
+                pages: 2,
+            },
+            KernelEvent::Signal {
+                hdr: hdr(),
+                target_pid: 12,
+                target_tid: 12,
+                signal: 15,
+                result: 0,
+                group: true,
+            },
+            KernelEvent::Open {
+                hdr: hdr(),
+                result: Some(-2),
+                via: "syscall",
+                dirfd: -100,
+                flags: 0o1101,
+                mode: 0o644,
+                path: "out/ü.txt".into(),
+                path_truncated: false,
+                resolved_path: None,
+            },
+            net(NetOp::Connect, Some(-111)),
+            net(NetOp::Bind, Some(0)),
+            net(NetOp::Accept, None),
+            net(NetOp::Send, Some(5)),
+            KernelEvent::ExecFailed {
+                hdr: hdr(),
+                result: -13,
+                path: "./x".into(),
+                resolved_path: Some("/w/x".into()),
+            },
+            KernelEvent::Oom {
+                hdr: hdr(),
+                trigger_pid: 12,
+                trigger_comm: "hog".into(),
+            },
+            KernelEvent::Unfollowed {
+                hdr: hdr(),
+                kind: "syscall.compat",
+                nr: Some(5),
+                result: Some(-9),
+            },
+            KernelEvent::Unfollowed {
+                hdr: hdr(),
+                kind: "io_uring.submit",
+                nr: Some(22),
+                result: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_writes_a_json_line_with_the_fields_its_schema_requires() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../specs/schema/kernel_event.v1.json"))
+                .expect("schema");
+        let required = |v: &serde_json::Value| -> Vec<String> {
+            v["required"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut ts = TsCache::default();
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut coalesced_open = None;
+        for (seq, ev) in every_kind().iter().enumerate() {
+            let mut rec = record(seq as u64, 1_796_348_926_506_182_638, ev);
+            rec.coalesced = (seq == 5).then_some((3, 9, 1_796_348_927_000_000_001));
+            let mut line = Vec::new();
+            rec.write_json(&mut line, &mut ts);
+            assert!(!line.contains(&b'\n'), "one line");
+            let v: serde_json::Value = serde_json::from_slice(&line).expect("a JSON line");
+            let kind = v["kind"].as_str().expect("kind").to_string();
+            let mut need = required(&schema);
+            for case in schema["allOf"].as_array().expect("allOf") {
+                let when = &case["if"]["properties"]["kind"];
+                let applies = when["const"].as_str() == Some(&kind)
+                    || when["enum"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|k| k.as_str() == Some(&kind)));
+                if applies {
+                    need.extend(required(&case["then"]));
+                }
+            }
+            for field in need {
+                assert!(v.get(&field).is_some(), "{kind}: no {field} in {v}");
+            }
+            assert_eq!(v["comm"], "we\"ird\ncomm");
+            assert_eq!(v["ts"], "2026-12-04T01:48:46.506182Z");
+            assert_eq!(v["seq"], seq as u64);
+            kinds.insert(kind);
+            if seq == 5 {
+                coalesced_open = Some(v);
+            }
+        }
+        assert_eq!(kinds.len(), 14, "every kind: {kinds:?}");
+        let v = coalesced_open.expect("the open was written");
+        assert_eq!(
+            (
+                v["count"].clone(),
+                v["last_seq"].clone(),
+                v["last_ts"].clone()
+            ),
+            (3.into(), 9.into(), "2026-12-04T01:48:47.000000Z".into())
+        );
+        assert!(v["resolved_path"].is_null() && v["errno"] == "ENOENT");
     }
 }
