@@ -229,10 +229,13 @@ impl KernelEvent {
     /// Mask secret values in everything a process chose (program, argv, paths, socket
     /// addresses) — once, before any consumer or file sees the event.
     pub fn redact(&mut self, r: &Redactor) {
+        // Whether the string held a secret (and was masked).
         let mask = |s: &mut String| {
             if let std::borrow::Cow::Owned(m) = r.mask_cow(s) {
                 *s = m;
+                return true;
             }
+            false
         };
         match self {
             KernelEvent::Exec { filename, argv, .. } => {
@@ -249,9 +252,16 @@ impl KernelEvent {
                 resolved_path,
                 ..
             } => {
-                mask(path);
-                if let Some(p) = resolved_path {
-                    mask(p);
+                // An absolute path is its own resolved path: scanned once.
+                let same = resolved_path.as_deref() == Some(path.as_str());
+                let masked = mask(path);
+                match resolved_path {
+                    Some(p) if same && masked => p.clone_from(path),
+                    Some(_) if same => {}
+                    Some(p) => {
+                        mask(p);
+                    }
+                    None => {}
                 }
             }
             KernelEvent::Net {
@@ -260,7 +270,9 @@ impl KernelEvent {
                         address: Some(a), ..
                     }),
                 ..
-            } => mask(a),
+            } => {
+                mask(a);
+            }
             _ => {}
         }
     }
@@ -288,7 +300,11 @@ pub enum DecodeError {
 
 fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    // Valid UTF-8 (nearly every name) takes std's word-at-a-time check; the rest is repaired.
+    match std::str::from_utf8(&bytes[..end]) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(&bytes[..end]).into_owned(),
+    }
 }
 
 /// Read a `T` from the front of `bytes` (which need not be aligned: the value is copied out).
@@ -507,6 +523,47 @@ mod tests {
             ppid: 1,
             _pad: 0,
             comm,
+        }
+    }
+
+    #[test]
+    fn an_absolute_path_and_its_resolved_copy_are_masked_alike_and_a_relative_one_apart() {
+        let r = Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]);
+        let open = |path: &str, resolved: Option<&str>| KernelEvent::Open {
+            hdr: Header::of(1, 0, "cat"),
+            result: Some(3),
+            via: "syscall",
+            dirfd: -100,
+            flags: 0,
+            mode: 0,
+            path: path.into(),
+            path_truncated: false,
+            resolved_path: resolved.map(String::from),
+        };
+        let paths = |ev: &KernelEvent| match ev {
+            KernelEvent::Open {
+                path,
+                resolved_path,
+                ..
+            } => (path.clone(), resolved_path.clone()),
+            _ => unreachable!(),
+        };
+        for (path, resolved) in [
+            ("/w/hunter22/x", Some("/w/hunter22/x")),
+            ("hunter22/x", Some("/w/hunter22/x")),
+            ("x", Some("/hunter22/x")),
+            ("/w/x", Some("/w/x")),
+        ] {
+            let mut ev = open(path, resolved);
+            ev.redact(&r);
+            let (p, q) = paths(&ev);
+            let q = q.expect("resolved");
+            assert!(
+                !p.contains("hunter22") && !q.contains("hunter22"),
+                "{p} {q}"
+            );
+            assert_eq!(p, r.mask_str(path));
+            assert_eq!(q, r.mask_str(resolved.expect("resolved")));
         }
     }
 

@@ -13,14 +13,27 @@ pub struct Obj<'a> {
 }
 
 impl<'a> Obj<'a> {
-    #[inline]
+    #[inline(always)]
     pub fn open(out: &'a mut Vec<u8>) -> Self {
         out.push(b'{');
         Obj { out, empty: true }
     }
 
+    /// Fields that go on an object begun elsewhere (a cached run of them): each one, the first
+    /// too, is written after a comma.
+    pub fn continued(out: &'a mut Vec<u8>) -> Self {
+        Obj { out, empty: false }
+    }
+
+    /// Bytes that are already fields of this object (from [`Obj::continued`]).
+    #[inline(always)]
+    pub fn raw_fields(&mut self, fields: &[u8]) {
+        self.out.extend_from_slice(fields);
+        self.empty &= fields.is_empty();
+    }
+
     /// `k` is one of the layer's own field names: plain ASCII, written without escaping.
-    #[inline]
+    #[inline(always)]
     fn key(&mut self, k: &str) {
         if !self.empty {
             self.out.push(b',');
@@ -31,13 +44,13 @@ impl<'a> Obj<'a> {
         self.out.extend_from_slice(b"\":");
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn str(&mut self, k: &str, v: &str) {
         self.key(k);
         escaped(self.out, v);
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_str(&mut self, k: &str, v: Option<&str>) {
         match v {
             Some(v) => self.str(k, v),
@@ -45,14 +58,14 @@ impl<'a> Obj<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn num<T: itoa::Integer>(&mut self, k: &str, v: T) {
         self.key(k);
         self.out
             .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_num<T: itoa::Integer>(&mut self, k: &str, v: Option<T>) {
         match v {
             Some(v) => self.num(k, v),
@@ -60,20 +73,20 @@ impl<'a> Obj<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn bool(&mut self, k: &str, v: bool) {
         self.key(k);
         self.out
             .extend_from_slice(if v { b"true" } else { b"false" });
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn null(&mut self, k: &str) {
         self.key(k);
         self.out.extend_from_slice(b"null");
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn strs(&mut self, k: &str, v: &[String]) {
         self.key(k);
         self.out.push(b'[');
@@ -87,7 +100,7 @@ impl<'a> Obj<'a> {
     }
 
     /// A timestamp as `ts` is written everywhere: RFC 3339 UTC, microseconds.
-    #[inline]
+    #[inline(always)]
     pub fn ts(&mut self, k: &str, ns: u64, cache: &mut TsCache) {
         self.key(k);
         self.out.push(b'"');
@@ -95,7 +108,7 @@ impl<'a> Obj<'a> {
         self.out.push(b'"');
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn close(self) {
         self.out.push(b'}');
     }
@@ -108,12 +121,8 @@ impl<'a> Obj<'a> {
 pub fn escaped(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Almost every string needs no escape: checked without an early exit, so the check
-    // vectorizes, then copied whole.
-    let plain = !bytes.iter().fold(false, |any, &b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
+    // Almost every string needs no escape: checked eight bytes at a time, then copied whole.
+    if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -143,6 +152,32 @@ pub fn escaped(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any byte is a control byte, `"` or `\`: eight bytes at a time with the classic
+/// word tricks (a byte of `w` below 0x20 sets its high bit in `(w - 0x20…) & !w`; a byte equal
+/// to `c` is a zero byte of `w ^ c…`), both exact as tests for "any byte".
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
+    let special = |w: u64| {
+        (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | zero_byte(w ^ (ONES * u64::from(b'"')))
+            | zero_byte(w ^ (ONES * u64::from(b'\\')))
+    };
+    let mut words = bytes.chunks_exact(8);
+    let mut found = 0;
+    for w in words.by_ref() {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(w);
+        found |= special(u64::from_le_bytes(le));
+    }
+    found != 0
+        || words
+            .remainder()
+            .iter()
+            .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// RFC 3339 UTC with microseconds (`clock::rfc3339`'s form), the date and time of day made
@@ -183,6 +218,27 @@ impl TsCache {
 mod tests {
     use super::*;
     use crate::clock;
+
+    #[test]
+    fn the_word_check_finds_every_byte_that_needs_an_escape_at_every_position() {
+        for len in 0..20 {
+            for at in 0..len {
+                for special in (0u8..0x20).chain([b'"', b'\\']) {
+                    let mut b = vec![b'a'; len];
+                    b[at] = special;
+                    assert!(needs_escape(&b), "{special:#x} at {at} of {len}");
+                }
+            }
+            // Bytes just outside the special ones, and high bytes, need none.
+            let plain: Vec<u8> = [0x20u8, b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff]
+                .iter()
+                .copied()
+                .cycle()
+                .take(len)
+                .collect();
+            assert!(!needs_escape(&plain), "{plain:?}");
+        }
+    }
 
     #[test]
     fn strings_are_escaped_exactly_as_serde_json_escapes_them() {

@@ -7,11 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::coalesce::{self, Coalescer, Run};
+use super::coalesce::{self, Coalescer, Offered};
 use super::event::{KernelEvent, Observed};
 use super::identity::Identities;
-use super::json_line::TsCache;
-use super::record::{record, target};
+use super::record::{LineCache, record, target, write_run};
 use crate::clock;
 use crate::evidence::downgrade::Downgraded;
 use crate::evidence::ndjson::{Lane, NdjsonWriter};
@@ -48,8 +47,8 @@ pub struct LayerWriter {
     /// submissions other than opens), by kind: the blind spots health names.
     unfollowed: std::collections::BTreeMap<String, u64>,
     batch: Batch,
-    /// The lines' RFC 3339 timestamps, made once per second.
-    ts: TsCache,
+    /// What consecutive lines share, made once.
+    lines: LineCache,
 }
 
 impl LayerWriter {
@@ -67,7 +66,7 @@ impl LayerWriter {
             identities: None,
             unfollowed: Default::default(),
             batch: Batch::default(),
-            ts: TsCache::default(),
+            lines: LineCache::default(),
         })
     }
 
@@ -90,15 +89,20 @@ impl LayerWriter {
         };
         self.seq += 1;
         if coalesce::coalescable(&obs.event) {
-            if let Some(run) = self.coalescer.offer(&obs) {
-                self.write(&run.first, Some(&run));
+            if self.coalescer.offer(&obs.event, obs.seq, obs.ts_ns) == Offered::Starts {
+                self.write_pending();
+                let rec = record(obs.seq, obs.ts_ns, &obs.event);
+                let lines = &mut self.lines;
+                self.coalescer
+                    .start(&obs.event, obs.seq, obs.ts_ns, |head, tail| {
+                        rec.write_head(head, lines);
+                        rec.write_tail(tail, lines);
+                    });
             }
         } else {
             // Lines stay in seq order: what was pending goes first.
-            if let Some(run) = self.coalescer.flush() {
-                self.write(&run.first, Some(&run));
-            }
-            self.write(&obs, None);
+            self.write_pending();
+            self.write_event(&obs);
         }
         seen.push(obs);
         if self.batch.lines >= BATCH_EVENTS {
@@ -116,8 +120,8 @@ impl LayerWriter {
     }
 
     fn end_drain_at(&mut self, now_ns: u64) {
-        if let Some(run) = self.coalescer.flush_expired(now_ns) {
-            self.write(&run.first, Some(&run));
+        if self.coalescer.expired(now_ns) {
+            self.write_pending();
         }
         // Kernel evidence is control evidence: it waits for room in the writer's queue, never
         // dropped there. A reader that falls behind shows up as ring-buffer losses, counted in
@@ -142,13 +146,12 @@ impl LayerWriter {
         )
     }
 
-    /// One line into the batch: an event, or a coalesced `run` of it. Process lifecycle,
-    /// signals, OOM kills and failed execs are control evidence, always written (the disk
-    /// headroom is theirs); data lines are downgraded past the evidence budget or dropped when
-    /// the disk is short, and counted. Consumers saw every event either way.
-    fn write(&mut self, obs: &Observed, run: Option<&Run>) {
+    /// One event's line into the batch. Process lifecycle, signals, OOM kills and failed
+    /// execs are control evidence, always written (the disk headroom is theirs); data lines
+    /// are downgraded past the evidence budget or dropped when the disk is short, and counted.
+    /// Consumers saw every event either way.
+    fn write_event(&mut self, obs: &Observed) {
         let ev = &obs.event;
-        let count = run.map_or(1, |r| r.count);
         let control = !matches!(
             ev,
             KernelEvent::Open { .. }
@@ -156,19 +159,10 @@ impl LayerWriter {
                 | KernelEvent::Write { .. }
                 | KernelEvent::Unfollowed { .. }
         );
-        let mut rec = record(obs.seq, obs.ts_ns, ev);
-        if let Some(r) = run.filter(|r| r.count > 1) {
-            rec.coalesced = Some((r.count, r.last_seq, r.last_ts_ns));
-        }
         let mark = self.batch.bytes.len();
-        rec.write_json(&mut self.batch.bytes, &mut self.ts);
-        match self
-            .space
-            .admit((self.batch.bytes.len() - mark) as u64 + 1, control)
-        {
+        record(obs.seq, obs.ts_ns, ev).write_json(&mut self.batch.bytes, &mut self.lines);
+        match self.batch.admit(&self.space, mark, control) {
             Admit::Write => {
-                self.batch.bytes.push(b'\n');
-                self.batch.lines += 1;
                 // Signals that can end a process, and OOM kills, are fsync'd at once; the rest
                 // (exits, and the SIGCHLD of each one: a spawn-heavy run has thousands) ride
                 // with the writer's batches, on disk within 200 ms.
@@ -181,15 +175,35 @@ impl LayerWriter {
                     _ => false,
                 };
             }
-            Admit::OverBudget => {
-                self.batch.bytes.truncate(mark);
-                self.downgraded.count_n(ev.kind(), &target(ev), count);
-            }
-            Admit::DiskShort => {
-                self.batch.bytes.truncate(mark);
-                self.dropped_for_space += count;
-            }
+            Admit::OverBudget => self.downgraded.count_n(ev.kind(), &target(ev), 1),
+            Admit::DiskShort => self.dropped_for_space += 1,
         }
+    }
+
+    /// The pending coalesced run, if any, as one line (data evidence, as [`Self::write_event`]
+    /// writes it).
+    fn write_pending(&mut self) {
+        let Some(run) = self.coalescer.pending() else {
+            return;
+        };
+        let mark = self.batch.bytes.len();
+        self.batch.bytes.extend_from_slice(&run.head);
+        if run.count > 1 {
+            write_run(
+                &mut self.batch.bytes,
+                run.count,
+                run.last_seq,
+                run.last_ts_ns,
+                &mut self.lines,
+            );
+        }
+        self.batch.bytes.extend_from_slice(&run.tail);
+        match self.batch.admit(&self.space, mark, false) {
+            Admit::Write => {}
+            Admit::OverBudget => self.downgraded.count_n(run.kind, &run.target, run.count),
+            Admit::DiskShort => self.dropped_for_space += run.count,
+        }
+        self.coalescer.written();
     }
 
     /// The boot→wall offset every timestamp of this sensor is converted with.
@@ -257,6 +271,21 @@ struct Batch {
     urgent: bool,
 }
 
+impl Batch {
+    /// The line serialized from `mark` on, admitted against the bundle's budgets: kept with
+    /// its newline, or taken back out.
+    fn admit(&mut self, space: &Space, mark: usize, control: bool) -> Admit {
+        let admit = space.admit((self.bytes.len() - mark) as u64 + 1, control);
+        if admit == Admit::Write {
+            self.bytes.push(b'\n');
+            self.lines += 1;
+        } else {
+            self.bytes.truncate(mark);
+        }
+        admit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,7 +310,7 @@ mod tests {
         let mut ev = ev.clone();
         ev.redact(&r);
         let mut line = Vec::new();
-        record(3, 0, &ev).write_json(&mut line, &mut TsCache::default());
+        record(3, 0, &ev).write_json(&mut line, &mut LineCache::default());
         serde_json::from_slice(&line).expect("a JSON line")
     }
 

@@ -27,20 +27,30 @@ fn errno_name(result: i64) -> Option<String> {
 
 /// What a downgraded data event was about: the path opened, the endpoint, the process.
 pub(super) fn target(ev: &KernelEvent) -> String {
+    let mut t = String::new();
+    target_into(ev, &mut t);
+    t
+}
+
+/// [`target`], appended to `out`.
+pub(super) fn target_into(ev: &KernelEvent, out: &mut String) {
+    use std::fmt::Write;
     match ev {
         KernelEvent::Open {
             path,
             resolved_path,
             ..
-        } => resolved_path.clone().unwrap_or_else(|| path.clone()),
+        } => out.push_str(resolved_path.as_deref().unwrap_or(path)),
         KernelEvent::Net {
             endpoint: Some(e), ..
         } => match (&e.address, e.port) {
-            (Some(a), Some(p)) => format!("{a}:{p}"),
-            (Some(a), None) => a.clone(),
-            _ => e.family.clone(),
+            (Some(a), Some(p)) => {
+                let _ = write!(out, "{a}:{p}");
+            }
+            (Some(a), None) => out.push_str(a),
+            _ => out.push_str(&e.family),
         },
-        other => other.header().comm.clone(),
+        other => out.push_str(&other.header().comm),
     }
 }
 
@@ -140,29 +150,77 @@ enum Body<'a> {
     },
 }
 
+/// What consecutive lines share, made once: the timestamps' date and time of day, and the
+/// fields that name the process (a drain's events mostly come from a few processes).
+#[derive(Default)]
+pub(super) struct LineCache {
+    ts: TsCache,
+    /// pid, tid, ppid, cgroup id and comm of `ids_json`.
+    ids: Option<(u32, u32, u32, u64, String)>,
+    ids_json: Vec<u8>,
+}
+
+impl LineCache {
+    fn ids(&mut self, r: &Record<'_>) -> &[u8] {
+        let same = self.ids.as_ref().is_some_and(|(pid, tid, ppid, cg, comm)| {
+            (*pid, *tid, *ppid, *cg) == (r.pid, r.tid, r.ppid, r.cgroup_id) && comm == r.comm
+        });
+        if !same {
+            self.ids_json.clear();
+            let mut o = Obj::continued(&mut self.ids_json);
+            o.num("pid", r.pid);
+            o.num("tid", r.tid);
+            o.num("ppid", r.ppid);
+            o.num("cgroup_id", r.cgroup_id);
+            o.str("comm", r.comm);
+            self.ids = Some((r.pid, r.tid, r.ppid, r.cgroup_id, r.comm.to_string()));
+        }
+        &self.ids_json
+    }
+}
+
 impl Record<'_> {
     /// The line, without its newline, appended to `out`.
-    pub(super) fn write_json(&self, out: &mut Vec<u8>, ts: &mut TsCache) {
+    pub(super) fn write_json(&self, out: &mut Vec<u8>, cache: &mut LineCache) {
+        self.write_head(out, cache);
+        if let Some((count, last_seq, last_ns)) = self.coalesced {
+            write_run(out, count, last_seq, last_ns, cache);
+        }
+        self.write_tail(out, cache);
+    }
+
+    /// The line up to `ts_ns`: what a coalesced run's fields follow.
+    pub(super) fn write_head(&self, out: &mut Vec<u8>, cache: &mut LineCache) {
         let mut o = Obj::open(out);
         o.str("schema", schema::KERNEL_EVENT);
         o.num("seq", self.seq);
         o.num("version", self.version);
-        o.ts("ts", self.ts_ns, ts);
+        o.ts("ts", self.ts_ns, &mut cache.ts);
         o.num("ts_ns", self.ts_ns);
-        if let Some((count, last_seq, last_ns)) = self.coalesced {
-            o.num("count", count);
-            o.num("last_seq", last_seq);
-            o.ts("last_ts", last_ns, ts);
-            o.num("last_ts_ns", last_ns);
-        }
-        o.num("pid", self.pid);
-        o.num("tid", self.tid);
-        o.num("ppid", self.ppid);
-        o.num("cgroup_id", self.cgroup_id);
-        o.str("comm", self.comm);
+    }
+
+    /// The rest of the line after the head (and a run's fields).
+    pub(super) fn write_tail(&self, out: &mut Vec<u8>, cache: &mut LineCache) {
+        let mut o = Obj::continued(out);
+        o.raw_fields(cache.ids(self));
         self.body.write(&mut o);
         o.close();
     }
+}
+
+/// A coalesced line's fields: how many events it stands for, and the last one.
+pub(super) fn write_run(
+    out: &mut Vec<u8>,
+    count: u64,
+    last_seq: u64,
+    last_ns: u64,
+    cache: &mut LineCache,
+) {
+    let mut o = Obj::continued(out);
+    o.num("count", count);
+    o.num("last_seq", last_seq);
+    o.ts("last_ts", last_ns, &mut cache.ts);
+    o.num("last_ts_ns", last_ns);
 }
 
 impl Body<'_> {
@@ -656,7 +714,7 @@ mod tests {
                 })
                 .unwrap_or_default()
         };
-        let mut ts = TsCache::default();
+        let mut ts = LineCache::default();
         let mut kinds = std::collections::BTreeSet::new();
         let mut coalesced_open = None;
         for (seq, ev) in every_kind().iter().enumerate() {
