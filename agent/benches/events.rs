@@ -7,7 +7,7 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use vigil::evidence::redact::Redactor;
 use vigil::evidence::space::Space;
 use vigil::kernel::abi::{COMM_LEN, EVENT_VERSION, Hdr, KIND_OPEN, Open, PATH_LEN};
@@ -52,31 +52,70 @@ fn decode_open(c: &mut Criterion) {
     });
 }
 
+/// What the reader does per event after the ring hands it over, with what it needs.
+struct Pipeline {
+    _dir: tempfile::TempDir,
+    writer: LayerWriter,
+    redactor: Redactor,
+    /// Raw events made up front: the ring hands the reader bytes.
+    raws: Vec<Vec<u8>>,
+    seen: Vec<vigil::kernel::event::Observed>,
+    i: usize,
+}
+
+impl Pipeline {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let space = std::sync::Arc::new(Space::create(dir.path()).expect("space"));
+        space.set_evidence_max(u64::MAX);
+        // The writer thread writes to /dev/null: the figure is the reader's work, not the disk's.
+        let writer = LayerWriter::new(std::path::Path::new("/dev/null"), space, 0).expect("writer");
+        Pipeline {
+            _dir: dir,
+            writer,
+            redactor: Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]),
+            raws: (0..4096).map(open_event).collect(),
+            seen: Vec::with_capacity(4096),
+            i: 0,
+        }
+    }
+
+    fn one(&mut self) {
+        let ev = decode(&self.raws[self.i % self.raws.len()]).expect("decode");
+        self.writer.accept(ev, &self.redactor, &mut self.seen);
+        self.i += 1;
+        if self.seen.len() == 4096 {
+            // One drain's worth: its batch goes to the writer thread.
+            self.writer.end_drain();
+            self.seen.clear();
+        }
+    }
+}
+
 fn pipeline(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let space = std::sync::Arc::new(Space::create(dir.path()).expect("space"));
-    space.set_evidence_max(u64::MAX);
-    // The writer thread writes to /dev/null: the figure is the reader's work, not the disk's.
-    let mut writer = LayerWriter::new(std::path::Path::new("/dev/null"), space, 0).expect("writer");
-    let redactor = Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]);
-    // Raw events made up front: the ring hands the reader bytes.
-    let raws: Vec<Vec<u8>> = (0..4096).map(open_event).collect();
-    let mut seen = Vec::with_capacity(4096);
-    let mut i = 0usize;
-    c.bench_function("events/pipeline_open_distinct", |b| {
-        b.iter(|| {
-            let ev = decode(&raws[i % raws.len()]).expect("decode");
-            writer.accept(ev, &redactor, &mut seen);
-            i += 1;
-            if seen.len() == 4096 {
-                // One drain's worth: its batch goes to the writer thread.
-                writer.end_drain();
-                seen.clear();
-            }
-        })
-    });
-    let _ = writer.finish();
+    let mut p = Pipeline::new();
+    c.bench_function("events/pipeline_open_distinct", |b| b.iter(|| p.one()));
+    let _ = p.writer.finish();
 }
 
 criterion_group!(benches, decode_open, pipeline);
-criterion_main!(benches);
+
+/// `VIGIL_PIPELINE_EVENTS=N` runs the pipeline N times and nothing else, for an instruction
+/// count that does not depend on this VM's noise: the difference of two counts under
+/// `valgrind --tool=callgrind --separate-threads=yes` (thread 1 is the reader), divided by
+/// the difference of their N, is the reader's instructions per event (README).
+fn main() {
+    if let Some(n) = std::env::var("VIGIL_PIPELINE_EVENTS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let mut p = Pipeline::new();
+        for _ in 0..n {
+            p.one();
+        }
+        let _ = p.writer.finish();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
