@@ -202,20 +202,7 @@ mod tests {
     use crate::kernel::event::{Endpoint, Header, NetOp};
 
     fn open(pid: u32, path: &str, result: i64) -> KernelEvent {
-        KernelEvent::Open {
-            hdr: Header {
-                pid,
-                ..Header::default()
-            },
-            result: Some(result),
-            via: "syscall",
-            dirfd: -100,
-            flags: 0,
-            mode: 0,
-            path: path.into(),
-            path_truncated: false,
-            resolved_path: Some(path.into()),
-        }
+        KernelEvent::open_of(pid, path, Some(path), result)
     }
 
     /// Offer `ev`; when it starts a run, "write" the pending one (returned as (first seq,

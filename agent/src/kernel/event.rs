@@ -192,6 +192,24 @@ impl Header {
     }
 }
 
+#[cfg(test)]
+impl KernelEvent {
+    /// A successful-or-not `openat(AT_FDCWD, path)` of process `pid`, for unit tests.
+    pub fn open_of(pid: u32, path: &str, resolved: Option<&str>, result: i64) -> KernelEvent {
+        KernelEvent::Open {
+            hdr: Header::of(pid, 0, "cat"),
+            result: Some(result),
+            via: "syscall",
+            dirfd: -100,
+            flags: 0,
+            mode: 0,
+            path: path.into(),
+            path_truncated: false,
+            resolved_path: resolved.map(String::from),
+        }
+    }
+}
+
 impl KernelEvent {
     /// The record's `kind` in layers/kernel.ndjson.
     pub fn kind(&self) -> &'static str {
@@ -529,17 +547,7 @@ mod tests {
     #[test]
     fn an_absolute_path_and_its_resolved_copy_are_masked_alike_and_a_relative_one_apart() {
         let r = Redactor::new(&[("API_TOKEN".into(), "hunter22".into())]);
-        let open = |path: &str, resolved: Option<&str>| KernelEvent::Open {
-            hdr: Header::of(1, 0, "cat"),
-            result: Some(3),
-            via: "syscall",
-            dirfd: -100,
-            flags: 0,
-            mode: 0,
-            path: path.into(),
-            path_truncated: false,
-            resolved_path: resolved.map(String::from),
-        };
+        let open = |path: &str, resolved: Option<&str>| KernelEvent::open_of(1, path, resolved, 3);
         let paths = |ev: &KernelEvent| match ev {
             KernelEvent::Open {
                 path,

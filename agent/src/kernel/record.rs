@@ -597,13 +597,9 @@ mod tests {
 
     fn hdr() -> Header {
         Header {
-            version: 1,
-            boot_ns: 1_000,
-            cgroup_id: 7,
-            pid: 10,
             tid: 11,
-            ppid: 1,
             comm: "we\"ird\ncomm".into(),
+            ..Header::of(10, 1, "")
         }
     }
 
