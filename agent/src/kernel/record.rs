@@ -69,87 +69,14 @@ fn open_access(flags: u32) -> &'static str {
     }
 }
 
-/// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields, borrowed
-/// from the event.
+/// One `vigil.kernel_event.v1` record: the common envelope, then the kind's fields, written
+/// straight from the event (`write`).
 pub(super) struct Record<'a> {
     seq: u64,
-    version: u32,
     ts_ns: u64,
     /// A coalesced line: how many identical events it stands for, and the last one (seq, ns).
     pub(super) coalesced: Option<(u64, u64, u64)>,
-    pid: u32,
-    tid: u32,
-    ppid: u32,
-    cgroup_id: u64,
-    comm: &'a str,
-    body: Body<'a>,
-}
-
-enum Body<'a> {
-    Fork {
-        child_pid: u32,
-        child_tid: u32,
-        is_thread: bool,
-    },
-    Exec {
-        filename: &'a str,
-        argv: &'a [String],
-        argv_truncated: bool,
-        uid: u32,
-        gid: u32,
-        cred_changed: bool,
-    },
-    Exit {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        core_dumped: bool,
-        group_dead: bool,
-    },
-    Write {
-        bytes: u64,
-        pages: u32,
-    },
-    Signal {
-        target_pid: u32,
-        target_tid: u32,
-        signal: i32,
-        result: &'static str,
-        group: bool,
-    },
-    Open {
-        path: &'a str,
-        resolved_path: Option<&'a str>,
-        path_truncated: bool,
-        dirfd: i32,
-        flags: u32,
-        mode: u32,
-        access: &'static str,
-        create: bool,
-        truncate: bool,
-        result: Option<i64>,
-        errno: Option<String>,
-        via: &'static str,
-    },
-    Net(&'static str, Net<'a>),
-    ExecFailed {
-        path: &'a str,
-        resolved_path: Option<&'a str>,
-        result: i64,
-        errno: Option<String>,
-    },
-    Oom {
-        trigger_pid: u32,
-        trigger_comm: &'a str,
-    },
-    Compat {
-        nr: Option<u32>,
-        result: Option<i64>,
-        errno: Option<String>,
-    },
-    Uring {
-        opcode: Option<u32>,
-        op: Option<&'static str>,
-    },
+    ev: &'a KernelEvent,
 }
 
 /// io_uring opcode names (include/uapi/linux/io_uring.h), for the trace's reader.
@@ -218,168 +145,12 @@ fn uring_op(opcode: u32) -> Option<&'static str> {
     OPS.get(opcode as usize).copied()
 }
 
-struct Net<'a> {
-    fd: Option<i32>,
-    family: Option<&'a str>,
-    address: Option<&'a str>,
-    port: Option<u16>,
-    endpoint_source: &'static str,
-    result: Option<i64>,
-    errno: Option<String>,
-    observed_at: &'static str,
-}
-
-/// The record of an event that is already redacted and stamped: fields are borrowed.
+/// The record of an event that is already redacted and stamped.
 pub(super) fn record(seq: u64, ts_ns: u64, ev: &KernelEvent) -> Record<'_> {
-    const O_CREAT: u32 = 0o100;
-    const O_TRUNC: u32 = 0o1000;
-    let h = ev.header();
-    let body = match ev {
-        KernelEvent::Fork {
-            child_pid,
-            child_tid,
-            is_thread,
-            ..
-        } => Body::Fork {
-            child_pid: *child_pid,
-            child_tid: *child_tid,
-            is_thread: *is_thread,
-        },
-        KernelEvent::Exec {
-            filename,
-            argv,
-            argv_truncated,
-            uid,
-            gid,
-            cred_changed,
-            ..
-        } => Body::Exec {
-            filename,
-            argv,
-            argv_truncated: *argv_truncated,
-            uid: *uid,
-            gid: *gid,
-            cred_changed: *cred_changed,
-        },
-        KernelEvent::Exit {
-            exit_code,
-            signal,
-            core_dumped,
-            group_dead,
-            ..
-        } => Body::Exit {
-            exit_code: *exit_code,
-            signal: *signal,
-            core_dumped: *core_dumped,
-            group_dead: *group_dead,
-        },
-        KernelEvent::Write { bytes, pages, .. } => Body::Write {
-            bytes: *bytes,
-            pages: *pages,
-        },
-        KernelEvent::Signal {
-            target_pid,
-            target_tid,
-            signal,
-            result,
-            group,
-            ..
-        } => Body::Signal {
-            target_pid: *target_pid,
-            target_tid: *target_tid,
-            signal: *signal,
-            result: signal_result(*result),
-            group: *group,
-        },
-        KernelEvent::Open {
-            result,
-            via,
-            dirfd,
-            flags,
-            mode,
-            path,
-            path_truncated,
-            resolved_path,
-            ..
-        } => Body::Open {
-            path,
-            resolved_path: resolved_path.as_deref(),
-            path_truncated: *path_truncated,
-            dirfd: *dirfd,
-            flags: *flags,
-            mode: *mode,
-            access: open_access(*flags),
-            create: flags & O_CREAT != 0,
-            truncate: flags & O_TRUNC != 0,
-            result: *result,
-            errno: result.and_then(errno_name),
-            via,
-        },
-        KernelEvent::Unfollowed {
-            kind: "syscall.compat",
-            nr,
-            result,
-            ..
-        } => Body::Compat {
-            nr: *nr,
-            result: *result,
-            errno: result.and_then(errno_name),
-        },
-        KernelEvent::Unfollowed { nr, .. } => Body::Uring {
-            opcode: *nr,
-            op: nr.and_then(uring_op),
-        },
-        KernelEvent::Net {
-            op,
-            result,
-            fd,
-            endpoint,
-            endpoint_source,
-            observed_at,
-            ..
-        } => {
-            let net = Net {
-                fd: *fd,
-                family: endpoint.as_ref().map(|e| e.family.as_str()),
-                address: endpoint.as_ref().and_then(|e| e.address.as_deref()),
-                port: endpoint.as_ref().and_then(|e| e.port),
-                endpoint_source,
-                result: *result,
-                errno: result.and_then(errno_name),
-                observed_at,
-            };
-            Body::Net(op.kind(), net)
-        }
-        KernelEvent::ExecFailed {
-            result,
-            path,
-            resolved_path,
-            ..
-        } => Body::ExecFailed {
-            path,
-            resolved_path: resolved_path.as_deref(),
-            result: *result,
-            errno: errno_name(*result),
-        },
-        KernelEvent::Oom {
-            trigger_pid,
-            trigger_comm,
-            ..
-        } => Body::Oom {
-            trigger_pid: *trigger_pid,
-            trigger_comm,
-        },
-    };
     Record {
         seq,
-        version: h.version,
         ts_ns,
         coalesced: None,
-        pid: h.pid,
-        tid: h.tid,
-        ppid: h.ppid,
-        cgroup_id: h.cgroup_id,
-        comm: &h.comm,
-        body,
+        ev,
     }
 }

@@ -1,8 +1,9 @@
 //! A record as its `vigil.kernel_event.v1` line: the envelope, a coalesced run's fields, the
 //! kind's fields, written through [`Obj`] with what consecutive lines share cached.
 
-use super::{Body, Record};
+use super::{Record, errno_name, open_access, signal_result, uring_op};
 use crate::evidence::schema;
+use crate::kernel::event::KernelEvent;
 use crate::kernel::json_line::{Obj, TsCache};
 
 /// What consecutive lines share, made once: the timestamps' date and time of day, and the
@@ -16,19 +17,20 @@ pub(in crate::kernel) struct LineCache {
 }
 
 impl LineCache {
-    fn ids(&mut self, r: &Record<'_>) -> &[u8] {
+    fn ids(&mut self, ev: &KernelEvent) -> &[u8] {
+        let h = ev.header();
         let same = self.ids.as_ref().is_some_and(|(pid, tid, ppid, cg, comm)| {
-            (*pid, *tid, *ppid, *cg) == (r.pid, r.tid, r.ppid, r.cgroup_id) && comm == r.comm
+            (*pid, *tid, *ppid, *cg) == (h.pid, h.tid, h.ppid, h.cgroup_id) && *comm == h.comm
         });
         if !same {
             self.ids_json.clear();
             let mut o = Obj::continued(&mut self.ids_json);
-            o.num("pid", r.pid);
-            o.num("tid", r.tid);
-            o.num("ppid", r.ppid);
-            o.num("cgroup_id", r.cgroup_id);
-            o.str("comm", r.comm);
-            self.ids = Some((r.pid, r.tid, r.ppid, r.cgroup_id, r.comm.to_string()));
+            o.num("pid", h.pid);
+            o.num("tid", h.tid);
+            o.num("ppid", h.ppid);
+            o.num("cgroup_id", h.cgroup_id);
+            o.str("comm", &h.comm);
+            self.ids = Some((h.pid, h.tid, h.ppid, h.cgroup_id, h.comm.clone()));
         }
         &self.ids_json
     }
@@ -49,7 +51,7 @@ impl Record<'_> {
         let mut o = Obj::open(out);
         o.str("schema", schema::KERNEL_EVENT);
         o.num("seq", self.seq);
-        o.num("version", self.version);
+        o.num("version", self.ev.header().version);
         o.ts("ts", self.ts_ns, &mut cache.ts);
         o.num("ts_ns", self.ts_ns);
     }
@@ -57,8 +59,8 @@ impl Record<'_> {
     /// The rest of the line after the head (and a run's fields).
     pub(in crate::kernel) fn write_tail(&self, out: &mut Vec<u8>, cache: &mut LineCache) {
         let mut o = Obj::continued(out);
-        o.raw_fields(cache.ids(self));
-        self.body.write(&mut o);
+        o.raw_fields(cache.ids(self.ev));
+        write_kind(self.ev, &mut o);
         o.close();
     }
 }
@@ -78,137 +80,156 @@ pub(in crate::kernel) fn write_run(
     o.num("last_ts_ns", last_ns);
 }
 
-impl Body<'_> {
-    /// `kind`, then the kind's fields.
-    fn write(&self, o: &mut Obj<'_>) {
-        match self {
-            Body::Fork {
-                child_pid,
-                child_tid,
-                is_thread,
-            } => {
-                o.str("kind", "process.fork");
-                o.num("child_pid", *child_pid);
-                o.num("child_tid", *child_tid);
-                o.bool("is_thread", *is_thread);
-            }
-            Body::Exec {
-                filename,
-                argv,
-                argv_truncated,
-                uid,
-                gid,
-                cred_changed,
-            } => {
-                o.str("kind", "process.exec");
-                o.str("filename", filename);
-                o.strs("argv", argv);
-                o.bool("argv_truncated", *argv_truncated);
-                o.num("uid", *uid);
-                o.num("gid", *gid);
-                o.bool("cred_changed", *cred_changed);
-            }
-            Body::Exit {
-                exit_code,
-                signal,
-                core_dumped,
-                group_dead,
-            } => {
-                o.str("kind", "process.exit");
-                o.opt_num("exit_code", *exit_code);
-                o.opt_num("signal", *signal);
-                o.bool("core_dumped", *core_dumped);
-                o.bool("group_dead", *group_dead);
-            }
-            Body::Write { bytes, pages } => {
-                o.str("kind", "io.write");
-                o.num("bytes", *bytes);
-                o.num("pages", *pages);
-            }
-            Body::Signal {
-                target_pid,
-                target_tid,
-                signal,
-                result,
-                group,
-            } => {
-                o.str("kind", "signal.generate");
-                o.num("target_pid", *target_pid);
-                o.num("target_tid", *target_tid);
-                o.num("signal", *signal);
-                o.str("result", result);
-                o.bool("group", *group);
-            }
-            Body::Open {
-                path,
-                resolved_path,
-                path_truncated,
-                dirfd,
-                flags,
-                mode,
-                access,
-                create,
-                truncate,
-                result,
-                errno,
-                via,
-            } => {
-                o.str("kind", "file.open");
-                o.str("path", path);
-                o.opt_str("resolved_path", *resolved_path);
-                o.bool("path_truncated", *path_truncated);
-                o.num("dirfd", *dirfd);
-                o.num("flags", *flags);
-                o.num("mode", *mode);
-                o.str("access", access);
-                o.bool("create", *create);
-                o.bool("truncate", *truncate);
-                o.opt_num("result", *result);
-                o.opt_str("errno", errno.as_deref());
-                o.str("via", via);
-            }
-            Body::Net(kind, n) => {
-                o.str("kind", kind);
-                o.opt_num("fd", n.fd);
-                o.opt_str("family", n.family);
-                o.opt_str("address", n.address);
-                o.opt_num("port", n.port);
-                o.str("endpoint_source", n.endpoint_source);
-                o.opt_num("result", n.result);
-                o.opt_str("errno", n.errno.as_deref());
-                o.str("observed_at", n.observed_at);
-            }
-            Body::ExecFailed {
-                path,
-                resolved_path,
-                result,
-                errno,
-            } => {
-                o.str("kind", "process.exec_failed");
-                o.str("path", path);
-                o.opt_str("resolved_path", *resolved_path);
-                o.num("result", *result);
-                o.opt_str("errno", errno.as_deref());
-            }
-            Body::Oom {
-                trigger_pid,
-                trigger_comm,
-            } => {
-                o.str("kind", "oom.kill");
-                o.num("trigger_pid", *trigger_pid);
-                o.str("trigger_comm", trigger_comm);
-            }
-            Body::Compat { nr, result, errno } => {
-                o.str("kind", "syscall.compat");
-                o.opt_num("nr", *nr);
-                o.opt_num("result", *result);
-                o.opt_str("errno", errno.as_deref());
-            }
-            Body::Uring { opcode, op } => {
-                o.str("kind", "io_uring.submit");
-                o.opt_num("opcode", *opcode);
-                o.opt_str("op", *op);
-            }
+/// `kind`, then the kind's fields, some derived for the trace's reader (an open's access and
+/// create/truncate from its flags, errno names, signal results, io_uring op names).
+fn write_kind(ev: &KernelEvent, o: &mut Obj<'_>) {
+    const O_CREAT: u32 = 0o100;
+    const O_TRUNC: u32 = 0o1000;
+    match ev {
+        KernelEvent::Fork {
+            child_pid,
+            child_tid,
+            is_thread,
+            ..
+        } => {
+            o.str("kind", "process.fork");
+            o.num("child_pid", *child_pid);
+            o.num("child_tid", *child_tid);
+            o.bool("is_thread", *is_thread);
+        }
+        KernelEvent::Exec {
+            filename,
+            argv,
+            argv_truncated,
+            uid,
+            gid,
+            cred_changed,
+            ..
+        } => {
+            o.str("kind", "process.exec");
+            o.str("filename", filename);
+            o.strs("argv", argv);
+            o.bool("argv_truncated", *argv_truncated);
+            o.num("uid", *uid);
+            o.num("gid", *gid);
+            o.bool("cred_changed", *cred_changed);
+        }
+        KernelEvent::Exit {
+            exit_code,
+            signal,
+            core_dumped,
+            group_dead,
+            ..
+        } => {
+            o.str("kind", "process.exit");
+            o.opt_num("exit_code", *exit_code);
+            o.opt_num("signal", *signal);
+            o.bool("core_dumped", *core_dumped);
+            o.bool("group_dead", *group_dead);
+        }
+        KernelEvent::Write { bytes, pages, .. } => {
+            o.str("kind", "io.write");
+            o.num("bytes", *bytes);
+            o.num("pages", *pages);
+        }
+        KernelEvent::Signal {
+            target_pid,
+            target_tid,
+            signal,
+            result,
+            group,
+            ..
+        } => {
+            o.str("kind", "signal.generate");
+            o.num("target_pid", *target_pid);
+            o.num("target_tid", *target_tid);
+            o.num("signal", *signal);
+            o.str("result", signal_result(*result));
+            o.bool("group", *group);
+        }
+        KernelEvent::Open {
+            result,
+            via,
+            dirfd,
+            flags,
+            mode,
+            path,
+            path_truncated,
+            resolved_path,
+            ..
+        } => {
+            o.str("kind", "file.open");
+            o.str("path", path);
+            o.opt_str("resolved_path", resolved_path.as_deref());
+            o.bool("path_truncated", *path_truncated);
+            o.num("dirfd", *dirfd);
+            o.num("flags", *flags);
+            o.num("mode", *mode);
+            o.str("access", open_access(*flags));
+            o.bool("create", flags & O_CREAT != 0);
+            o.bool("truncate", flags & O_TRUNC != 0);
+            o.opt_num("result", *result);
+            o.opt_str("errno", result.and_then(errno_name).as_deref());
+            o.str("via", via);
+        }
+        KernelEvent::Net {
+            op,
+            result,
+            fd,
+            endpoint,
+            endpoint_source,
+            observed_at,
+            ..
+        } => {
+            o.str("kind", op.kind());
+            o.opt_num("fd", *fd);
+            o.opt_str("family", endpoint.as_ref().map(|e| e.family.as_str()));
+            o.opt_str(
+                "address",
+                endpoint.as_ref().and_then(|e| e.address.as_deref()),
+            );
+            o.opt_num("port", endpoint.as_ref().and_then(|e| e.port));
+            o.str("endpoint_source", endpoint_source);
+            o.opt_num("result", *result);
+            o.opt_str("errno", result.and_then(errno_name).as_deref());
+            o.str("observed_at", observed_at);
+        }
+        KernelEvent::ExecFailed {
+            result,
+            path,
+            resolved_path,
+            ..
+        } => {
+            o.str("kind", "process.exec_failed");
+            o.str("path", path);
+            o.opt_str("resolved_path", resolved_path.as_deref());
+            o.num("result", *result);
+            o.opt_str("errno", errno_name(*result).as_deref());
+        }
+        KernelEvent::Oom {
+            trigger_pid,
+            trigger_comm,
+            ..
+        } => {
+            o.str("kind", "oom.kill");
+            o.num("trigger_pid", *trigger_pid);
+            o.str("trigger_comm", trigger_comm);
+        }
+        KernelEvent::Unfollowed {
+            kind: "syscall.compat",
+            nr,
+            result,
+            ..
+        } => {
+            o.str("kind", "syscall.compat");
+            o.opt_num("nr", *nr);
+            o.opt_num("result", *result);
+            o.opt_str("errno", result.and_then(errno_name).as_deref());
+        }
+        KernelEvent::Unfollowed { nr, .. } => {
+            o.str("kind", "io_uring.submit");
+            o.opt_num("opcode", *nr);
+            o.opt_str("op", nr.and_then(uring_op));
         }
     }
 }
