@@ -183,15 +183,24 @@ fn test() -> Result<()> {
             failed += 1;
         }
     }
-    // Then the kernel matrix's two ends in qemu guests: the kernel tests on the oldest and the
-    // newest Debian kernel (TCG takes both cores, so after everything else).
-    for k in VM_KERNELS_IN_TEST {
-        match vm::vm(&["--kernel".to_string(), k.to_string()]) {
-            Ok(()) => passed += 1,
-            Err(e) => {
-                eprintln!("xtask: {e:#}");
-                failed += 1;
+    // Then the kernel matrix's two ends in qemu guests, side by side: the kernel tests on the
+    // oldest and the newest Debian kernel (the guests take both cores, so after everything
+    // else).
+    match vm::test_matrix(&VM_KERNELS_IN_TEST) {
+        Ok(outcomes) => {
+            for (name, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => passed += 1,
+                    Err(e) => {
+                        eprintln!("xtask: vm {name}: {e:#}");
+                        failed += 1;
+                    }
+                }
             }
+        }
+        Err(e) => {
+            eprintln!("xtask: vm: {e:#}");
+            failed += 1;
         }
     }
     println!("tests: {passed} passed, {failed} failed");
