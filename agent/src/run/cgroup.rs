@@ -40,7 +40,18 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cgr
 
 /// The cgroup2 mount point, from /proc/self/mounts (pure v2: /sys/fs/cgroup; hybrid:
 /// /sys/fs/cgroup/unified).
+///
+/// Found once per process: a daemon would otherwise parse the mount table before every run.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(m) = FOUND.get() {
+        return Ok(m.clone());
+    }
+    let found = read_cgroup2_mount()?;
+    Ok(FOUND.get_or_init(|| found).clone())
+}
+
+fn read_cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let mounts = procfs::mounts().map_err(|e| CgroupError::Io {
         op: "read",
         path: PathBuf::from("/proc/self/mounts"),

@@ -77,14 +77,16 @@ pub async fn run_hosted(spec: RunSpec, mut host: RunHost) -> Result<RunResult, S
     let mount = cgroup::cgroup2_mount()?;
     let parent = cgroup::resolve_parent(&mount, &spec.cgroup_parent)?;
     // A watch observes a cgroup someone else made: nothing of vigil's to sweep, and no guard
-    // (vigil dying must not kill the job it watched).
+    // (vigil dying must not kill the job it watched). A daemon swept once, at its start, and
+    // its guard covers its runs: a sweep per run would be a readdir and a /proc read per
+    // sibling before every child starts.
     let watched = match &spec.watch {
         Some(w) => Some(RunCgroup::existing(&mount, &w.cgroup)?),
         None => None,
     };
-    let stale = match watched {
-        Some(_) => Vec::new(),
-        None => cgroup::sweep_stale(&parent),
+    let stale = match (&watched, host.own_guard()) {
+        (None, true) => cgroup::sweep_stale(&parent),
+        _ => Vec::new(),
     };
     for stale in stale {
         let msg = format!(
