@@ -360,12 +360,7 @@ impl BundleDir {
     /// replaced, not written through.
     pub fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), Refused> {
         let (parent, name) = self.parent_of(rel)?;
-        let tmp = format!(".{name}.tmp");
-        let _ = nix::unistd::unlinkat(
-            parent.as_fd(),
-            tmp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        let tmp = super::bundle::temporary_name(name);
         let fd = openat2(
             parent.as_fd(),
             tmp.as_str(),

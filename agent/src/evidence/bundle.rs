@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::beneath::BundleDir;
+use super::durable::BundleTree;
 use super::space::Space;
 use super::{files, schema};
 use crate::clock;
@@ -177,15 +177,27 @@ impl Bundle {
         write_atomic(&self.path(rel), &bytes)
     }
 
-    /// The run's closing documents, each as `write_atomic` writes one (a temporary, fsync'd,
-    /// renamed over) but without a directory fsync each: `commit` syncs every directory of the
-    /// bundle once, before the index. For a run's three or four documents that is three or
-    /// four fsyncs fewer at the end of every run.
-    pub fn write_documents(&self, docs: &[(&str, Vec<u8>)]) -> Result<(), BundleError> {
-        for (rel, bytes) in docs {
+    /// The run's closing documents, each put as it says, none fsync'd: `commit` makes every
+    /// file and directory of the bundle durable in one batch, before the index. A crash before
+    /// then leaves a bundle `reindex --repair` salvages. The reserve, given back here, is the
+    /// first whole document's temporary.
+    pub fn write_documents(&self, docs: &[Document<'_>]) -> Result<(), BundleError> {
+        let mut reserve = self.space.release_as_file();
+        for (rel, bytes, put) in docs {
             let path = self.path(rel);
-            replace(&path, bytes).map_err(|source| BundleError::Write { path, source })?;
+            let written = match (put, reserve.take()) {
+                (Put::Whole, Some((tmp, mut f))) => {
+                    f.write_all(bytes).and_then(|()| fs::rename(&tmp, &path))
+                }
+                (Put::Whole, None) => replace(&path, bytes, false),
+                (Put::InPlace, unused) => {
+                    reserve = unused;
+                    write_in_place(&path, bytes)
+                }
+            };
+            written.map_err(|source| BundleError::Write { path, source })?;
         }
+        self.space.release();
         Ok(())
     }
 
@@ -204,13 +216,31 @@ impl Bundle {
     /// matches; every other file is hashed.
     pub fn commit(&self, known: &[FileDigest]) -> Result<ArtifactIndex, BundleError> {
         self.space.release();
-        // Every name the index will list is durable before the index is: the documents'
-        // renames, the layers' and captures' creation (their writers fsync'd their data).
-        sync_dirs(&self.dir).map_err(|source| BundleError::Write {
+        let failed = |source| BundleError::Write {
             path: self.shown.clone(),
             source,
+        };
+        let tree = BundleTree::open(&self.dir, known).map_err(failed)?;
+        let index = ArtifactIndex {
+            schema: schema::ARTIFACT_INDEX.to_string(),
+            run_id: self.run_id.clone(),
+            created_at: clock::rfc3339(clock::now_ns()),
+            state: "committed".to_string(),
+            files: tree.digests(),
+        };
+        let index_path = self.dir.join(files::INDEX);
+        let bytes = pretty_json(&index).map_err(|e| BundleError::Write {
+            path: index_path.clone(),
+            source: e.into(),
         })?;
-        let index = write_index_with(&self.dir, &self.run_id, "committed", known)?;
+        let (tmp, staged) = stage(&index_path, &bytes).map_err(failed)?;
+        // Every byte and every name the index lists is durable before the index is (the
+        // index's own bytes go out in the same batch; its name only after).
+        tree.sync(&[&staged]).map_err(failed)?;
+        drop(staged);
+        fs::rename(&tmp, &index_path)
+            .and_then(|()| File::open(&self.dir)?.sync_all())
+            .map_err(failed)?;
         let latest = format!("{}\n", self.run_id);
         match &self.beneath {
             // The client's directory: never through a link it planted.
@@ -227,98 +257,10 @@ impl Bundle {
     }
 }
 
-/// Compute and atomically write `artifact_index.json` for a bundle directory.
-pub fn write_index(dir: &Path, run_id: &str, state: &str) -> Result<ArtifactIndex, BundleError> {
-    write_index_with(dir, run_id, state, &[])
-}
-
-fn write_index_with(
-    dir: &Path,
-    run_id: &str,
-    state: &str,
-    known: &[FileDigest],
-) -> Result<ArtifactIndex, BundleError> {
-    let files = digest_files_with(dir, known).map_err(|source| BundleError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let index = ArtifactIndex {
-        schema: schema::ARTIFACT_INDEX.to_string(),
-        run_id: run_id.to_string(),
-        created_at: clock::rfc3339(clock::now_ns()),
-        state: state.to_string(),
-        files,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&index).map_err(|e| BundleError::Write {
-        path: dir.join(files::INDEX),
-        source: e.into(),
-    })?;
-    bytes.push(b'\n');
-    write_atomic(&dir.join(files::INDEX), &bytes)?;
-    Ok(index)
-}
-
-fn digest_files_with(dir: &Path, known: &[FileDigest]) -> io::Result<Vec<FileDigest>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let rel = path
-                .strip_prefix(dir)
-                .map_err(io::Error::other)?
-                .to_string_lossy()
-                .into_owned();
-            if rel == files::INDEX || is_temporary(&rel) {
-                continue;
-            }
-            let len = entry.metadata()?.len();
-            if let Some(k) = known.iter().find(|k| k.path == rel && k.bytes == len) {
-                out.push(k.clone());
-                continue;
-            }
-            let (sha256, bytes) = sha256_file(&path)?;
-            out.push(FileDigest {
-                path: rel,
-                sha256,
-                bytes,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
-}
-
 pub fn is_temporary(rel: &str) -> bool {
     rel.rsplit('/')
         .next()
         .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
-}
-
-pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let bytes = io::copy(&mut File::open(path)?, &mut hasher)?;
-    Ok((hex::encode(hasher.finalize()), bytes))
-}
-
-/// fsync `dir` and every directory beneath it.
-fn sync_dirs(dir: &Path) -> io::Result<()> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-        File::open(&d)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// A value as the bundle's JSON documents are written: pretty, with a final newline.
@@ -328,25 +270,69 @@ pub fn pretty_json(value: &impl Serialize) -> serde_json::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Write `bytes` to `.<name>.tmp` beside `path`, fsync it and rename it over `path`: the file
-/// is either the old one or the whole new one. The directory is not synced.
-fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// A temporary's name for `name`, unique to this writer: runs sharing an `--out` replace its
+/// LATEST at the same moment, and one's temporary must never be another's. `.<name>.<pid>-<n>.tmp`
+/// ([`is_temporary`] names it so).
+pub fn temporary_name(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{name}.{}-{n}.tmp", std::process::id())
+}
+
+/// `bytes` written to a new temporary beside `path` (created, never through a link): its path
+/// and the open file.
+fn stage(path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp)?;
+    let tmp = path.with_file_name(temporary_name(&name));
+    let mut f = File::create_new(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    Ok((tmp, f))
+}
+
+/// A closing document: where in the bundle, its bytes, and how it is put there.
+pub type Document<'a> = (&'a str, Vec<u8>, Put);
+
+/// How a closing document reaches its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// Written to a temporary and renamed over: the name holds the whole document or none
+    /// (health: repair reconstructs a missing one, not a torn one).
+    Whole,
+    /// Rewritten where it stands, no inode freed and none allocated: a crash mid-write leaves a
+    /// torn file that repair rebuilds (the trace) or salvages line by line (a layer).
+    InPlace,
+}
+
+/// Truncate `path` (created if missing, never through a link) and write `bytes` into it.
+fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .write_all(bytes)
+}
+
+/// `stage`, then rename over `path`: the file is either the old one or the whole new one
+/// (an fsync'd one when `sync`). The directory is not synced.
+fn replace(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    let (tmp, f) = stage(path, bytes)?;
+    if sync {
+        f.sync_all()?;
+    }
     drop(f);
     fs::rename(&tmp, path)
 }
 
-/// `replace`, then fsync the directory: the new name is durable too.
+/// `replace`, fsync'd, then fsync the directory: the new name is durable too.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    replace(path, bytes)
+    replace(path, bytes, true)
         .and_then(|()| File::open(dir)?.sync_all())
         .map_err(|source| BundleError::Write {
             path: path.to_path_buf(),
@@ -381,5 +367,33 @@ mod tests {
             Bundle::create(out.path(), "r1"),
             Err(BundleError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn runs_sharing_an_out_commit_side_by_side() {
+        // Each commit replaces the shared LATEST; with one temporary name for all, one run's
+        // rename took another's temporary and the other's commit failed (ENOENT).
+        let out = tempfile::tempdir().expect("tempdir");
+        let ids: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+        std::thread::scope(|s| {
+            for id in &ids {
+                let out = out.path();
+                s.spawn(move || {
+                    for n in 0..10 {
+                        let b = Bundle::create(out, &format!("{id}-{n}")).expect("create");
+                        b.write_plain("events.ndjson", b"{}\n").expect("write");
+                        b.commit(&[]).expect("every commit lands");
+                    }
+                });
+            }
+        });
+        let latest = fs::read_to_string(out.path().join("LATEST")).expect("LATEST");
+        assert!(out.path().join(latest.trim()).is_dir(), "{latest}");
+        let left: Vec<_> = fs::read_dir(out.path())
+            .expect("read")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| is_temporary(n))
+            .collect();
+        assert!(left.is_empty(), "temporaries left: {left:?}");
     }
 }

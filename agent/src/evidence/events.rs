@@ -64,10 +64,13 @@ impl EventKind {
     }
 
     /// Events fsync'd at once (outcomes, kills, notes); the rest wait for their batch.
+    /// `run_finished` is the log's last line: the commit that follows it syncs it with every
+    /// other file of the bundle.
     fn urgent(self) -> bool {
         !matches!(
             self,
             EventKind::RunStarted
+                | EventKind::RunFinished
                 | EventKind::Heartbeat
                 | EventKind::SubprocessState
                 | EventKind::Checkpoint

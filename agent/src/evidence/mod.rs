@@ -4,6 +4,7 @@
 pub mod beneath;
 pub mod bundle;
 pub mod downgrade;
+pub mod durable;
 pub mod events;
 pub mod health;
 pub mod inspect;

@@ -1,6 +1,7 @@
 //! Append-only NDJSON files written in fsync'd batches: a line is on disk by the next batch
 //! boundary (or at once for control evidence), so a vigil killed mid-run leaves at most one torn
-//! last line, which `reindex --repair` drops.
+//! last line, which `reindex --repair` drops. The last batch is made durable by the bundle's
+//! commit, with every other file of the run.
 //!
 //! [`NdjsonWriter`] puts the appender on its own thread behind a bounded queue, so fsync never
 //! blocks the dispatcher. Control lines wait for room (never dropped); telemetry lines are shed
@@ -95,6 +96,14 @@ impl NdjsonAppender {
         }
     }
 
+    /// The last batch, written and its writeback started but not waited for: the bundle's
+    /// commit fsyncs every file in one batch before its index names them.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.write_buf()?;
+        crate::evidence::durable::start_writeback(&self.file);
+        Ok(())
+    }
+
     /// Write the batch and fsync it.
     pub fn flush(&mut self) -> io::Result<()> {
         if self.oldest.is_none() {
@@ -146,7 +155,7 @@ impl NdjsonWriter {
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                note(out.flush());
+                note(out.close());
                 match first_error {
                     Some(e) => Err(e),
                     None => Ok(Written {

@@ -9,6 +9,7 @@
 //! data writing stops for the rest of the run and the truncation is recorded.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -146,14 +147,36 @@ impl Space {
 
     /// Give the reserve back, just before the commit writes its documents.
     pub fn release(&self) {
-        let taken = self
-            .reserve
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(path) = taken {
+        if let Some(path) = self.take_reserve() {
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// Give the reserve back as an empty file to write a document into (truncating it frees
+    /// its blocks): its path and the open file, or None when there is no reserve (left).
+    /// Reusing the inode rather than freeing one and allocating another matters on ext4
+    /// without a journal, whose allocator steps over every inode freed in the last minute.
+    pub fn release_as_file(&self) -> Option<(PathBuf, File)> {
+        let path = self.take_reserve()?;
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        match opened {
+            Ok(f) => Some((path, f)),
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    fn take_reserve(&self) -> Option<PathBuf> {
+        self.reserve
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// What health says about disk pressure, if anything happened.

@@ -256,8 +256,10 @@ impl LayerWriter {
         self.dropped_for_space
     }
 
-    /// Flush and fsync the layer; what was written, or its first write error.
+    /// Write the layer out; what was written, or its first write error. The last batch is
+    /// not fsync'd on its own, urgent or not: the bundle's commit, next, syncs every file.
     pub fn finish(&mut self) -> Result<crate::evidence::ndjson::Written, String> {
+        self.batch.urgent = false;
         self.end_drain_at(u64::MAX);
         self.out.finish()
     }

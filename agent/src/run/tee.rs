@@ -345,12 +345,12 @@ impl Capture<'_> {
                 &mut report,
             );
         }
-        let synced = self
-            .file
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all());
-        if let Err(e) = synced {
+        // Written out, its writeback started; the commit fsyncs it with the bundle's others.
+        let flushed = self.file.into_inner().map_err(|e| e.into_error());
+        if let Ok(f) = &flushed {
+            crate::evidence::durable::start_writeback(f);
+        }
+        if let Err(e) = flushed {
             self.ok = false;
             report
                 .tee_error
