@@ -274,7 +274,7 @@ pub async fn start(req: JobStart, peer: &Peer, fds: Vec<OwnedFd>, d: &Arc<Daemon
     d.job_watches.fetch_add(1, Ordering::AcqRel);
     let daemon = d.clone();
     tokio::spawn(async move {
-        let finished = super::session::spawn_run(spec, client).await;
+        let finished = super::session::spawn_run(spec, client, None).await;
         tracing::info!(key = %key, status = %finished.status, "job watch ended");
         *lock(&ended_at) = Some(std::time::Instant::now());
         let _ = done_tx.send(finished);

@@ -318,11 +318,12 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
             let _ = notice_tx.send(Reply::Started { pid });
         }
     });
+    let (freed_tx, freed) = oneshot::channel();
     let finished = relay(
         &mut conn,
         &d,
         &run_id,
-        spawn_run(spec, client),
+        spawn_run(spec, client, Some(freed_tx)),
         &sig_tx,
         notices,
     )
@@ -335,6 +336,7 @@ async fn run(mut conn: Conn, peer: Peer, req: RunRequest, d: Arc<Daemon>) {
         .inc();
     tracing::info!(run_id = %run_id, exit_code = finished.exit_code, status = %finished.status, "run finished");
     conn.send(&Reply::Finished(Box::new(finished))).await;
+    let _ = freed.await;
     // A run's buffers (tee, layer writers, its runtime) are freed now; give the pages back so
     // the daemon's RSS follows what its live runs use, not its busiest moment. After the
     // client has its answer, before the slot is free: a daemon that says it is idle has
@@ -429,7 +431,7 @@ async fn watch(mut conn: Conn, peer: Peer, req: WatchRequest, d: Arc<Daemon>) {
         &mut conn,
         &d,
         &run_id,
-        spawn_run(spec, client),
+        spawn_run(spec, client, None),
         &sig_tx,
         notices,
     )
@@ -440,41 +442,61 @@ async fn watch(mut conn: Conn, peer: Peer, req: WatchRequest, d: Arc<Daemon>) {
 
 /// Run the spec on a thread of its own (its own current-thread runtime, as standalone vigil
 /// runs): one run's storm or slow disk never delays another run's deadlines.
-pub(super) async fn spawn_run(spec: RunSpec, client: Client) -> Finished {
+///
+/// The answer is sent before the run's state is freed (a spawn-heavy run's takes
+/// milliseconds); `freed`, when given, is told once it has been.
+pub(super) async fn spawn_run(
+    spec: RunSpec,
+    client: Client,
+    freed: Option<oneshot::Sender<()>>,
+) -> Finished {
     let (tx, rx) = oneshot::channel();
     let bundle = spec.out_dir.join(spec.run_id.as_str());
     let name = format!("run-{}", spec.run_id);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        let finished = match tokio::runtime::Builder::new_current_thread()
+        let (finished, leftovers) = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Err(e) => failed(&bundle, format!("cannot start the run's runtime: {e}")),
+            Err(e) => (
+                failed(&bundle, format!("cannot start the run's runtime: {e}")),
+                None,
+            ),
             Ok(rt) => match rt.block_on(supervisor::run_hosted(
                 spec,
                 RunHost::Daemon(Box::new(client)),
             )) {
-                Ok(r) => Finished {
-                    exit_code: r.exit_code(),
-                    status: r.outcome.status().into(),
-                    bundle: r.bundle_dir.clone(),
-                    error: r.commit_error.clone(),
-                    copies: r
-                        .copies
-                        .into_iter()
-                        .map(|(path, bytes)| Copy {
-                            path,
-                            content: String::from_utf8_lossy(&bytes).into_owned(),
-                        })
-                        .collect(),
-                },
-                Err(e) => Finished {
-                    exit_code: e.exit_code(),
-                    ..failed(&bundle, e.to_string())
-                },
+                Ok(r) => (
+                    Finished {
+                        exit_code: r.exit_code(),
+                        status: r.outcome.status().into(),
+                        bundle: r.bundle_dir.clone(),
+                        error: r.commit_error.clone(),
+                        copies: r
+                            .copies
+                            .into_iter()
+                            .map(|(path, bytes)| Copy {
+                                path,
+                                content: String::from_utf8_lossy(&bytes).into_owned(),
+                            })
+                            .collect(),
+                    },
+                    Some(r.leftovers),
+                ),
+                Err(e) => (
+                    Finished {
+                        exit_code: e.exit_code(),
+                        ..failed(&bundle, e.to_string())
+                    },
+                    None,
+                ),
             },
         };
         let _ = tx.send(finished);
+        drop(leftovers);
+        if let Some(f) = freed {
+            let _ = f.send(());
+        }
     });
     if let Err(e) = spawned {
         return failed(

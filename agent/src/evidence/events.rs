@@ -208,8 +208,9 @@ impl EventLog {
         self.out.shed()
     }
 
-    pub fn trace_events(&self) -> &[RunnerEvent] {
-        &self.trace
+    /// The trace's copy of the events, handed over (the log is finished: nothing follows).
+    pub fn take_trace_events(&mut self) -> Vec<RunnerEvent> {
+        std::mem::take(&mut self.trace)
     }
 
     pub fn trace_shed(&self) -> u64 {

@@ -8,7 +8,7 @@ use super::dispatch::{PROCESS_SAMPLE, RunState};
 use super::guard::Guard;
 use super::host::RunHost;
 use super::outcome::Outcome;
-use super::supervisor::{RunResult, RunSpans, Supervised, Supervisor};
+use super::supervisor::{Leftovers, RunResult, RunSpans, Supervised, Supervisor};
 use crate::clock;
 use crate::evidence::files;
 use crate::evidence::health::{
@@ -320,6 +320,7 @@ impl Supervisor<'_> {
             duration_ms: ended_ns.saturating_sub(started_ns) / 1_000_000,
             claims: health.claims(),
             copies: self.rec.copies.take().unwrap_or_default(),
+            leftovers: Leftovers::new((self.rec, sup, policy)),
         }
     }
 }

@@ -137,7 +137,7 @@ impl RunRecorder {
             state: "committed".into(),
             reason: None,
         };
-        self.trace.events = self.events.trace_events().to_vec();
+        self.trace.events = self.events.take_trace_events();
     }
 
     /// Why `events.ndjson` is incomplete, if it is (a write failed: the disk filled). The

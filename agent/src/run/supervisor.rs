@@ -89,6 +89,25 @@ pub struct RunResult {
     pub claims: Claims,
     /// Profile copies for a daemon's client to write as itself (standalone: already written).
     pub copies: Vec<(PathBuf, Vec<u8>)>,
+    /// What the run held until its end (the span tree, the trace, the process tree): freeing
+    /// a spawn-heavy run's takes milliseconds, which a daemon spends after its client has
+    /// the answer.
+    pub leftovers: Leftovers,
+}
+
+/// A finished run's state, kept only to be dropped: when is the holder's choice.
+pub struct Leftovers(#[allow(dead_code)] Box<dyn Send>);
+
+impl Leftovers {
+    pub fn new(state: impl Send + 'static) -> Self {
+        Leftovers(Box::new(state))
+    }
+}
+
+impl std::fmt::Debug for Leftovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Leftovers")
+    }
 }
 
 impl RunResult {
