@@ -177,27 +177,27 @@ impl Bundle {
         write_atomic(&self.path(rel), &bytes)
     }
 
-    /// The run's closing documents, each put as it says, none fsync'd: `commit` makes every
-    /// file and directory of the bundle durable in one batch, before the index. A crash before
-    /// then leaves a bundle `reindex --repair` salvages. The reserve, given back here, is the
-    /// first whole document's temporary.
-    pub fn write_documents(&self, docs: &[Document<'_>]) -> Result<(), BundleError> {
-        let mut reserve = self.space.release_as_file();
-        for (rel, bytes, put) in docs {
+    /// The run's closing documents, each written whole to a temporary and renamed over its
+    /// name, none fsync'd: `commit` makes every file and directory of the bundle durable in one
+    /// batch, before the index. A crash before then leaves a bundle `reindex --repair` salvages.
+    ///
+    /// No inode is freed for them: the reserve, given back here, is the first temporary, and a
+    /// document that replaces a file (the in-progress trace, an empty layer) is exchanged with
+    /// it (`RENAME_EXCHANGE`), so the old file becomes the next temporary. On ext4 without a
+    /// journal every inode allocation steps over each inode freed in the last minute.
+    pub fn write_documents(&self, docs: &[(&str, Vec<u8>)]) -> Result<(), BundleError> {
+        let mut spare = self.space.release_as_file();
+        for (rel, bytes) in docs {
             let path = self.path(rel);
-            let written = match (put, reserve.take()) {
-                (Put::Whole, Some((tmp, mut f))) => {
-                    f.write_all(bytes).and_then(|()| fs::rename(&tmp, &path))
-                }
-                (Put::Whole, None) => replace(&path, bytes, false),
-                (Put::InPlace, unused) => {
-                    reserve = unused;
-                    write_in_place(&path, bytes)
-                }
+            let written = match spare.take() {
+                Some((tmp, f)) => put_through(&tmp, f, &path, bytes).map(|again| spare = again),
+                None => replace(&path, bytes, false),
             };
             written.map_err(|source| BundleError::Write { path, source })?;
         }
-        self.space.release();
+        if let Some((tmp, _)) = spare {
+            let _ = fs::remove_file(tmp);
+        }
         Ok(())
     }
 
@@ -292,30 +292,30 @@ fn stage(path: &Path, bytes: &[u8]) -> io::Result<(PathBuf, File)> {
     Ok((tmp, f))
 }
 
-/// A closing document: where in the bundle, its bytes, and how it is put there.
-pub type Document<'a> = (&'a str, Vec<u8>, Put);
-
-/// How a closing document reaches its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Put {
-    /// Written to a temporary and renamed over: the name holds the whole document or none
-    /// (health: repair reconstructs a missing one, not a torn one).
-    Whole,
-    /// Rewritten where it stands, no inode freed and none allocated: a crash mid-write leaves a
-    /// torn file that repair rebuilds (the trace) or salvages line by line (a layer).
-    InPlace,
-}
-
-/// Truncate `path` (created if missing, never through a link) and write `bytes` into it.
-fn write_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Write `bytes` into the empty temporary `tmp` (open as `f`) and put it at `path`: exchanged
+/// with the file there, which is emptied and handed back as the next temporary, or renamed
+/// when there is none (or the filesystem cannot exchange).
+fn put_through(
+    tmp: &Path,
+    mut f: File,
+    path: &Path,
+    bytes: &[u8],
+) -> io::Result<Option<(PathBuf, File)>> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?
-        .write_all(bytes)
+    f.write_all(bytes)?;
+    drop(f);
+    match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => {
+            let old = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(tmp)?;
+            Ok(Some((tmp.to_path_buf(), old)))
+        }
+        Err(_) => fs::rename(tmp, path).map(|()| None),
+    }
 }
 
 /// `stage`, then rename over `path`: the file is either the old one or the whole new one
@@ -367,6 +367,39 @@ mod tests {
             Bundle::create(out.path(), "r1"),
             Err(BundleError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn the_documents_take_the_reserve_and_the_files_they_replace_instead_of_new_inodes() {
+        use std::os::unix::fs::MetadataExt;
+        let out = tempfile::tempdir().expect("tempdir");
+        let b = Bundle::create(out.path(), "r1").expect("create");
+        let ino = |rel: &str| fs::metadata(b.path(rel)).expect(rel).ino();
+        b.write_plain("run-trace.json", b"{\"in\": \"progress\"}")
+            .expect("write");
+        let (reserve, old_trace) = (
+            ino(super::super::space::RESERVE_NAME),
+            ino("run-trace.json"),
+        );
+        b.write_documents(&[
+            ("run-trace.json", b"{\"final\": true}\n".to_vec()),
+            ("observation-health.json", b"{}\n".to_vec()),
+            ("run-trace-summary.md", b"# r1\n".to_vec()),
+        ])
+        .expect("documents");
+        assert_eq!(ino("run-trace.json"), reserve);
+        assert_eq!(ino("observation-health.json"), old_trace);
+        let read = |rel: &str| fs::read_to_string(b.path(rel)).expect(rel);
+        assert_eq!(read("run-trace.json"), "{\"final\": true}\n");
+        assert_eq!(read("observation-health.json"), "{}\n");
+        assert_eq!(read("run-trace-summary.md"), "# r1\n");
+        let left: Vec<_> = fs::read_dir(b.path(""))
+            .expect("read")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| is_temporary(n))
+            .collect();
+        assert!(left.is_empty(), "temporaries left: {left:?}");
+        b.commit(&[]).expect("commit");
     }
 
     #[test]

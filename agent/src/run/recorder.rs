@@ -19,7 +19,7 @@ use super::supervisor::SetupError;
 use crate::cli::{ProfileLevel, ProfileOnFail};
 use crate::clock;
 use crate::contracts::{ContractLayer, RunCounters, Violation, Violations};
-use crate::evidence::bundle::{self, Bundle, Document, FileDigest, Put};
+use crate::evidence::bundle::{self, Bundle, FileDigest};
 use crate::evidence::events::{EventKind, EventLog};
 use crate::evidence::files;
 use crate::evidence::health::{ObservationHealth, ObserverCost};
@@ -161,7 +161,7 @@ impl RunRecorder {
         let commit = (|| -> Result<(), String> {
             self.trace.spans = self.writer.with(|r| r.export(detailed, clock::now_ns()));
             let mut docs = documents(health, &self.trace)?;
-            docs.extend(extra().map(|(rel, bytes)| (rel, bytes, Put::InPlace)));
+            docs.extend(extra());
             self.bundle
                 .write_documents(&docs)
                 .map_err(|e| e.to_string())?;
@@ -190,28 +190,19 @@ impl RunRecorder {
     }
 }
 
-/// The run's documents, before the index: health, the trace (over its in-progress copy) and
-/// its people's version.
+/// The run's documents, before the index: the trace (over its in-progress copy, whose inode
+/// then holds health), health and the trace's people's version.
 fn documents(
     health: &ObservationHealth,
     trace: &RunTrace,
-) -> Result<Vec<Document<'static>>, String> {
+) -> Result<Vec<(&'static str, Vec<u8>)>, String> {
     let said = |e: serde_json::Error| e.to_string();
     Ok(vec![
-        (
-            files::HEALTH,
-            bundle::pretty_json(health).map_err(said)?,
-            Put::Whole,
-        ),
-        (
-            files::RUN_TRACE,
-            bundle::pretty_json(trace).map_err(said)?,
-            Put::InPlace,
-        ),
+        (files::RUN_TRACE, bundle::pretty_json(trace).map_err(said)?),
+        (files::HEALTH, bundle::pretty_json(health).map_err(said)?),
         (
             files::RUN_TRACE_SUMMARY,
             render_summary_md(trace).into_bytes(),
-            Put::Whole,
         ),
     ])
 }
