@@ -366,7 +366,7 @@ pub fn exit_status(code: Option<i32>, sig: Option<i32>) -> &'static str {
     }
 }
 
-fn spec_detailed(level: ProfileLevel) -> bool {
+pub(super) fn spec_detailed(level: ProfileLevel) -> bool {
     matches!(level, ProfileLevel::Detailed | ProfileLevel::Debug)
 }
 

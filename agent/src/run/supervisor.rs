@@ -452,12 +452,14 @@ impl Supervisor<'_> {
         self.rec
             .counters
             .set_lost_events(kernel.ring_lost + kernel.decode_errors);
-        record_process_spans(
-            &self.rec.tree,
-            &wait_span,
-            &state.tree().lives(),
-            boot_to_wall,
-        );
+        if self.spec.wants_process_spans() {
+            record_process_spans(
+                &self.rec.tree,
+                &wait_span,
+                &state.tree().lives(),
+                boot_to_wall,
+            );
+        }
         let step_rows = self
             .steps
             .as_ref()
